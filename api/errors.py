@@ -1,0 +1,77 @@
+"""The error envelope `{"error": {code, message, details, id, timestamp}}` and the exception
+that route code raises to produce it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+CODE_BY_STATUS = {
+    400: "BAD_REQUEST",
+    401: "AUTHENTICATION_ERROR",
+    403: "AUTHORIZATION_ERROR",
+    404: "RESOURCE_NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "RESOURCE_CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "VALIDATION_ERROR",
+    429: "RATE_LIMIT_EXCEEDED",
+    500: "INTERNAL_ERROR",
+    502: "BAD_GATEWAY",
+    503: "SERVICE_UNAVAILABLE",
+    504: "GATEWAY_TIMEOUT",
+}
+
+
+class ApiError(Exception):
+    """Raised anywhere below a route; rendered as the envelope with this status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code or CODE_BY_STATUS.get(status, "ERROR")
+        self.message = message
+        self.details = details
+        self.headers = headers
+
+
+def not_found(kind: str, ident: object) -> ApiError:
+    # Another tenant's id answers exactly like a missing one.
+    return ApiError(404, f"{kind} '{ident}' not found")
+
+
+def conflict(message: str, **details: Any) -> ApiError:
+    return ApiError(409, message, details=details or None)
+
+
+def envelope(status: int, message: str, *, code: str | None = None,
+             details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "error": {
+            "code": code or CODE_BY_STATUS.get(status, "ERROR"),
+            "message": message,
+            "details": details,
+            "id": str(uuid.uuid4()),
+            "timestamp": datetime.now(UTC).isoformat(),
+        }
+    }
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(
+        envelope(error.status, error.message, code=error.code, details=error.details),
+        status_code=error.status,
+        headers=error.headers,
+    )

@@ -1,0 +1,172 @@
+"""`Idempotency-Key` on POST: the same key and body replay the first response and create nothing
+again; the same key with another body is a 409.
+
+The key is claimed with an INSERT before the route runs, so two concurrent requests with one key
+cannot both create: the second sees the claim and gets a 409 until the first has finished.
+A first request that ends in a server error releases its claim, so the client may retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import ApiError, error_response
+from api.principal import Principal
+from api.state import AppState
+
+HEADER = b"idempotency-key"
+MAX_KEY_LENGTH = 255
+# Records older than this are forgotten; a retry after a day is a new request.
+RETENTION = "24 hours"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, list[Message]]:
+    chunks: list[bytes] = []
+    messages: list[Message] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks), messages
+
+
+class IdempotencyMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        principal: Principal | None = scope.get("principal")
+        key = _header(scope, HEADER) if scope["type"] == "http" else None
+        if key is None or principal is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        if not key or len(key) > MAX_KEY_LENGTH:
+            error = ApiError(400, f"Idempotency-Key must be 1..{MAX_KEY_LENGTH} characters")
+            await error_response(error)(scope, receive, send)
+            return
+        state: AppState = scope["app"].state.cp
+        body, messages = await _read_body(receive)
+        fingerprint = hashlib.sha256(
+            scope["method"].encode() + b" " + scope["path"].encode() + b"\n" + body
+        ).hexdigest()
+        org = principal.organization_id
+
+        claimed = await state.pool.fetchval(
+            "INSERT INTO idempotency_keys (organization_id, idempotency_key, request_hash) "
+            "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
+            org,
+            key,
+            fingerprint,
+        )
+        if not claimed:
+            await self._answer_repeat(scope, receive, send, state, org, key, fingerprint)
+            return
+
+        replay = iter(messages)
+
+        async def replay_receive() -> Message:
+            message = next(replay, None)
+            return message if message is not None else await receive()
+
+        start: dict[str, Any] = {}
+        parts: list[bytes] = []
+
+        async def capture_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                parts.append(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, replay_receive, capture_send)
+        finally:
+            await self._record(state, org, key, start, b"".join(parts))
+
+    @staticmethod
+    async def _record(
+        state: AppState, org: str, key: str, start: dict[str, Any], body: bytes
+    ) -> None:
+        status = start.get("status", 500)
+        if status >= 500:
+            await state.pool.execute(
+                "DELETE FROM idempotency_keys WHERE organization_id = $1 AND idempotency_key = $2",
+                org,
+                key,
+            )
+            return
+        content_type = next(
+            (v.decode("latin-1") for k, v in start.get("headers", []) if k == b"content-type"),
+            "application/json",
+        )
+        await state.pool.execute(
+            "UPDATE idempotency_keys SET status_code = $3, content_type = $4, response_body = $5 "
+            "WHERE organization_id = $1 AND idempotency_key = $2",
+            org,
+            key,
+            status,
+            content_type,
+            body,
+        )
+
+    @staticmethod
+    async def _answer_repeat(
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        state: AppState,
+        org: str,
+        key: str,
+        fingerprint: str,
+    ) -> None:
+        row = await state.pool.fetchrow(
+            "SELECT request_hash, status_code, content_type, response_body FROM idempotency_keys "
+            "WHERE organization_id = $1 AND idempotency_key = $2",
+            org,
+            key,
+        )
+        if row is None:  # released by a failed first attempt between our two statements
+            error = ApiError(409, "A request with this Idempotency-Key just failed; retry it")
+        elif row["request_hash"] != fingerprint:
+            error = ApiError(
+                409,
+                "Idempotency-Key was already used with a different request",
+                details={"idempotency_key": key},
+            )
+        elif row["status_code"] is None:
+            error = ApiError(409, "A request with this Idempotency-Key is still in progress")
+        else:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": row["status_code"],
+                    "headers": [
+                        (b"content-type", row["content_type"].encode()),
+                        (b"content-length", str(len(row["response_body"])).encode()),
+                        (b"idempotent-replayed", b"true"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": row["response_body"]})
+            return
+        await error_response(error)(scope, receive, send)
+
+
+async def prune_idempotency_keys(state: AppState) -> None:
+    await state.pool.execute(
+        f"DELETE FROM idempotency_keys WHERE created_at < now() - interval '{RETENTION}'"
+    )

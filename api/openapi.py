@@ -1,0 +1,110 @@
+"""OpenAPI 3.1, generated from the pydantic models in the routes' annotations."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from api.errors import CODE_BY_STATUS
+from api.routing import Endpoint
+from controlplane import VERSION
+
+_PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]+)?}")
+REF = "#/components/schemas/{model}"
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+    id: str
+    timestamp: str
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def build_openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
+    models: list[tuple[type[BaseModel], Any]] = [(ErrorEnvelope, "serialization")]
+    for ep in endpoints:
+        if ep.body_model is not None:
+            models.append((ep.body_model, "validation"))
+        if (response := _model_of(ep.response_model)) is not None:
+            models.append((response, "serialization"))
+    keys, schema = models_json_schema(models, ref_template=REF)
+    components = schema.get("$defs", {})
+
+    def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
+        return dict(keys[(model, mode)])  # type: ignore[index]
+
+    error_response = {
+        "description": "Error",
+        "content": {"application/json": {"schema": ref(ErrorEnvelope, "serialization")}},
+    }
+    paths: dict[str, dict[str, Any]] = {}
+    for ep in endpoints:
+        path = _PATH_PARAM.sub(r"{\1}", ep.path)
+        op: dict[str, Any] = {
+            "tags": [ep.tag],
+            "summary": ep.summary,
+            "operationId": f"{ep.handler.__module__.rsplit('.', 1)[-1]}_{ep.handler.__name__}",
+            "parameters": [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in _PATH_PARAM.findall(ep.path)
+            ],
+            "responses": {},
+        }
+        if ep.query_model is not None:
+            for name, info in ep.query_model.model_fields.items():
+                field_schema = ep.query_model.model_json_schema()["properties"][name]
+                op["parameters"].append(
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": info.is_required(),
+                        "description": info.description or "",
+                        "schema": field_schema,
+                    }
+                )
+        if ep.body_model is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref(ep.body_model, "validation")}},
+            }
+        ok: dict[str, Any] = {"description": "Success"}
+        if (response := _model_of(ep.response_model)) is not None:
+            ok["content"] = {"application/json": {"schema": ref(response, "serialization")}}
+        op["responses"][str(ep.status_code)] = ok
+        errors = [400, 404, 422, 500] if ep.role is None else [400, 401, 403, 404, 422, 429, 500]
+        for status in errors:
+            op["responses"][str(status)] = error_response | {
+                "description": CODE_BY_STATUS[status]
+            }
+        if ep.role is not None:
+            op["security"] = [{"bearerAuth": []}]
+        paths.setdefault(path, {})[ep.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Agent Control Plane API",
+            "version": VERSION,
+            "description": "Self-hostable control plane for AI agents (Kubiya Control Plane API "
+            "v0.3.0). Authenticate with `Authorization: Bearer <API key>`.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,76 @@
+"""`/api/v1/api-keys`: an organization's keys, for admins. The key itself is shown once."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from pydantic import BaseModel, Field
+
+from api.errors import not_found
+from api.pagination import ListQuery, Page, fetch_page
+from api.principal import Role
+from api.routing import Call, Router
+from api.tenancy import KEY_COLUMNS, create_key, revoke_key
+
+router = Router("api-keys")
+
+
+class ApiKeyCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    role: Role = "member"
+
+
+class ApiKeyOut(BaseModel):
+    id: uuid.UUID
+    organization_id: str
+    name: str
+    prefix: str
+    role: Role
+    created_at: datetime
+    created_by: str | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The secret; shown only in this response")
+
+
+class ApiKeyRevoked(BaseModel):
+    id: uuid.UUID
+    deleted: bool
+    revoked_at: datetime
+
+
+@router.post("/api/v1/api-keys", status=201, role="admin")
+async def create_api_key(call: Call, body: ApiKeyCreate) -> ApiKeyCreated:
+    """Create a key; its secret is in this response only."""
+    new = await create_key(
+        call.db, call.org, role=body.role, name=body.name, created_by=call.principal.actor
+    )
+    return ApiKeyCreated(
+        id=new.id, organization_id=new.organization_id, name=new.name, prefix=new.prefix,
+        role=new.role, created_at=new.created_at, created_by=call.principal.actor,
+        revoked_at=None, key=new.key,
+    )
+
+
+@router.get("/api/v1/api-keys", role="admin")
+async def list_api_keys(call: Call, query: ListQuery) -> Page[ApiKeyOut]:
+    """The organization's keys, by prefix; revoked ones included with their time."""
+    rows, total = await fetch_page(
+        call.db, table="api_keys", columns=KEY_COLUMNS, where="organization_id = $1",
+        args=[call.org], query=query,
+    )
+    items = [ApiKeyOut.model_validate(dict(row)) for row in rows]
+    return Page[ApiKeyOut](items=items, total=total, limit=query.limit, offset=query.start)
+
+
+@router.delete("/api/v1/api-keys/{key_id}", role="admin")
+async def revoke_api_key(call: Call) -> ApiKeyRevoked:
+    """Revoke a key; it stops working at once."""
+    key_id = call.path_uuid("key_id", "API key")
+    row = await revoke_key(call.db, call.org, key_id)
+    if row is None:
+        raise not_found("API key", key_id)
+    return ApiKeyRevoked(id=row["id"], deleted=True, revoked_at=row["revoked_at"])
+

@@ -1,0 +1,232 @@
+"""`/api/v1/environments` (reference §3.9). Our Temporal namespace is configured, not
+provisioned per organization, so a new environment is `ready` at once."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+from pydantic import BaseModel, Field
+
+from api.db import conflict_on_duplicate, patch_assignments
+from api.errors import not_found
+from api.pagination import ListQuery, Page, fetch_page
+from api.routes.worker_queues import (
+    COLUMNS as QUEUE_COLUMNS,
+)
+from api.routes.worker_queues import (
+    NAME_PATTERN,
+    WorkerCommand,
+    WorkerQueueOut,
+    live_workers_sql,
+    worker_command_for,
+)
+from api.routing import Call, Router
+from api.schemas import Deleted, PatchBody
+
+router = Router("environments")
+
+EnvironmentStatus = Literal[
+    "pending", "provisioning", "ready", "active", "inactive", "error", "archived"
+]
+_IN_ENV = "w.worker_queue_id IN (SELECT q.id FROM worker_queues q WHERE q.environment_id = environments.id)"
+COLUMNS = (
+    "id, organization_id, name, display_name, description, tags, settings, status, created_at, "
+    "updated_at, created_by, worker_token, provisioning_workflow_id, provisioned_at, "
+    "error_message, temporal_namespace_id, execution_environment, "
+    f"{live_workers_sql(_IN_ENV)} AS active_workers, "
+    f"{live_workers_sql(_IN_ENV, 'idle')} AS idle_workers, "
+    f"{live_workers_sql(_IN_ENV, 'busy')} AS busy_workers"
+)
+
+
+class McpServer(BaseModel, extra="allow"):
+    """stdio `{command, args, env}` or http/sse `{type, url, headers}`."""
+
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    type: Literal["stdio", "http", "sse"] | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class ExecutionEnvironment(BaseModel):
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    secrets: list[str] = Field(default_factory=list)
+    integration_ids: list[str] = Field(default_factory=list)
+    mcp_servers: dict[str, McpServer] = Field(default_factory=dict)
+
+
+class EnvironmentCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
+    display_name: str | None = None
+    description: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    execution_environment: ExecutionEnvironment = Field(default_factory=ExecutionEnvironment)
+
+
+class EnvironmentUpdate(PatchBody):
+    required_if_sent = ("name", "tags", "settings", "status", "execution_environment")
+
+    name: str | None = Field(None, min_length=1, max_length=100, pattern=NAME_PATTERN)
+    display_name: str | None = None
+    description: str | None = None
+    tags: list[str] | None = None
+    settings: dict[str, Any] | None = None
+    status: EnvironmentStatus | None = None
+    execution_environment: ExecutionEnvironment | None = None
+
+
+class EnvironmentOut(BaseModel):
+    id: uuid.UUID
+    organization_id: str
+    name: str
+    display_name: str | None
+    description: str | None
+    tags: list[str]
+    settings: dict[str, Any]
+    status: EnvironmentStatus
+    created_at: datetime
+    updated_at: datetime
+    created_by: str | None
+    worker_token: uuid.UUID
+    provisioning_workflow_id: str | None
+    provisioned_at: datetime | None
+    error_message: str | None
+    temporal_namespace_id: str | None
+    active_workers: int
+    idle_workers: int
+    busy_workers: int
+    execution_environment: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> EnvironmentOut:
+        return cls(**dict(row))
+
+
+class EnvironmentWorkerCommand(BaseModel):
+    worker_token: uuid.UUID
+    environment_name: str
+    command: str | None = Field(description="Starts a worker on the environment's first active queue")
+    command_parts: dict[str, Any]
+    namespace_status: str
+    can_register: bool
+    provisioning_workflow_id: str | None
+    queues: list[WorkerCommand]
+
+
+class EnvironmentQuery(ListQuery):
+    status_filter: EnvironmentStatus | None = None
+
+
+async def get_environment(call: Call, environment_id: uuid.UUID) -> EnvironmentOut:
+    row = await call.db.fetchrow(
+        f"SELECT {COLUMNS} FROM environments WHERE id = $1 AND organization_id = $2",
+        environment_id, call.org,
+    )
+    if row is None:
+        raise not_found("Environment", environment_id)
+    return EnvironmentOut.from_row(row)
+
+
+@router.post("/api/v1/environments", status=201)
+async def create_environment(call: Call, body: EnvironmentCreate) -> EnvironmentOut:
+    """Create an environment; its name is unique in the organization."""
+    with conflict_on_duplicate(f"An environment named '{body.name}' exists"):
+        row = await call.db.fetchrow(
+            "INSERT INTO environments (id, organization_id, name, display_name, description, "
+            "tags, settings, status, created_by, worker_token, provisioned_at, "
+            "execution_environment) VALUES ($1, $2, $3, $4, $5, $6, $7, 'ready', $8, $9, now(), "
+            f"$10) RETURNING {COLUMNS}",
+            uuid.uuid4(), call.org, body.name, body.display_name, body.description, body.tags,
+            body.settings, call.principal.actor, uuid.uuid4(),
+            body.execution_environment.model_dump(exclude_none=True),
+        )
+    assert row is not None
+    return EnvironmentOut.from_row(row)
+
+
+@router.get("/api/v1/environments")
+async def list_environments(call: Call, query: EnvironmentQuery) -> Page[EnvironmentOut]:
+    """The organization's environments, oldest first."""
+    where, args = "organization_id = $1", [call.org]
+    if query.status_filter is not None:
+        where += " AND status = $2"
+        args.append(query.status_filter)
+    rows, total = await fetch_page(
+        call.db, table="environments", columns=COLUMNS, where=where, args=args, query=query
+    )
+    items = [EnvironmentOut.from_row(row) for row in rows]
+    return Page[EnvironmentOut](items=items, total=total, limit=query.limit, offset=query.start)
+
+
+@router.get("/api/v1/environments/{environment_id}")
+async def get_environment_route(call: Call) -> EnvironmentOut:
+    """One environment, with its live worker counts."""
+    return await get_environment(call, call.path_uuid("environment_id", "Environment"))
+
+
+@router.patch("/api/v1/environments/{environment_id}")
+async def update_environment(call: Call, body: EnvironmentUpdate) -> EnvironmentOut:
+    """Change the fields sent."""
+    environment_id = call.path_uuid("environment_id", "Environment")
+    changes = body.changes()
+    if body.execution_environment is not None:
+        changes["execution_environment"] = body.execution_environment.model_dump(exclude_none=True)
+    assignments, values = patch_assignments(
+        changes,
+        ["name", "display_name", "description", "tags", "settings", "status",
+         "execution_environment"],
+        first_param=3,
+    )
+    with conflict_on_duplicate("Another environment has that name"):
+        row = await call.db.fetchrow(
+            f"UPDATE environments SET {assignments} WHERE id = $1 AND organization_id = $2 "
+            f"RETURNING {COLUMNS}",
+            environment_id, call.org, *values,
+        )
+    if row is None:
+        raise not_found("Environment", environment_id)
+    return EnvironmentOut.from_row(row)
+
+
+@router.delete("/api/v1/environments/{environment_id}")
+async def delete_environment(call: Call) -> Deleted:
+    """Delete an environment with its worker queues and their workers."""
+    environment_id = call.path_uuid("environment_id", "Environment")
+    deleted = await call.db.fetchval(
+        "DELETE FROM environments WHERE id = $1 AND organization_id = $2 RETURNING id",
+        environment_id, call.org,
+    )
+    if deleted is None:
+        raise not_found("Environment", environment_id)
+    return Deleted(id=environment_id)
+
+
+@router.get("/api/v1/environments/{environment_id}/worker-command")
+async def environment_worker_command(call: Call) -> EnvironmentWorkerCommand:
+    """How to start workers for this environment: one command per queue."""
+    environment = await get_environment(call, call.path_uuid("environment_id", "Environment"))
+    rows = await call.db.fetch(
+        f"SELECT {QUEUE_COLUMNS} FROM worker_queues WHERE environment_id = $1 "
+        "AND organization_id = $2 AND NOT ephemeral ORDER BY created_at, id",
+        environment.id, call.org,
+    )
+    url = call.state.settings.public_url
+    queues = [worker_command_for(WorkerQueueOut.from_row(row), url) for row in rows]
+    first = next((q for q in queues if q.queue_status == "active"), None)
+    usable = environment.status in ("ready", "active")
+    return EnvironmentWorkerCommand(
+        worker_token=environment.worker_token,
+        environment_name=environment.name,
+        command=first.command if first else None,
+        command_parts=first.command_parts if first else {},
+        namespace_status="ready",
+        can_register=usable and any(q.can_register for q in queues),
+        provisioning_workflow_id=environment.provisioning_workflow_id,
+        queues=queues,
+    )

@@ -1,0 +1,217 @@
+"""`/api/v1/projects` (reference §3.8). goals, policy_ids, default_model and
+restrict_to_environment live inside `settings`, as in Kubiya."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+from pydantic import BaseModel, Field, field_validator
+
+from api.db import conflict_on_duplicate, patch_assignments
+from api.errors import not_found
+from api.pagination import ListQuery, Page, fetch_page
+from api.routing import Call, Router
+from api.schemas import Deleted, PatchBody
+
+router = Router("projects")
+
+ProjectStatus = Literal["active", "archived", "draft"]
+Visibility = Literal["private", "org"]
+SETTINGS_FIELDS = ("goals", "policy_ids", "default_model", "restrict_to_environment")
+COLUMNS = (
+    "id, organization_id, name, key, description, settings, status, visibility, owner_id, "
+    "owner_email, created_at, updated_at, archived_at, "
+    "(SELECT count(*) FROM project_agents pa WHERE pa.project_id = projects.id) AS agent_count, "
+    "(SELECT count(*) FROM project_teams pt WHERE pt.project_id = projects.id) AS team_count"
+)
+
+
+class ProjectCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    key: str = Field(min_length=1, max_length=50, pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    description: str | None = None
+    goals: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    visibility: Visibility = "private"
+    restrict_to_environment: bool = False
+    policy_ids: list[str] = Field(default_factory=list)
+    default_model: str | None = None
+
+    @field_validator("key")
+    @classmethod
+    def uppercase_key(cls, value: str) -> str:
+        return value.upper()
+
+
+class ProjectUpdate(PatchBody):
+    required_if_sent = ("name", "key", "settings", "status", "visibility")
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    key: str | None = Field(None, min_length=1, max_length=50, pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    description: str | None = None
+    goals: str | None = None
+    settings: dict[str, Any] | None = None
+    status: ProjectStatus | None = None
+    visibility: Visibility | None = None
+    restrict_to_environment: bool | None = None
+    policy_ids: list[str] | None = None
+    default_model: str | None = None
+
+    @field_validator("key")
+    @classmethod
+    def uppercase_key(cls, value: str | None) -> str | None:
+        return value.upper() if value is not None else None
+
+
+class ProjectOut(BaseModel):
+    id: uuid.UUID
+    organization_id: str
+    name: str
+    key: str
+    description: str | None
+    goals: str | None
+    settings: dict[str, Any]
+    status: ProjectStatus
+    visibility: Visibility
+    owner_id: str | None
+    owner_email: str | None
+    restrict_to_environment: bool
+    policy_ids: list[str]
+    default_model: str | None
+    created_at: datetime
+    updated_at: datetime
+    archived_at: datetime | None
+    agent_count: int
+    team_count: int
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> ProjectOut:
+        data = dict(row)
+        settings = data["settings"]
+        return cls(
+            **data,
+            goals=settings.get("goals"),
+            policy_ids=settings.get("policy_ids", []),
+            default_model=settings.get("default_model"),
+            restrict_to_environment=settings.get("restrict_to_environment", False),
+        )
+
+
+class ProjectQuery(ListQuery):
+    status_filter: ProjectStatus | None = None
+
+
+async def _insert(call: Call, body: ProjectCreate) -> ProjectOut:
+    settings = dict(body.settings)
+    for name in SETTINGS_FIELDS:
+        settings[name] = getattr(body, name)
+    with conflict_on_duplicate(f"A project named '{body.name}' or keyed '{body.key}' exists"):
+        row = await call.db.fetchrow(
+            f"INSERT INTO projects (id, organization_id, name, key, description, settings, "
+            f"visibility, owner_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}",
+            uuid.uuid4(), call.org, body.name, body.key, body.description, settings,
+            body.visibility, call.principal.actor,
+        )
+    assert row is not None
+    return ProjectOut.from_row(row)
+
+
+async def _get(call: Call, project_id: uuid.UUID) -> ProjectOut:
+    row = await call.db.fetchrow(
+        f"SELECT {COLUMNS} FROM projects WHERE id = $1 AND organization_id = $2",
+        project_id, call.org,
+    )
+    if row is None:
+        raise not_found("Project", project_id)
+    return ProjectOut.from_row(row)
+
+
+@router.post("/api/v1/projects", status=201)
+async def create_project(call: Call, body: ProjectCreate) -> ProjectOut:
+    """Create a project; `key` is upper-cased and unique in the organization."""
+    return await _insert(call, body)
+
+
+@router.get("/api/v1/projects")
+async def list_projects(call: Call, query: ProjectQuery) -> Page[ProjectOut]:
+    """The organization's projects, oldest first."""
+    where, args = "organization_id = $1", [call.org]
+    if query.status_filter is not None:
+        where += " AND status = $2"
+        args.append(query.status_filter)
+    rows, total = await fetch_page(
+        call.db, table="projects", columns=COLUMNS, where=where, args=args, query=query
+    )
+    items = [ProjectOut.from_row(row) for row in rows]
+    return Page[ProjectOut](items=items, total=total, limit=query.limit, offset=query.start)
+
+
+@router.get("/api/v1/projects/default")
+async def default_project(call: Call) -> ProjectOut:
+    """The organization's "Default" project (key DEFAULT), created on first use."""
+    await call.db.execute(
+        "INSERT INTO projects (id, organization_id, name, key, settings, visibility) "
+        "VALUES ($1, $2, 'Default', 'DEFAULT', '{}', 'org') ON CONFLICT DO NOTHING",
+        uuid.uuid4(), call.org,
+    )
+    row = await call.db.fetchrow(
+        f"SELECT {COLUMNS} FROM projects WHERE organization_id = $1 AND key = 'DEFAULT'", call.org
+    )
+    assert row is not None
+    return ProjectOut.from_row(row)
+
+
+@router.get("/api/v1/projects/{project_id}")
+async def get_project(call: Call) -> ProjectOut:
+    """One project."""
+    return await _get(call, call.path_uuid("project_id", "Project"))
+
+
+@router.patch("/api/v1/projects/{project_id}")
+async def update_project(call: Call, body: ProjectUpdate) -> ProjectOut:
+    """Change the fields sent; archiving records `archived_at`."""
+    project_id = call.path_uuid("project_id", "Project")
+    current = await _get(call, project_id)
+    changes = body.changes()
+    settings = changes.pop("settings", None)
+    if settings is None:
+        settings = dict(current.settings)
+    for name in SETTINGS_FIELDS:
+        if name in changes:
+            settings[name] = changes.pop(name)
+    changes["settings"] = settings
+    if "status" in changes:
+        changes["archived_at"] = (
+            current.archived_at or datetime.now().astimezone()
+            if changes["status"] == "archived" else None
+        )
+    assignments, values = patch_assignments(
+        changes,
+        ["name", "key", "description", "settings", "status", "visibility", "archived_at"],
+        first_param=3,
+    )
+    with conflict_on_duplicate("Another project has that name or key"):
+        row = await call.db.fetchrow(
+            f"UPDATE projects SET {assignments} WHERE id = $1 AND organization_id = $2 "
+            f"RETURNING {COLUMNS}",
+            project_id, call.org, *values,
+        )
+    if row is None:
+        raise not_found("Project", project_id)
+    return ProjectOut.from_row(row)
+
+
+@router.delete("/api/v1/projects/{project_id}")
+async def delete_project(call: Call) -> Deleted:
+    """Delete a project and its agent and team associations."""
+    project_id = call.path_uuid("project_id", "Project")
+    deleted = await call.db.fetchval(
+        "DELETE FROM projects WHERE id = $1 AND organization_id = $2 RETURNING id",
+        project_id, call.org,
+    )
+    if deleted is None:
+        raise not_found("Project", project_id)
+    return Deleted(id=project_id)

@@ -1,0 +1,237 @@
+"""Worker queues (reference §3.7): created under an environment; a queue's id is the Temporal
+task queue its workers poll."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+from pydantic import BaseModel, Field
+
+from api.db import conflict_on_duplicate, patch_assignments
+from api.errors import not_found
+from api.pagination import ListQuery, Page, fetch_page
+from api.routing import Call, Router
+from api.schemas import Deleted, PatchBody
+
+router = Router("worker-queues")
+
+QueueStatus = Literal["active", "inactive", "maintenance"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# Queues named like this are made for one local execution and hidden from lists, as in Kubiya.
+EPHEMERAL_PREFIX = "local-exec"
+# A worker counts as active while its last heartbeat is younger than this (2 x 60 s + 30 s).
+STALE_WORKER_SECONDS = 150
+
+
+def live_workers_sql(queue_filter: str, status: str | None = None) -> str:
+    """A correlated count of live workers; `queue_filter` picks the queues."""
+    status_clause = f" AND w.status = '{status}'" if status else ""
+    return (
+        "(SELECT count(*) FROM workers w WHERE " + queue_filter
+        + " AND w.status IN ('active', 'idle', 'busy')"
+        + f" AND w.last_heartbeat > now() - interval '{STALE_WORKER_SECONDS} seconds'"
+        + status_clause + ")"
+    )
+
+
+COLUMNS = (
+    "id, organization_id, environment_id, name, display_name, description, status, max_workers, "
+    "heartbeat_interval, tags, settings, ephemeral, created_at, updated_at, created_by, "
+    + live_workers_sql("w.worker_queue_id = worker_queues.id") + " AS active_workers"
+)
+
+
+class WorkerQueueCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
+    display_name: str | None = None
+    description: str | None = None
+    max_workers: int | None = Field(None, ge=1, description="null = unlimited")
+    heartbeat_interval: int = Field(60, ge=1, le=3600)
+    tags: list[str] = Field(default_factory=list)
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkerQueueUpdate(PatchBody):
+    required_if_sent = ("name", "status", "heartbeat_interval", "tags", "settings")
+
+    name: str | None = Field(None, min_length=1, max_length=100, pattern=NAME_PATTERN)
+    display_name: str | None = None
+    description: str | None = None
+    status: QueueStatus | None = None
+    max_workers: int | None = Field(None, ge=1)
+    heartbeat_interval: int | None = Field(None, ge=1, le=3600)
+    tags: list[str] | None = None
+    settings: dict[str, Any] | None = None
+
+
+class WorkerQueueOut(BaseModel):
+    id: uuid.UUID
+    organization_id: str
+    environment_id: uuid.UUID
+    name: str
+    display_name: str | None
+    description: str | None
+    status: QueueStatus
+    max_workers: int | None
+    heartbeat_interval: int
+    tags: list[str]
+    settings: dict[str, Any]
+    ephemeral: bool
+    created_at: datetime
+    updated_at: datetime
+    created_by: str | None
+    active_workers: int
+    task_queue_name: str
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> WorkerQueueOut:
+        return cls(**dict(row), task_queue_name=str(row["id"]))
+
+
+class WorkerCommand(BaseModel):
+    queue_id: uuid.UUID
+    command: str
+    command_parts: dict[str, Any]
+    can_register: bool
+    queue_status: QueueStatus
+    active_workers: int
+    max_workers: int | None
+
+
+class QueueListQuery(ListQuery):
+    status_filter: QueueStatus | None = None
+
+
+def worker_command_for(queue: WorkerQueueOut, control_plane_url: str) -> WorkerCommand:
+    room = queue.max_workers is None or queue.active_workers < queue.max_workers
+    return WorkerCommand(
+        queue_id=queue.id,
+        command=f"controlplane worker --queue-id {queue.id}",
+        command_parts={
+            "binary": "controlplane",
+            "subcommand": "worker",
+            "flags": {"--queue-id": str(queue.id)},
+            "env": {"CONTROLPLANE_URL": control_plane_url, "CONTROLPLANE_API_KEY": "<an API key>"},
+        },
+        can_register=queue.status == "active" and room,
+        queue_status=queue.status,
+        active_workers=queue.active_workers,
+        max_workers=queue.max_workers,
+    )
+
+
+async def get_queue(call: Call, queue_id: uuid.UUID) -> WorkerQueueOut:
+    row = await call.db.fetchrow(
+        f"SELECT {COLUMNS} FROM worker_queues WHERE id = $1 AND organization_id = $2",
+        queue_id, call.org,
+    )
+    if row is None:
+        raise not_found("Worker queue", queue_id)
+    return WorkerQueueOut.from_row(row)
+
+
+async def _list(call: Call, query: QueueListQuery, where: str, args: list[Any]) -> Page[WorkerQueueOut]:
+    where += " AND NOT ephemeral"
+    if query.status_filter is not None:
+        args.append(query.status_filter)
+        where += f" AND status = ${len(args)}"
+    rows, total = await fetch_page(
+        call.db, table="worker_queues", columns=COLUMNS, where=where, args=args, query=query
+    )
+    items = [WorkerQueueOut.from_row(row) for row in rows]
+    return Page[WorkerQueueOut](items=items, total=total, limit=query.limit, offset=query.start)
+
+
+async def _environment_exists(call: Call, environment_id: uuid.UUID) -> None:
+    found = await call.db.fetchval(
+        "SELECT 1 FROM environments WHERE id = $1 AND organization_id = $2",
+        environment_id, call.org,
+    )
+    if found is None:
+        raise not_found("Environment", environment_id)
+
+
+@router.post("/api/v1/environments/{environment_id}/worker-queues", status=201)
+async def create_worker_queue(call: Call, body: WorkerQueueCreate) -> WorkerQueueOut:
+    """Create a queue in an environment; its name is unique within the environment."""
+    environment_id = call.path_uuid("environment_id", "Environment")
+    await _environment_exists(call, environment_id)
+    with conflict_on_duplicate(f"A worker queue named '{body.name}' exists in this environment"):
+        row = await call.db.fetchrow(
+            "INSERT INTO worker_queues (id, organization_id, environment_id, name, display_name, "
+            "description, max_workers, heartbeat_interval, tags, settings, ephemeral, created_by) "
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}",
+            uuid.uuid4(), call.org, environment_id, body.name, body.display_name,
+            body.description, body.max_workers, body.heartbeat_interval, body.tags,
+            body.settings, body.name.startswith(EPHEMERAL_PREFIX), call.principal.actor,
+        )
+    assert row is not None
+    return WorkerQueueOut.from_row(row)
+
+
+@router.get("/api/v1/environments/{environment_id}/worker-queues")
+async def list_environment_worker_queues(
+    call: Call, query: QueueListQuery
+) -> Page[WorkerQueueOut]:
+    """The environment's queues (ephemeral ones hidden)."""
+    environment_id = call.path_uuid("environment_id", "Environment")
+    await _environment_exists(call, environment_id)
+    return await _list(
+        call, query, "organization_id = $1 AND environment_id = $2", [call.org, environment_id]
+    )
+
+
+@router.get("/api/v1/worker-queues")
+async def list_worker_queues(call: Call, query: QueueListQuery) -> Page[WorkerQueueOut]:
+    """All of the organization's queues (ephemeral ones hidden)."""
+    return await _list(call, query, "organization_id = $1", [call.org])
+
+
+@router.get("/api/v1/worker-queues/{queue_id}")
+async def get_worker_queue(call: Call) -> WorkerQueueOut:
+    """One queue, with its live worker count."""
+    return await get_queue(call, call.path_uuid("queue_id", "Worker queue"))
+
+
+@router.patch("/api/v1/worker-queues/{queue_id}")
+async def update_worker_queue(call: Call, body: WorkerQueueUpdate) -> WorkerQueueOut:
+    """Change the fields sent."""
+    queue_id = call.path_uuid("queue_id", "Worker queue")
+    assignments, values = patch_assignments(
+        body.changes(),
+        ["name", "display_name", "description", "status", "max_workers", "heartbeat_interval",
+         "tags", "settings"],
+        first_param=3,
+    )
+    with conflict_on_duplicate("Another worker queue in this environment has that name"):
+        row = await call.db.fetchrow(
+            f"UPDATE worker_queues SET {assignments} WHERE id = $1 AND organization_id = $2 "
+            f"RETURNING {COLUMNS}",
+            queue_id, call.org, *values,
+        )
+    if row is None:
+        raise not_found("Worker queue", queue_id)
+    return WorkerQueueOut.from_row(row)
+
+
+@router.delete("/api/v1/worker-queues/{queue_id}")
+async def delete_worker_queue(call: Call) -> Deleted:
+    """Delete a queue and its worker records."""
+    queue_id = call.path_uuid("queue_id", "Worker queue")
+    deleted = await call.db.fetchval(
+        "DELETE FROM worker_queues WHERE id = $1 AND organization_id = $2 RETURNING id",
+        queue_id, call.org,
+    )
+    if deleted is None:
+        raise not_found("Worker queue", queue_id)
+    return Deleted(id=queue_id)
+
+
+@router.get("/api/v1/worker-queues/{queue_id}/worker-command")
+async def worker_queue_command(call: Call) -> WorkerCommand:
+    """The command that starts a worker on this queue, and whether one may start now."""
+    queue = await get_queue(call, call.path_uuid("queue_id", "Worker queue"))
+    return worker_command_for(queue, call.state.settings.public_url)

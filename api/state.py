@@ -1,0 +1,26 @@
+"""What one API process holds for its lifetime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from api.metrics import Metrics
+from api.temporal_gateway import TemporalGateway
+from controlplane.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    temporal: TemporalGateway
+    pool_or_none: asyncpg.Pool[Any] | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool[Any]:
+        if self.pool_or_none is None:
+            raise RuntimeError("database pool used before start-up")
+        return self.pool_or_none
