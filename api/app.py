@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -31,8 +30,13 @@ from controlplane.settings import Settings
 
 log = logging.getLogger("controlplane.api")
 
-ROUTERS = [health.router, api_keys.router, projects.router, environments.router,
-           worker_queues.router]
+ROUTERS = [
+    health.router,
+    api_keys.router,
+    projects.router,
+    environments.router,
+    worker_queues.router,
+]
 PRUNE_EVERY_SECONDS = 60
 
 
@@ -52,10 +56,15 @@ async def _prune_forever(state: AppState) -> None:
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    message = {404: f"No route for {request.url.path}",
-               405: f"Method {request.method} not allowed on {request.url.path}"}
-    error = ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail)),
-                     headers=dict(exc.headers or {}))
+    message = {
+        404: f"No route for {request.url.path}",
+        405: f"Method {request.method} not allowed on {request.url.path}",
+    }
+    error = ApiError(
+        exc.status_code,
+        message.get(exc.status_code, str(exc.detail)),
+        headers=dict(exc.headers or {}),
+    )
     return error_response(error)
 
 
@@ -113,5 +122,3 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.cp = state
     return app
-
-

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import time
 
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, error_response
@@ -40,7 +39,7 @@ FROM key, hit
 def bearer_token(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").strip().partition(" ")
+            scheme, _, token = str(value.decode("latin-1")).strip().partition(" ")
             if scheme.lower() in ("bearer", "userkey") and token.strip():
                 return token.strip()
             return None
@@ -58,7 +57,9 @@ class AuthMiddleware:
         state: AppState = scope["app"].state.cp
         token = bearer_token(scope)
         if token is None:
-            await self._reject(scope, receive, send, "Missing API key: send 'Authorization: Bearer <key>'")
+            await self._reject(
+                scope, receive, send, "Missing API key: send 'Authorization: Bearer <key>'"
+            )
             return
         now = time.time()
         window = int(now) // WINDOW_SECONDS * WINDOW_SECONDS
@@ -104,5 +105,3 @@ async def prune_rate_limit_counters(state: AppState) -> None:
     """Old windows are never read again."""
     cutoff = int(time.time()) - 5 * WINDOW_SECONDS
     await state.pool.execute("DELETE FROM rate_limit_counters WHERE window_start < $1", cutoff)
-
-

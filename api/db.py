@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
@@ -33,7 +34,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
 
 
 async def apply_schema(conn: asyncpg.Connection[Any], schema_path: Path = SCHEMA_PATH) -> None:
-    sql = schema_path.read_text()
+    sql = await asyncio.to_thread(schema_path.read_text)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_ID)
         await conn.execute(sql)

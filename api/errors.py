@@ -56,8 +56,9 @@ def conflict(message: str, **details: Any) -> ApiError:
     return ApiError(409, message, details=details or None)
 
 
-def envelope(status: int, message: str, *, code: str | None = None,
-             details: dict[str, Any] | None = None) -> dict[str, Any]:
+def envelope(
+    status: int, message: str, *, code: str | None = None, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "error": {
             "code": code or CODE_BY_STATUS.get(status, "ERROR"),

@@ -87,9 +87,7 @@ def build_openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
         op["responses"][str(ep.status_code)] = ok
         errors = [400, 404, 422, 500] if ep.role is None else [400, 401, 403, 404, 422, 429, 500]
         for status in errors:
-            op["responses"][str(status)] = error_response | {
-                "description": CODE_BY_STATUS[status]
-            }
+            op["responses"][str(status)] = error_response | {"description": CODE_BY_STATUS[status]}
         if ep.role is not None:
             op["security"] = [{"bearerAuth": []}]
         paths.setdefault(path, {})[ep.method.lower()] = op

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 import asyncpg
-
 from pydantic import BaseModel, Field
 
 T = TypeVar("T")

@@ -23,7 +23,7 @@ def _request_id(scope: Scope) -> str:
         if name == b"x-request-id":
             candidate = value.decode("latin-1")
             if _SAFE_REQUEST_ID.match(candidate):
-                return candidate
+                return str(candidate)
     return uuid.uuid4().hex
 
 
@@ -88,8 +88,10 @@ class RequestContextMiddleware:
         except Exception:
             log.exception("unhandled error", extra={"path": scope["path"]})
             if not response_started:
-                error = ApiError(500, "Internal server error", details={"request_id": request_id})
-                await error_response(error)(scope, receive, send_with_id)
+                internal = ApiError(
+                    500, "Internal server error", details={"request_id": request_id}
+                )
+                await error_response(internal)(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route_template", "unmatched")

@@ -158,7 +158,7 @@ class Router:
         path: str,
         *,
         status: int = 200,
-        role: Role | None | str = "default",
+        role: Role | str | None = "default",
         summary: str = "",
     ) -> Callable[[Handler], Handler]:
         """`role` is the least role allowed; by default reads need viewer and writes member.

@@ -30,7 +30,9 @@ class TemporalGateway:
                     )
                 except Exception as exc:
                     self._metrics.temporal_errors.labels(operation="connect").inc()
-                    raise ApiError(503, f"Temporal at {self.address} is unreachable: {exc}") from exc
+                    raise ApiError(
+                        503, f"Temporal at {self.address} is unreachable: {exc}"
+                    ) from exc
         return self._client
 
     async def healthy(self) -> bool:

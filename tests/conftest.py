@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from temporalio.client import Client
 
 from api.app import create_app
+from api.principal import Role
 from api.tenancy import create_key, create_org
 from controlplane.services import EmbeddedPostgres, free_port, start_temporal, stop_process
 from controlplane.settings import Settings
@@ -124,15 +125,16 @@ class Tenant:
     admin: httpx.AsyncClient
     member: httpx.AsyncClient
     viewer: httpx.AsyncClient
-    keys: dict[str, str]
+    keys: dict[Role, str]
 
 
 async def make_tenant(app: Starlette, db: asyncpg.Pool[Any], rate_limit: int = 10_000) -> Tenant:
     org = f"org-{uuid.uuid4().hex[:10]}"
     await create_org(db, org, rate_limit_per_minute=rate_limit)
     keys = {}
-    for role in ("admin", "member", "viewer"):
-        new = await create_key(db, org, role=role, name=f"{role} key")  # type: ignore[arg-type]
+    roles: tuple[Role, ...] = ("admin", "member", "viewer")
+    for role in roles:
+        new = await create_key(db, org, role=role, name=f"{role} key")
         keys[role] = new.key
     return Tenant(
         org,

@@ -1,7 +1,9 @@
+import httpx
+
 from tests.conftest import Tenant, assert_error
 
 
-async def test_projects_roundtrip(tenant: Tenant, anonymous) -> None:
+async def test_projects_roundtrip(tenant: Tenant, anonymous: httpx.AsyncClient) -> None:
     r = await tenant.member.post("/api/v1/projects", json={"name": "P1", "key": "p1"})
     assert r.status_code == 201, r.text
     assert r.json()["key"] == "P1"

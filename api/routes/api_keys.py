@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+
 from pydantic import BaseModel, Field
 
 from api.errors import not_found
@@ -48,9 +49,15 @@ async def create_api_key(call: Call, body: ApiKeyCreate) -> ApiKeyCreated:
         call.db, call.org, role=body.role, name=body.name, created_by=call.principal.actor
     )
     return ApiKeyCreated(
-        id=new.id, organization_id=new.organization_id, name=new.name, prefix=new.prefix,
-        role=new.role, created_at=new.created_at, created_by=call.principal.actor,
-        revoked_at=None, key=new.key,
+        id=new.id,
+        organization_id=new.organization_id,
+        name=new.name,
+        prefix=new.prefix,
+        role=new.role,
+        created_at=new.created_at,
+        created_by=call.principal.actor,
+        revoked_at=None,
+        key=new.key,
     )
 
 
@@ -58,8 +65,12 @@ async def create_api_key(call: Call, body: ApiKeyCreate) -> ApiKeyCreated:
 async def list_api_keys(call: Call, query: ListQuery) -> Page[ApiKeyOut]:
     """The organization's keys, by prefix; revoked ones included with their time."""
     rows, total = await fetch_page(
-        call.db, table="api_keys", columns=KEY_COLUMNS, where="organization_id = $1",
-        args=[call.org], query=query,
+        call.db,
+        table="api_keys",
+        columns=KEY_COLUMNS,
+        where="organization_id = $1",
+        args=[call.org],
+        query=query,
     )
     items = [ApiKeyOut.model_validate(dict(row)) for row in rows]
     return Page[ApiKeyOut](items=items, total=total, limit=query.limit, offset=query.start)
@@ -73,4 +84,3 @@ async def revoke_api_key(call: Call) -> ApiKeyRevoked:
     if row is None:
         raise not_found("API key", key_id)
     return ApiKeyRevoked(id=row["id"], deleted=True, revoked_at=row["revoked_at"])
-

@@ -31,7 +31,10 @@ router = Router("environments")
 EnvironmentStatus = Literal[
     "pending", "provisioning", "ready", "active", "inactive", "error", "archived"
 ]
-_IN_ENV = "w.worker_queue_id IN (SELECT q.id FROM worker_queues q WHERE q.environment_id = environments.id)"
+_IN_ENV = (
+    "w.worker_queue_id IN "
+    "(SELECT q.id FROM worker_queues q WHERE q.environment_id = environments.id)"
+)
 COLUMNS = (
     "id, organization_id, name, display_name, description, tags, settings, status, created_at, "
     "updated_at, created_by, worker_token, provisioning_workflow_id, provisioned_at, "
@@ -111,7 +114,9 @@ class EnvironmentOut(BaseModel):
 class EnvironmentWorkerCommand(BaseModel):
     worker_token: uuid.UUID
     environment_name: str
-    command: str | None = Field(description="Starts a worker on the environment's first active queue")
+    command: str | None = Field(
+        description="Starts a worker on the environment's first active queue"
+    )
     command_parts: dict[str, Any]
     namespace_status: str
     can_register: bool
@@ -126,7 +131,8 @@ class EnvironmentQuery(ListQuery):
 async def get_environment(call: Call, environment_id: uuid.UUID) -> EnvironmentOut:
     row = await call.db.fetchrow(
         f"SELECT {COLUMNS} FROM environments WHERE id = $1 AND organization_id = $2",
-        environment_id, call.org,
+        environment_id,
+        call.org,
     )
     if row is None:
         raise not_found("Environment", environment_id)
@@ -142,8 +148,15 @@ async def create_environment(call: Call, body: EnvironmentCreate) -> Environment
             "tags, settings, status, created_by, worker_token, provisioned_at, "
             "execution_environment) VALUES ($1, $2, $3, $4, $5, $6, $7, 'ready', $8, $9, now(), "
             f"$10) RETURNING {COLUMNS}",
-            uuid.uuid4(), call.org, body.name, body.display_name, body.description, body.tags,
-            body.settings, call.principal.actor, uuid.uuid4(),
+            uuid.uuid4(),
+            call.org,
+            body.name,
+            body.display_name,
+            body.description,
+            body.tags,
+            body.settings,
+            call.principal.actor,
+            uuid.uuid4(),
             body.execution_environment.model_dump(exclude_none=True),
         )
     assert row is not None
@@ -179,15 +192,24 @@ async def update_environment(call: Call, body: EnvironmentUpdate) -> Environment
         changes["execution_environment"] = body.execution_environment.model_dump(exclude_none=True)
     assignments, values = patch_assignments(
         changes,
-        ["name", "display_name", "description", "tags", "settings", "status",
-         "execution_environment"],
+        [
+            "name",
+            "display_name",
+            "description",
+            "tags",
+            "settings",
+            "status",
+            "execution_environment",
+        ],
         first_param=3,
     )
     with conflict_on_duplicate("Another environment has that name"):
         row = await call.db.fetchrow(
             f"UPDATE environments SET {assignments} WHERE id = $1 AND organization_id = $2 "
             f"RETURNING {COLUMNS}",
-            environment_id, call.org, *values,
+            environment_id,
+            call.org,
+            *values,
         )
     if row is None:
         raise not_found("Environment", environment_id)
@@ -200,7 +222,8 @@ async def delete_environment(call: Call) -> Deleted:
     environment_id = call.path_uuid("environment_id", "Environment")
     deleted = await call.db.fetchval(
         "DELETE FROM environments WHERE id = $1 AND organization_id = $2 RETURNING id",
-        environment_id, call.org,
+        environment_id,
+        call.org,
     )
     if deleted is None:
         raise not_found("Environment", environment_id)
@@ -214,7 +237,8 @@ async def environment_worker_command(call: Call) -> EnvironmentWorkerCommand:
     rows = await call.db.fetch(
         f"SELECT {QUEUE_COLUMNS} FROM worker_queues WHERE environment_id = $1 "
         "AND organization_id = $2 AND NOT ephemeral ORDER BY created_at, id",
-        environment.id, call.org,
+        environment.id,
+        call.org,
     )
     url = call.state.settings.public_url
     queues = [worker_command_for(WorkerQueueOut.from_row(row), url) for row in rows]

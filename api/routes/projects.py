@@ -112,8 +112,14 @@ async def _insert(call: Call, body: ProjectCreate) -> ProjectOut:
         row = await call.db.fetchrow(
             f"INSERT INTO projects (id, organization_id, name, key, description, settings, "
             f"visibility, owner_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}",
-            uuid.uuid4(), call.org, body.name, body.key, body.description, settings,
-            body.visibility, call.principal.actor,
+            uuid.uuid4(),
+            call.org,
+            body.name,
+            body.key,
+            body.description,
+            settings,
+            body.visibility,
+            call.principal.actor,
         )
     assert row is not None
     return ProjectOut.from_row(row)
@@ -122,7 +128,8 @@ async def _insert(call: Call, body: ProjectCreate) -> ProjectOut:
 async def _get(call: Call, project_id: uuid.UUID) -> ProjectOut:
     row = await call.db.fetchrow(
         f"SELECT {COLUMNS} FROM projects WHERE id = $1 AND organization_id = $2",
-        project_id, call.org,
+        project_id,
+        call.org,
     )
     if row is None:
         raise not_found("Project", project_id)
@@ -155,7 +162,8 @@ async def default_project(call: Call) -> ProjectOut:
     await call.db.execute(
         "INSERT INTO projects (id, organization_id, name, key, settings, visibility) "
         "VALUES ($1, $2, 'Default', 'DEFAULT', '{}', 'org') ON CONFLICT DO NOTHING",
-        uuid.uuid4(), call.org,
+        uuid.uuid4(),
+        call.org,
     )
     row = await call.db.fetchrow(
         f"SELECT {COLUMNS} FROM projects WHERE organization_id = $1 AND key = 'DEFAULT'", call.org
@@ -186,7 +194,8 @@ async def update_project(call: Call, body: ProjectUpdate) -> ProjectOut:
     if "status" in changes:
         changes["archived_at"] = (
             current.archived_at or datetime.now().astimezone()
-            if changes["status"] == "archived" else None
+            if changes["status"] == "archived"
+            else None
         )
     assignments, values = patch_assignments(
         changes,
@@ -197,7 +206,9 @@ async def update_project(call: Call, body: ProjectUpdate) -> ProjectOut:
         row = await call.db.fetchrow(
             f"UPDATE projects SET {assignments} WHERE id = $1 AND organization_id = $2 "
             f"RETURNING {COLUMNS}",
-            project_id, call.org, *values,
+            project_id,
+            call.org,
+            *values,
         )
     if row is None:
         raise not_found("Project", project_id)
@@ -210,7 +221,8 @@ async def delete_project(call: Call) -> Deleted:
     project_id = call.path_uuid("project_id", "Project")
     deleted = await call.db.fetchval(
         "DELETE FROM projects WHERE id = $1 AND organization_id = $2 RETURNING id",
-        project_id, call.org,
+        project_id,
+        call.org,
     )
     if deleted is None:
         raise not_found("Project", project_id)

@@ -30,17 +30,20 @@ def live_workers_sql(queue_filter: str, status: str | None = None) -> str:
     """A correlated count of live workers; `queue_filter` picks the queues."""
     status_clause = f" AND w.status = '{status}'" if status else ""
     return (
-        "(SELECT count(*) FROM workers w WHERE " + queue_filter
+        "(SELECT count(*) FROM workers w WHERE "
+        + queue_filter
         + " AND w.status IN ('active', 'idle', 'busy')"
         + f" AND w.last_heartbeat > now() - interval '{STALE_WORKER_SECONDS} seconds'"
-        + status_clause + ")"
+        + status_clause
+        + ")"
     )
 
 
 COLUMNS = (
     "id, organization_id, environment_id, name, display_name, description, status, max_workers, "
     "heartbeat_interval, tags, settings, ephemeral, created_at, updated_at, created_by, "
-    + live_workers_sql("w.worker_queue_id = worker_queues.id") + " AS active_workers"
+    + live_workers_sql("w.worker_queue_id = worker_queues.id")
+    + " AS active_workers"
 )
 
 
@@ -126,14 +129,17 @@ def worker_command_for(queue: WorkerQueueOut, control_plane_url: str) -> WorkerC
 async def get_queue(call: Call, queue_id: uuid.UUID) -> WorkerQueueOut:
     row = await call.db.fetchrow(
         f"SELECT {COLUMNS} FROM worker_queues WHERE id = $1 AND organization_id = $2",
-        queue_id, call.org,
+        queue_id,
+        call.org,
     )
     if row is None:
         raise not_found("Worker queue", queue_id)
     return WorkerQueueOut.from_row(row)
 
 
-async def _list(call: Call, query: QueueListQuery, where: str, args: list[Any]) -> Page[WorkerQueueOut]:
+async def _list(
+    call: Call, query: QueueListQuery, where: str, args: list[Any]
+) -> Page[WorkerQueueOut]:
     where += " AND NOT ephemeral"
     if query.status_filter is not None:
         args.append(query.status_filter)
@@ -148,7 +154,8 @@ async def _list(call: Call, query: QueueListQuery, where: str, args: list[Any]) 
 async def _environment_exists(call: Call, environment_id: uuid.UUID) -> None:
     found = await call.db.fetchval(
         "SELECT 1 FROM environments WHERE id = $1 AND organization_id = $2",
-        environment_id, call.org,
+        environment_id,
+        call.org,
     )
     if found is None:
         raise not_found("Environment", environment_id)
@@ -164,18 +171,25 @@ async def create_worker_queue(call: Call, body: WorkerQueueCreate) -> WorkerQueu
             "INSERT INTO worker_queues (id, organization_id, environment_id, name, display_name, "
             "description, max_workers, heartbeat_interval, tags, settings, ephemeral, created_by) "
             f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}",
-            uuid.uuid4(), call.org, environment_id, body.name, body.display_name,
-            body.description, body.max_workers, body.heartbeat_interval, body.tags,
-            body.settings, body.name.startswith(EPHEMERAL_PREFIX), call.principal.actor,
+            uuid.uuid4(),
+            call.org,
+            environment_id,
+            body.name,
+            body.display_name,
+            body.description,
+            body.max_workers,
+            body.heartbeat_interval,
+            body.tags,
+            body.settings,
+            body.name.startswith(EPHEMERAL_PREFIX),
+            call.principal.actor,
         )
     assert row is not None
     return WorkerQueueOut.from_row(row)
 
 
 @router.get("/api/v1/environments/{environment_id}/worker-queues")
-async def list_environment_worker_queues(
-    call: Call, query: QueueListQuery
-) -> Page[WorkerQueueOut]:
+async def list_environment_worker_queues(call: Call, query: QueueListQuery) -> Page[WorkerQueueOut]:
     """The environment's queues (ephemeral ones hidden)."""
     environment_id = call.path_uuid("environment_id", "Environment")
     await _environment_exists(call, environment_id)
@@ -202,15 +216,25 @@ async def update_worker_queue(call: Call, body: WorkerQueueUpdate) -> WorkerQueu
     queue_id = call.path_uuid("queue_id", "Worker queue")
     assignments, values = patch_assignments(
         body.changes(),
-        ["name", "display_name", "description", "status", "max_workers", "heartbeat_interval",
-         "tags", "settings"],
+        [
+            "name",
+            "display_name",
+            "description",
+            "status",
+            "max_workers",
+            "heartbeat_interval",
+            "tags",
+            "settings",
+        ],
         first_param=3,
     )
     with conflict_on_duplicate("Another worker queue in this environment has that name"):
         row = await call.db.fetchrow(
             f"UPDATE worker_queues SET {assignments} WHERE id = $1 AND organization_id = $2 "
             f"RETURNING {COLUMNS}",
-            queue_id, call.org, *values,
+            queue_id,
+            call.org,
+            *values,
         )
     if row is None:
         raise not_found("Worker queue", queue_id)
@@ -223,7 +247,8 @@ async def delete_worker_queue(call: Call) -> Deleted:
     queue_id = call.path_uuid("queue_id", "Worker queue")
     deleted = await call.db.fetchval(
         "DELETE FROM worker_queues WHERE id = $1 AND organization_id = $2 RETURNING id",
-        queue_id, call.org,
+        queue_id,
+        call.org,
     )
     if deleted is None:
         raise not_found("Worker queue", queue_id)
