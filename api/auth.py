@@ -18,6 +18,7 @@ from api.tenancy import hash_key
 
 WINDOW_SECONDS = 60
 PROTECTED_PREFIX = "/api/v1"
+WORKER_TOKEN_PREFIX = "worker_"
 
 _AUTHENTICATE = """
 WITH key AS (
@@ -33,6 +34,13 @@ WITH key AS (
 )
 SELECT key.id, key.organization_id, key.role, key.rate_limit_per_minute, hit.count
 FROM key, hit
+"""
+
+# Worker tokens are not rate limited: they belong to the platform's own processes, and a
+# heartbeat refused for rate would make a healthy worker look dead.
+_AUTHENTICATE_WORKER = """
+SELECT id, organization_id FROM workers
+WHERE worker_token_hash = $1 AND status <> 'disconnected'
 """
 
 
@@ -60,6 +68,16 @@ class AuthMiddleware:
             await self._reject(
                 scope, receive, send, "Missing API key: send 'Authorization: Bearer <key>'"
             )
+            return
+        if token.startswith(WORKER_TOKEN_PREFIX):
+            worker = await state.pool.fetchrow(_AUTHENTICATE_WORKER, hash_key(token))
+            if worker is None:
+                await self._reject(scope, receive, send, "Invalid or disconnected worker token")
+                return
+            scope["principal"] = Principal(
+                worker["organization_id"], "worker", worker_id=worker["id"]
+            )
+            await self.app(scope, receive, send)
             return
         now = time.time()
         window = int(now) // WINDOW_SECONDS * WINDOW_SECONDS

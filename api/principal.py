@@ -6,7 +6,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Literal
 
-Role = Literal["viewer", "member", "admin"]
+# "worker" is the role of a worker token: it may use the worker protocol routes and nothing
+# else. Keys of member rank and above may use those routes too (a worker starts with a key).
+Role = Literal["viewer", "member", "admin", "worker"]
+KeyRole = Literal["viewer", "member", "admin"]
 ROLE_RANK: dict[str, int] = {"viewer": 0, "member": 1, "admin": 2}
 
 
@@ -15,11 +18,18 @@ class Principal:
     organization_id: str
     role: Role
     api_key_id: uuid.UUID | None = None
+    worker_id: uuid.UUID | None = None
 
     def allows(self, needed: Role) -> bool:
+        if self.role == "worker":
+            return needed == "worker"
+        if needed == "worker":
+            return ROLE_RANK[self.role] >= ROLE_RANK["member"]
         return ROLE_RANK[self.role] >= ROLE_RANK[needed]
 
     @property
     def actor(self) -> str:
-        """What `created_by` columns record: the key that acted."""
+        """What `created_by` columns record: the key or worker that acted."""
+        if self.worker_id is not None:
+            return f"worker:{self.worker_id}"
         return f"api_key:{self.api_key_id}" if self.api_key_id else "system"

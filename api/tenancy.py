@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from api.principal import Role
+from api.principal import KeyRole
 
 KEY_PREFIX = "cpk_"
 ORG_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -30,7 +30,7 @@ class NewKey:
     organization_id: str
     name: str
     prefix: str
-    role: Role
+    role: KeyRole
     created_at: datetime
     key: str  # shown once, never stored
 
@@ -89,7 +89,7 @@ async def create_key(
     conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
     organization_id: str,
     *,
-    role: Role,
+    role: KeyRole,
     name: str,
     created_by: str | None = None,
 ) -> NewKey:

@@ -4,7 +4,9 @@ on them, and a fresh organization with keys of each role per test."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from starlette.applications import Starlette
 from temporalio.client import Client
 
 from api.app import create_app
-from api.principal import Role
+from api.principal import KeyRole
 from api.tenancy import create_key, create_org
 from controlplane.services import EmbeddedPostgres, free_port, start_temporal, stop_process
 from controlplane.settings import Settings
@@ -125,14 +127,14 @@ class Tenant:
     admin: httpx.AsyncClient
     member: httpx.AsyncClient
     viewer: httpx.AsyncClient
-    keys: dict[Role, str]
+    keys: dict[KeyRole, str]
 
 
 async def make_tenant(app: Starlette, db: asyncpg.Pool[Any], rate_limit: int = 10_000) -> Tenant:
     org = f"org-{uuid.uuid4().hex[:10]}"
     await create_org(db, org, rate_limit_per_minute=rate_limit)
     keys = {}
-    roles: tuple[Role, ...] = ("admin", "member", "viewer")
+    roles: tuple[KeyRole, ...] = ("admin", "member", "viewer")
     for role in roles:
         new = await create_key(db, org, role=role, name=f"{role} key")
         keys[role] = new.key
@@ -169,3 +171,34 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     if code is not None:
         assert error["code"] == code, error
     return dict(error)
+
+
+@pytest.fixture(scope="session")
+def live_api(settings: Settings) -> Iterator[str]:
+    """The API on a real port, for worker processes (which speak HTTP to it). It runs its own
+    app instance on the same database, in a thread with its own event loop."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    live_settings = dataclasses.replace(settings, public_url=url)
+    config = uvicorn.Config(
+        create_app(live_settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("live API did not start")
+        time.sleep(0.05)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)

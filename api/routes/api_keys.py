@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from api.errors import not_found
 from api.pagination import ListQuery, Page, fetch_page
-from api.principal import Role
+from api.principal import KeyRole
 from api.routing import Call, Router
 from api.tenancy import KEY_COLUMNS, create_key, revoke_key
 
@@ -18,7 +18,7 @@ router = Router("api-keys")
 
 class ApiKeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    role: Role = "member"
+    role: KeyRole = "member"
 
 
 class ApiKeyOut(BaseModel):
@@ -26,7 +26,7 @@ class ApiKeyOut(BaseModel):
     organization_id: str
     name: str
     prefix: str
-    role: Role
+    role: KeyRole
     created_at: datetime
     created_by: str | None
     revoked_at: datetime | None

@@ -109,6 +109,7 @@ ENDPOINT_GROUPS = {
     "projects": "/api/v1/projects",
     "environments": "/api/v1/environments",
     "worker_queues": "/api/v1/worker-queues",
+    "workers": "/api/v1/workers",
 }
 
 

@@ -1,0 +1,183 @@
+"""`controlplane worker --queue-id ID`: start on a queue through the control plane, poll the
+queue's Temporal task queue, heartbeat, and disconnect on shutdown.
+
+The worker needs only the control-plane URL and an API key; Temporal settings come back from
+`POST /worker-queues/{id}/start`. It never holds database credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import platform
+import signal
+import socket
+import sys
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.queue_probe import answer_probe
+from controlplane import VERSION
+from controlplane.logs import configure_logging
+from workflows.registry import WORKFLOWS
+
+log = logging.getLogger("controlplane.worker")
+# SIGTERM lets in-flight activities finish for this long before they are cancelled.
+DRAIN_SECONDS = 30
+
+
+class WorkerStartError(Exception):
+    """A one-line reason the worker could not start."""
+
+
+def system_info() -> dict[str, Any]:
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python_version": platform.python_version(),
+        "pid": os.getpid(),
+        "cwd": os.getcwd(),
+        "cpu_count": os.cpu_count(),
+        "sdk_version": VERSION,
+        "supported_runtimes": ["default", "claude_code"],
+    }
+
+
+async def register(http: httpx.AsyncClient, queue_id: str) -> dict[str, Any]:
+    try:
+        response = await http.post(
+            f"/api/v1/worker-queues/{queue_id}/start",
+            json={"worker_sdk_version": VERSION, "system_info": system_info()},
+        )
+    except httpx.HTTPError as exc:
+        raise WorkerStartError(f"control plane unreachable at {http.base_url}: {exc}") from exc
+    if response.status_code != 200:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        raise WorkerStartError(f"start refused ({response.status_code}): {message}")
+    config: dict[str, Any] = response.json()
+    return config
+
+
+async def heartbeat_forever(
+    http: httpx.AsyncClient, worker_id: str, interval: float, stats: dict[str, Any]
+) -> None:
+    while True:
+        try:
+            response = await http.post(
+                f"/api/v1/workers/{worker_id}/heartbeat",
+                json={"status": "active", "tasks_processed": stats["tasks_processed"]},
+            )
+            if response.status_code != 200:
+                log.warning("heartbeat refused", extra={"status": response.status_code})
+        except httpx.HTTPError as exc:
+            log.warning("heartbeat failed", extra={"error": str(exc)})
+        await asyncio.sleep(interval)
+
+
+async def run(queue_id: str, control_plane_url: str, api_key: str, stop: asyncio.Event) -> int:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(base_url=control_plane_url, headers=headers, timeout=15) as http:
+        config = await register(http, queue_id)
+        worker_id = config["worker_id"]
+        log.info("worker started", extra={"worker_id": worker_id, "queue_id": queue_id})
+        worker_http = httpx.AsyncClient(
+            base_url=control_plane_url,
+            headers={"Authorization": f"Bearer {config['worker_token']}"},
+            timeout=15,
+        )
+        exit_code, error = 0, None
+        heartbeats: asyncio.Task[None] | None = None
+        try:
+            client = await Client.connect(
+                config["temporal_host"], namespace=config["temporal_namespace"]
+            )
+            worker = Worker(
+                client,
+                task_queue=config["task_queue_name"],
+                workflows=WORKFLOWS,
+                activities=[answer_probe],
+                identity=f"{socket.gethostname()}:{os.getpid()}:{worker_id}",
+                graceful_shutdown_timeout=timedelta(seconds=DRAIN_SECONDS),
+            )
+            stats = {"tasks_processed": 0}
+            heartbeats = asyncio.create_task(
+                heartbeat_forever(worker_http, worker_id, config["heartbeat_interval"], stats)
+            )
+            async with worker:
+                await stop.wait()
+                log.info("draining in-flight work before stopping")
+        except Exception as exc:
+            exit_code, error = 1, str(exc)
+            log.exception("worker failed")
+        finally:
+            if heartbeats is not None:
+                heartbeats.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeats
+            with contextlib.suppress(httpx.HTTPError):
+                await worker_http.post(
+                    f"/api/v1/workers/{worker_id}/disconnect",
+                    json={
+                        "reason": "shutdown" if exit_code == 0 else "error",
+                        "exit_code": exit_code,
+                        "error_message": error,
+                    },
+                )
+            await worker_http.aclose()
+        log.info("worker stopped", extra={"worker_id": worker_id, "exit_code": exit_code})
+        return exit_code
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="controlplane worker")
+    parser.add_argument("--queue-id", required=True, help="the worker queue to serve")
+    parser.add_argument(
+        "--control-plane-url",
+        default=os.environ.get("CONTROLPLANE_URL", "http://127.0.0.1:8001"),
+        help="control plane API base URL (env CONTROLPLANE_URL)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("CONTROLPLANE_API_KEY"),
+        help="an API key of the queue's organization (env CONTROLPLANE_API_KEY)",
+    )
+    return parser.parse_args(argv)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await run(args.queue_id, args.control_plane_url.rstrip("/"), args.api_key, stop)
+    except WorkerStartError as exc:
+        print(f"controlplane worker: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if not args.api_key:
+        print(
+            "controlplane worker: no API key (set CONTROLPLANE_API_KEY or --api-key)",
+            file=sys.stderr,
+        )
+        return 1
+    configure_logging()
+    code = asyncio.run(_main(args))
+    # The Temporal client's native runtime can crash at interpreter exit (sdk-python issue 300);
+    # we are done, so flush and leave without running finalizers.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
