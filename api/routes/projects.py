@@ -4,11 +4,11 @@ restrict_to_environment live inside `settings`, as in Kubiya."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from api.db import conflict_on_duplicate, patch_assignments
 from api.errors import not_found
@@ -21,12 +21,28 @@ router = Router("projects")
 ProjectStatus = Literal["active", "archived", "draft"]
 Visibility = Literal["private", "org"]
 SETTINGS_FIELDS = ("goals", "policy_ids", "default_model", "restrict_to_environment")
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "goals": None,
+    "policy_ids": [],
+    "default_model": None,
+    "restrict_to_environment": False,
+}
 COLUMNS = (
     "id, organization_id, name, key, description, settings, status, visibility, owner_id, "
     "owner_email, created_at, updated_at, archived_at, "
     "(SELECT count(*) FROM project_agents pa WHERE pa.project_id = projects.id) AS agent_count, "
     "(SELECT count(*) FROM project_teams pt WHERE pt.project_id = projects.id) AS team_count"
 )
+
+
+def lift_settings_fields(data: Any) -> Any:
+    """goals, policy_ids, default_model and restrict_to_environment may also be sent inside
+    `settings`, where they are stored; they are validated like the top-level fields, which win."""
+    if isinstance(data, dict) and isinstance(data.get("settings"), dict):
+        settings = dict(data["settings"])
+        lifted = {name: settings.pop(name) for name in SETTINGS_FIELDS if name in settings}
+        data = {**lifted, **data, "settings": settings}
+    return data
 
 
 class ProjectCreate(BaseModel):
@@ -40,6 +56,11 @@ class ProjectCreate(BaseModel):
     policy_ids: list[str] = Field(default_factory=list)
     default_model: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def lift(cls, data: Any) -> Any:
+        return lift_settings_fields(data)
+
     @field_validator("key")
     @classmethod
     def uppercase_key(cls, value: str) -> str:
@@ -47,7 +68,15 @@ class ProjectCreate(BaseModel):
 
 
 class ProjectUpdate(PatchBody):
-    required_if_sent = ("name", "key", "settings", "status", "visibility")
+    required_if_sent = (
+        "name",
+        "key",
+        "settings",
+        "status",
+        "visibility",
+        "policy_ids",
+        "restrict_to_environment",
+    )
 
     name: str | None = Field(None, min_length=1, max_length=200)
     key: str | None = Field(None, min_length=1, max_length=50, pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -59,6 +88,11 @@ class ProjectUpdate(PatchBody):
     restrict_to_environment: bool | None = None
     policy_ids: list[str] | None = None
     default_model: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def lift(cls, data: Any) -> Any:
+        return lift_settings_fields(data)
 
     @field_validator("key")
     @classmethod
@@ -158,16 +192,25 @@ async def list_projects(call: Call, query: ProjectQuery) -> Page[ProjectOut]:
 
 @router.get("/api/v1/projects/default")
 async def default_project(call: Call) -> ProjectOut:
-    """The organization's "Default" project (key DEFAULT), created on first use."""
-    await call.db.execute(
-        "INSERT INTO projects (id, organization_id, name, key, settings, visibility) "
-        "VALUES ($1, $2, 'Default', 'DEFAULT', '{}', 'org') ON CONFLICT DO NOTHING",
-        uuid.uuid4(),
-        call.org,
+    """The organization's "Default" project (key DEFAULT), created on first use.
+
+    A project already keyed DEFAULT, or else one named "Default", is the default one: creating
+    another would collide with it."""
+    find = (
+        f"SELECT {COLUMNS} FROM projects WHERE organization_id = $1 "
+        "AND (key = 'DEFAULT' OR name = 'Default') ORDER BY key = 'DEFAULT' DESC LIMIT 1"
     )
-    row = await call.db.fetchrow(
-        f"SELECT {COLUMNS} FROM projects WHERE organization_id = $1 AND key = 'DEFAULT'", call.org
-    )
+    row = await call.db.fetchrow(find, call.org)
+    if row is None:
+        # A concurrent first call may win the insert; the second lookup then finds its row.
+        await call.db.execute(
+            "INSERT INTO projects (id, organization_id, name, key, settings, visibility) "
+            "VALUES ($1, $2, 'Default', 'DEFAULT', $3, 'org') ON CONFLICT DO NOTHING",
+            uuid.uuid4(),
+            call.org,
+            DEFAULT_SETTINGS,
+        )
+        row = await call.db.fetchrow(find, call.org)
     assert row is not None
     return ProjectOut.from_row(row)
 
@@ -182,36 +225,44 @@ async def get_project(call: Call) -> ProjectOut:
 async def update_project(call: Call, body: ProjectUpdate) -> ProjectOut:
     """Change the fields sent; archiving records `archived_at`."""
     project_id = call.path_uuid("project_id", "Project")
-    current = await _get(call, project_id)
     changes = body.changes()
-    settings = changes.pop("settings", None)
-    if settings is None:
-        settings = dict(current.settings)
-    for name in SETTINGS_FIELDS:
-        if name in changes:
-            settings[name] = changes.pop(name)
-    changes["settings"] = settings
-    if "status" in changes:
-        changes["archived_at"] = (
-            current.archived_at or datetime.now().astimezone()
-            if changes["status"] == "archived"
-            else None
-        )
-    assignments, values = patch_assignments(
-        changes,
-        ["name", "key", "description", "settings", "status", "visibility", "archived_at"],
-        first_param=3,
-    )
-    with conflict_on_duplicate("Another project has that name or key"):
-        row = await call.db.fetchrow(
-            f"UPDATE projects SET {assignments} WHERE id = $1 AND organization_id = $2 "
-            f"RETURNING {COLUMNS}",
+    async with call.db.acquire() as conn, conn.transaction():
+        # The row lock keeps two PATCHes of different settings fields from losing one.
+        current = await conn.fetchrow(
+            "SELECT settings, archived_at FROM projects WHERE id = $1 AND organization_id = $2 "
+            "FOR UPDATE",
             project_id,
             call.org,
-            *values,
         )
-    if row is None:
-        raise not_found("Project", project_id)
+        if current is None:
+            raise not_found("Project", project_id)
+        # A new `settings` replaces the old one but keeps the fields stored inside it (goals,
+        # policy_ids, ...) unless they are sent too: PATCH changes only what it names.
+        kept = {k: v for k, v in current["settings"].items() if k in SETTINGS_FIELDS}
+        settings = {**changes.pop("settings", current["settings"]), **kept}
+        for name in SETTINGS_FIELDS:
+            if name in changes:
+                settings[name] = changes.pop(name)
+        changes["settings"] = settings
+        if "status" in changes:
+            archived = changes["status"] == "archived"
+            changes["archived_at"] = (
+                (current["archived_at"] or datetime.now(UTC)) if archived else None
+            )
+        assignments, values = patch_assignments(
+            changes,
+            ["name", "key", "description", "settings", "status", "visibility", "archived_at"],
+            first_param=3,
+        )
+        with conflict_on_duplicate("Another project has that name or key"):
+            row = await conn.fetchrow(
+                f"UPDATE projects SET {assignments} WHERE id = $1 AND organization_id = $2 "
+                f"RETURNING {COLUMNS}",
+                project_id,
+                call.org,
+                *values,
+            )
+    assert row is not None
     return ProjectOut.from_row(row)
 
 

@@ -22,6 +22,8 @@ QueueStatus = Literal["active", "inactive", "maintenance"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # Queues named like this are made for one local execution and hidden from lists, as in Kubiya.
 EPHEMERAL_PREFIX = "local-exec"
+# The column is a Postgres integer; a larger limit means nothing more than "unlimited" anyway.
+MAX_WORKERS_LIMIT = 100_000
 # A worker counts as active while its last heartbeat is younger than this (2 x 60 s + 30 s).
 STALE_WORKER_SECONDS = 150
 
@@ -51,7 +53,9 @@ class WorkerQueueCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
     display_name: str | None = None
     description: str | None = None
-    max_workers: int | None = Field(None, ge=1, description="null = unlimited")
+    max_workers: int | None = Field(
+        None, ge=1, le=MAX_WORKERS_LIMIT, description="null = unlimited"
+    )
     heartbeat_interval: int = Field(60, ge=1, le=3600)
     tags: list[str] = Field(default_factory=list)
     settings: dict[str, Any] = Field(default_factory=dict)
@@ -64,7 +68,7 @@ class WorkerQueueUpdate(PatchBody):
     display_name: str | None = None
     description: str | None = None
     status: QueueStatus | None = None
-    max_workers: int | None = Field(None, ge=1)
+    max_workers: int | None = Field(None, ge=1, le=MAX_WORKERS_LIMIT)
     heartbeat_interval: int | None = Field(None, ge=1, le=3600)
     tags: list[str] | None = None
     settings: dict[str, Any] | None = None
@@ -214,10 +218,14 @@ async def get_worker_queue(call: Call) -> WorkerQueueOut:
 async def update_worker_queue(call: Call, body: WorkerQueueUpdate) -> WorkerQueueOut:
     """Change the fields sent."""
     queue_id = call.path_uuid("queue_id", "Worker queue")
+    changes = body.changes()
+    if "name" in changes:
+        changes["ephemeral"] = changes["name"].startswith(EPHEMERAL_PREFIX)
     assignments, values = patch_assignments(
-        body.changes(),
+        changes,
         [
             "name",
+            "ephemeral",
             "display_name",
             "description",
             "status",
