@@ -1,0 +1,34 @@
+# The control-plane image: one image for the API, the workers and `controlplane migrate`.
+#   docker build -t controlplane .
+# The compose file chooses the command; the default runs the API.
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml schema.sql ./
+COPY api ./api
+COPY workflows ./workflows
+COPY activities ./activities
+COPY worker ./worker
+COPY controlplane ./controlplane
+# schema.sql is not package data: put it where the installed code looks for it
+# (controlplane.settings.SCHEMA_PATH). -I keeps /src off sys.path so the installed copy answers.
+RUN python -m venv /opt/controlplane \
+    && /opt/controlplane/bin/pip install . \
+    && /opt/controlplane/bin/python -I -c "import shutil; from controlplane.settings import SCHEMA_PATH; SCHEMA_PATH.exists() or shutil.copyfile('/src/schema.sql', SCHEMA_PATH)" \
+    && /opt/controlplane/bin/controlplane --version
+
+FROM python:3.11-slim
+ENV PATH=/opt/controlplane/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/home/controlplane \
+    CONTROLPLANE_HOME=/home/controlplane/.controlplane
+RUN groupadd --system --gid 10001 controlplane \
+    && useradd --system --uid 10001 --gid controlplane --create-home \
+       --home-dir /home/controlplane --shell /usr/sbin/nologin controlplane
+COPY --from=build /opt/controlplane /opt/controlplane
+USER controlplane:controlplane
+WORKDIR /home/controlplane
+EXPOSE 8001
+CMD ["controlplane", "api", "--host", "0.0.0.0", "--port", "8001"]

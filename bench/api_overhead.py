@@ -1,0 +1,373 @@
+"""What one API process costs per request: throughput and latency of authenticated reads and
+writes, next to the unauthenticated health check on the same server as a baseline.
+
+    .venv/bin/python bench/api_overhead.py [--requests N] [--concurrency C]
+
+Starts an embedded Postgres and a headless Temporal dev server in a temp dir, one uvicorn process
+of the API on loopback, and drives it from this process with httpx over keep-alive connections.
+The client shares the machine with the server, so compare the ratios more than the absolutes.
+Besides client-side latency it reports the server's own time per request (from the API's request
+log, matched by X-Request-Id) and the CPU time per request of the API process, Postgres and this
+client (from /proc, Linux only). Everything it started is stopped at the end, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import asyncpg
+import httpx
+
+from api.db import apply_schema_at
+from api.tenancy import create_key, create_org
+from controlplane.services import EmbeddedPostgres, free_port, start_temporal, stop_process
+from controlplane.settings import REPO_ROOT
+
+ORG = "bench"
+SEED_PROJECTS = 50
+REQUEST_ID = "bench-{scenario}-{seq}"
+
+# Given a sequence number, the (method, url, json body) to send.
+RequestFor = Callable[[int], tuple[str, str, Any]]
+
+
+@dataclass
+class Scenario:
+    name: str
+    request_for: RequestFor
+    expect: int
+    authenticated: bool = True
+
+
+@dataclass
+class Result:
+    name: str
+    latencies: list[float]
+    errors: int
+    elapsed: float
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds over the timed window
+    server: list[float] = field(default_factory=list)  # server-side durations, ms
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
+
+    def p(self, q: float) -> float:
+        return percentile([x * 1000 for x in self.latencies], q)
+
+    def cpu_ms_per_request(self, part: str) -> float:
+        done = len(self.latencies) + self.errors
+        return self.cpu[part] * 1000 / done if part in self.cpu and done else math.nan
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+class CpuMeter:
+    """CPU seconds used so far by the API process, the Postgres server and this process."""
+
+    def __init__(self, api_pid: int, pgdata: Path) -> None:
+        self.api_pid = api_pid
+        self.pgdata = pgdata
+        self.ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def _stat(self, pid: int) -> list[str] | None:
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        return raw.rsplit(")", 1)[1].split()  # the fields after the command name
+
+    def _seconds(self, pid: int) -> float:
+        fields = self._stat(pid)
+        return (int(fields[11]) + int(fields[12])) / self.ticks if fields else 0.0
+
+    def _postgres_pids(self) -> list[int]:
+        try:
+            postmaster = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        pids = [postmaster]
+        for entry in Path("/proc").iterdir():
+            fields = self._stat(int(entry.name)) if entry.name.isdigit() else None
+            if fields and int(fields[1]) == postmaster:
+                pids.append(int(entry.name))
+        return pids
+
+    def sample(self) -> dict[str, float]:
+        if not Path("/proc/self/stat").exists():
+            return {}
+        return {
+            "api": self._seconds(self.api_pid),
+            "postgres": sum(self._seconds(pid) for pid in self._postgres_pids()),
+            "client": time.process_time(),
+        }
+
+
+async def run_phase(
+    client: httpx.AsyncClient,
+    scenario: Scenario,
+    tag: int,
+    sequence: range,
+    concurrency: int,
+    deadline: float,
+    key: str,
+) -> tuple[list[float], int]:
+    """Send the requests of `sequence` from `concurrency` workers; stop early at `deadline`."""
+    latencies: list[float] = []
+    errors = 0
+    shared: Iterator[int] = iter(sequence)
+
+    async def worker() -> None:
+        nonlocal errors
+        for seq in shared:
+            if time.perf_counter() > deadline:
+                return
+            method, url, body = scenario.request_for(seq)
+            headers = {"X-Request-Id": REQUEST_ID.format(scenario=tag, seq=seq)}
+            if scenario.authenticated:
+                headers["Authorization"] = f"Bearer {key}"
+            started = time.perf_counter()
+            response = await client.request(method, url, json=body, headers=headers)
+            latency = time.perf_counter() - started
+            if response.status_code == scenario.expect:
+                latencies.append(latency)
+            else:
+                errors += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors
+
+
+async def seed(database_url: str) -> str:
+    await apply_schema_at(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await create_org(conn, ORG, rate_limit_per_minute=100_000_000)
+        key = await create_key(conn, ORG, role="admin", name="bench admin")
+    finally:
+        await conn.close()
+    return key.key
+
+
+async def wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=base_url, timeout=2) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the API exited with code {process.returncode}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/api/ready")).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"the API was not ready within {timeout:.0f} s")
+
+
+def scenarios() -> list[Scenario]:
+    run = uuid.uuid4().hex[:8]
+
+    def create(i: int) -> tuple[str, str, Any]:
+        return "POST", "/api/v1/projects", {"name": f"bench {run} {i}", "key": f"B{run}{i}"}
+
+    return [
+        Scenario("GET /api/health (no key)", lambda _: ("GET", "/api/health", None), 200, False),
+        Scenario(
+            "GET /api/v1/projects?limit=50",
+            lambda _: ("GET", "/api/v1/projects?limit=50", None),
+            200,
+        ),
+        Scenario(
+            "GET /api/v1/projects?limit=1", lambda _: ("GET", "/api/v1/projects?limit=1", None), 200
+        ),
+        Scenario("POST /api/v1/projects", create, 201),
+    ]
+
+
+async def measure(
+    base_url: str, key: str, meter: CpuMeter, args: argparse.Namespace
+) -> list[Result]:
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+    )
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+        for i in range(SEED_PROJECTS):
+            response = await client.post(
+                "/api/v1/projects",
+                json={"name": f"seed {i}", "key": f"SEED{i}"},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            response.raise_for_status()
+        results = []
+        for tag, scenario in enumerate(scenarios()):
+            warm = range(args.warmup)
+            await run_phase(client, scenario, tag, warm, args.concurrency, math.inf, key)
+            timed = range(args.warmup, args.warmup + args.requests)
+            before = meter.sample()
+            started = time.perf_counter()
+            deadline = started + args.max_seconds
+            latencies, errors = await run_phase(
+                client, scenario, tag, timed, args.concurrency, deadline, key
+            )
+            elapsed = time.perf_counter() - started
+            after = meter.sample()
+            cpu = {part: after[part] - before[part] for part in after}
+            results.append(Result(scenario.name, latencies, errors, elapsed, cpu))
+        return results
+
+
+def attach_server_times(results: list[Result], api_log: Path, warmup: int) -> None:
+    """The API logs `duration_ms` per request under our X-Request-Id."""
+    with open(api_log, encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            with contextlib.suppress(ValueError, KeyError, IndexError):
+                entry = json.loads(line)
+                parts = str(entry["request_id"]).split("-")
+                if entry.get("message") != "request" or parts[0] != "bench":
+                    continue
+                if int(parts[2]) >= warmup:
+                    results[int(parts[1])].server.append(float(entry["duration_ms"]))
+
+
+def report(results: list[Result], args: argparse.Namespace) -> None:
+    print(
+        f"\nconcurrency {args.concurrency}; per row {args.warmup} warm-up requests, then up to "
+        f"{args.requests} timed ones (at most {args.max_seconds:.0f} s); one API process; "
+        f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}\n"
+    )
+    head = ("req/s", "p50 ms", "p99 ms", "srv p50", "srv p99", "api cpu", "pg cpu", "cli cpu")
+    print(f"{'scenario':<30} {'ok':>5} {'err':>4}" + "".join(f" {h:>8}" for h in head))
+    for r in results:
+        cells = [
+            r.rate,
+            r.p(0.5),
+            r.p(0.99),
+            percentile(r.server, 0.5),
+            percentile(r.server, 0.99),
+            r.cpu_ms_per_request("api"),
+            r.cpu_ms_per_request("postgres"),
+            r.cpu_ms_per_request("client"),
+        ]
+        print(
+            f"{r.name:<30} {len(r.latencies):>5} {r.errors:>4}"
+            + "".join(f" {c:>8.0f}" if i == 0 else f" {c:>8.2f}" for i, c in enumerate(cells))
+        )
+    print("(srv = time inside the API per its request log; cpu = CPU ms per request)")
+    health = results[0]
+    for r in results[1:]:
+        if r.rate and health.rate:
+            print(
+                f"cost ratio {r.name} / health: {health.rate / r.rate:.2f}x by throughput, "
+                f"{r.p(0.5) / health.p(0.5):.2f}x by client p50, "
+                f"{r.cpu_ms_per_request('api') / health.cpu_ms_per_request('api'):.2f}x by API CPU"
+            )
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def start_api(
+    work: Path, port: int, database_url: str, temporal_port: int
+) -> subprocess.Popen[bytes]:
+    env = os.environ | {
+        "DATABASE_URL": database_url,
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
+        "CONTROLPLANE_HOME": str(work / "home"),
+    }
+    command = [sys.executable, "-m", "uvicorn", "--factory", "api.asgi:app_from_env"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    # One JSON line per request goes to the log file, which also yields the server-side times.
+    with open(work / "api.log", "wb") as log:
+        return subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="API overhead per request, against a baseline.")
+    parser.add_argument("--requests", type=int, default=3000, help="timed requests per row")
+    parser.add_argument("--warmup", type=int, default=300, help="untimed requests per row")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max-seconds", type=float, default=30, help="time cap per row")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir and its logs")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    work = Path(tempfile.mkdtemp(prefix="cp-bench-"))
+    postgres = EmbeddedPostgres(work / "pgdata")
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        print(f"starting Postgres and Temporal in {work} ...", flush=True)
+        database_url = postgres.start()
+        temporal_port = free_port()
+        log_file = work / "temporal.log"
+        temporal = start_temporal(
+            work / "temporal.db", port=temporal_port, ui_port=None, log_file=log_file
+        )
+        processes.append(temporal)
+        key = asyncio.run(seed(database_url))
+        port = free_port()
+        api = start_api(work, port, database_url, temporal_port)
+        processes.append(api)
+        base_url = f"http://127.0.0.1:{port}"
+        meter = CpuMeter(api.pid, work / "pgdata")
+
+        async def run() -> list[Result]:
+            await wait_ready(base_url, api, timeout=60)
+            print("API ready; measuring ...", flush=True)
+            return await measure(base_url, key, meter, args)
+
+        results = asyncio.run(run())
+        attach_server_times(results, work / "api.log", args.warmup)
+        report(results, args)
+        return 1 if any(r.errors for r in results) else 0
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping everything", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        print(f"benchmark failed: {exc!r}", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            tail = (work / "api.log").read_text(errors="replace").splitlines()[-20:]
+            print("\n".join(tail), file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
+        for process in reversed(processes):
+            stop_process(process)
+        postgres.stop()
+        if args.keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
