@@ -141,3 +141,117 @@ CREATE TABLE IF NOT EXISTS workers (
     updated_at        timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS workers_queue ON workers (worker_queue_id, last_heartbeat);
+
+-- ------------------------------------------------------------------------------------------------
+-- Models, agents.
+
+-- The model catalogue: rows with a NULL organization_id are the global catalogue seeded below
+-- (read-only through the API); an organization sees those and its own rows.
+CREATE TABLE IF NOT EXISTS llm_models (
+    id                  uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    organization_id     text REFERENCES organizations(id) ON DELETE CASCADE,
+    value               text NOT NULL,
+    label               text NOT NULL,
+    provider            text NOT NULL,
+    api_model           text,  -- the name sent to the provider; NULL: the part of value after '/'
+    model_type          text NOT NULL DEFAULT 'text-generation',
+    logo                text,
+    description         text,
+    enabled             boolean NOT NULL DEFAULT true,
+    recommended         boolean NOT NULL DEFAULT false,
+    compatible_runtimes jsonb NOT NULL DEFAULT '[]',
+    capabilities        jsonb NOT NULL DEFAULT '{}',
+    pricing             jsonb,  -- {input_per_million, output_per_million, currency: "USD"}
+    display_order       integer NOT NULL DEFAULT 1000,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    updated_at          timestamptz NOT NULL DEFAULT now(),
+    created_by          text
+);
+CREATE UNIQUE INDEX IF NOT EXISTS llm_models_global_value ON llm_models (value)
+    WHERE organization_id IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS llm_models_org_value ON llm_models (organization_id, value)
+    WHERE organization_id IS NOT NULL;
+
+-- The shipped catalogue: refreshed at every start-up, except `enabled`, which an operator may
+-- change in SQL to hide a model from every organization.
+INSERT INTO llm_models (value, label, provider, api_model, description, recommended,
+                        compatible_runtimes, capabilities, pricing, display_order) VALUES
+    ('anthropic/claude-sonnet-4-5', 'Claude Sonnet 4.5', 'anthropic', NULL,
+     'Best balance of intelligence, speed and cost for agents and coding', true,
+     '["default", "claude_code"]',
+     '{"tools": true, "vision": true, "streaming": true, "extended_thinking": true, "context_window": 200000, "max_output_tokens": 64000}',
+     '{"input_per_million": 3, "output_per_million": 15, "currency": "USD"}', 10),
+    ('anthropic/claude-opus-4-5', 'Claude Opus 4.5', 'anthropic', NULL,
+     'Most capable model for complex, long-running agent work', false,
+     '["default", "claude_code"]',
+     '{"tools": true, "vision": true, "streaming": true, "extended_thinking": true, "context_window": 200000, "max_output_tokens": 64000}',
+     '{"input_per_million": 5, "output_per_million": 25, "currency": "USD"}', 20),
+    ('anthropic/claude-haiku-4-5', 'Claude Haiku 4.5', 'anthropic', NULL,
+     'Fastest and cheapest of the current models', false,
+     '["default", "claude_code"]',
+     '{"tools": true, "vision": true, "streaming": true, "extended_thinking": true, "context_window": 200000, "max_output_tokens": 64000}',
+     '{"input_per_million": 1, "output_per_million": 5, "currency": "USD"}', 30),
+    ('anthropic/claude-opus-4-1', 'Claude Opus 4.1', 'anthropic', NULL,
+     'Previous Opus generation', false,
+     '["default", "claude_code"]',
+     '{"tools": true, "vision": true, "streaming": true, "extended_thinking": true, "context_window": 200000, "max_output_tokens": 32000}',
+     '{"input_per_million": 15, "output_per_million": 75, "currency": "USD"}', 40),
+    ('anthropic/claude-sonnet-4', 'Claude Sonnet 4', 'anthropic', 'claude-sonnet-4-20250514',
+     'Previous Sonnet generation', false,
+     '["default", "claude_code"]',
+     '{"tools": true, "vision": true, "streaming": true, "extended_thinking": true, "context_window": 200000, "max_output_tokens": 64000}',
+     '{"input_per_million": 3, "output_per_million": 15, "currency": "USD"}', 50),
+    ('anthropic/claude-3-5-haiku', 'Claude Haiku 3.5', 'anthropic', 'claude-3-5-haiku-20241022',
+     'Older fast model', false,
+     '["default", "claude_code"]',
+     '{"tools": true, "vision": true, "streaming": true, "extended_thinking": false, "context_window": 200000, "max_output_tokens": 8192}',
+     '{"input_per_million": 0.8, "output_per_million": 4, "currency": "USD"}', 60)
+ON CONFLICT (value) WHERE organization_id IS NULL DO UPDATE SET
+    label = EXCLUDED.label,
+    provider = EXCLUDED.provider,
+    api_model = EXCLUDED.api_model,
+    description = EXCLUDED.description,
+    recommended = EXCLUDED.recommended,
+    compatible_runtimes = EXCLUDED.compatible_runtimes,
+    capabilities = EXCLUDED.capabilities,
+    pricing = EXCLUDED.pricing,
+    display_order = EXCLUDED.display_order,
+    updated_at = now()
+WHERE (llm_models.label, llm_models.provider, llm_models.api_model, llm_models.description,
+       llm_models.recommended, llm_models.compatible_runtimes, llm_models.capabilities,
+       llm_models.pricing, llm_models.display_order)
+      IS DISTINCT FROM
+      (EXCLUDED.label, EXCLUDED.provider, EXCLUDED.api_model, EXCLUDED.description,
+       EXCLUDED.recommended, EXCLUDED.compatible_runtimes, EXCLUDED.capabilities,
+       EXCLUDED.pricing, EXCLUDED.display_order);
+
+-- Agents. system_prompt lives in configuration.system_prompt, as in Kubiya; team_id and
+-- skill_ids point at resources added later, so they carry no foreign key yet.
+CREATE TABLE IF NOT EXISTS agents (
+    id                    uuid PRIMARY KEY,
+    organization_id       text NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    name                  text NOT NULL,
+    description           text,
+    status                text NOT NULL DEFAULT 'idle' CHECK (status IN
+                            ('idle', 'running', 'paused', 'completed', 'failed', 'stopped')),
+    capabilities          jsonb NOT NULL DEFAULT '[]',
+    configuration         jsonb NOT NULL DEFAULT '{}',
+    model_id              text,
+    llm_config            jsonb NOT NULL DEFAULT '{}',
+    runtime               text NOT NULL DEFAULT 'default' CHECK (runtime IN ('default', 'claude_code')),
+    runner_name           text,
+    team_id               uuid,
+    state                 jsonb NOT NULL DEFAULT '{}',
+    error_message         text,
+    last_active_at        timestamptz,
+    skill_ids             jsonb NOT NULL DEFAULT '[]',
+    skill_configurations  jsonb NOT NULL DEFAULT '{}',
+    environment_ids       jsonb NOT NULL DEFAULT '[]',
+    execution_environment jsonb NOT NULL DEFAULT '{}',
+    created_by            text,
+    created_at            timestamptz NOT NULL DEFAULT now(),
+    updated_at            timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (organization_id, name)
+);
+CREATE INDEX IF NOT EXISTS agents_org ON agents (organization_id, created_at, id);
+CREATE INDEX IF NOT EXISTS project_agents_agent ON project_agents (agent_id);

@@ -22,7 +22,17 @@ from api.idempotency import IdempotencyMiddleware, prune_idempotency_keys
 from api.metrics import Metrics
 from api.openapi import build_openapi
 from api.request_context import RequestContextMiddleware
-from api.routes import api_keys, environments, health, projects, worker_queues, workers
+from api.routes import (
+    agents,
+    api_keys,
+    environments,
+    health,
+    models,
+    projects,
+    runtimes,
+    worker_queues,
+    workers,
+)
 from api.routing import Endpoint, starlette_routes
 from api.state import AppState
 from api.temporal_gateway import TemporalGateway
@@ -37,6 +47,9 @@ ROUTERS = [
     environments.router,
     worker_queues.router,
     workers.router,
+    models.router,
+    runtimes.router,
+    agents.router,
 ]
 PRUNE_EVERY_SECONDS = 60
 

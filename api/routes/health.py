@@ -110,6 +110,9 @@ ENDPOINT_GROUPS = {
     "environments": "/api/v1/environments",
     "worker_queues": "/api/v1/worker-queues",
     "workers": "/api/v1/workers",
+    "models": "/api/v1/models",
+    "runtimes": "/api/v1/runtimes",
+    "agents": "/api/v1/agents",
 }
 
 
