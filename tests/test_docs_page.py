@@ -6,6 +6,8 @@ These routes touch neither Postgres nor Temporal, so they run on an app that was
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -111,7 +113,60 @@ def test_script_renders_from_this_servers_openapi() -> None:
     assert "localStorage" in script
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+NODE = shutil.which("node")
+# Loads docs.js as a module (it exports its schema helpers when there is no browser) and prints
+# the body example it would prefill for each operation.
+EXAMPLES_JS = """
+const docs = require(process.env.DOCS_JS);
+let input = "";
+process.stdin.on("data", (chunk) => (input += chunk));
+process.stdin.on("end", () => {
+  const spec = JSON.parse(input);
+  docs.useSpec(spec);
+  const examples = {};
+  for (const item of Object.values(spec.paths)) {
+    for (const op of Object.values(item)) {
+      const media = op.requestBody && op.requestBody.content["application/json"];
+      if (media) examples[op.operationId] = docs.example(media.schema);
+      for (const p of op.parameters || []) docs.typeLabel(p.schema);
+    }
+  }
+  for (const schema of Object.values(spec.components.schemas)) {
+    docs.typeLabel(schema);
+    for (const prop of Object.values(schema.properties || {})) docs.typeLabel(prop);
+  }
+  process.stdout.write(JSON.stringify(examples));
+});
+"""
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_prefilled_bodies_are_valid_requests(spec: dict[str, Any]) -> None:
+    assert NODE is not None
+    result = subprocess.run(
+        [NODE, "-e", EXAMPLES_JS],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"DOCS_JS": str(docs_page.STATIC_DIR / "docs.js"), "PATH": os.environ["PATH"]},
+    )
+    assert result.returncode == 0, result.stderr
+    examples = json.loads(result.stdout)
+    jsonschema = importlib.import_module("jsonschema")
+    with_bodies = {
+        op["operationId"]: op["requestBody"]["content"]["application/json"]["schema"]
+        for _, _, op in _operations(spec)
+        if "requestBody" in op
+    }
+    assert set(examples) == set(with_bodies)
+    for operation_id, schema in with_bodies.items():
+        rooted = {**schema, "components": spec["components"]}
+        errors = list(jsonschema.Draft202012Validator(rooted).iter_errors(examples[operation_id]))
+        assert not errors, f"{operation_id}: {examples[operation_id]} -> {errors[0].message}"
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
 def test_script_parses() -> None:
     result = subprocess.run(
         ["node", "--check", str(docs_page.STATIC_DIR / "docs.js")],

@@ -24,13 +24,21 @@ function h(tag, attrs, ...children) {
 }
 
 // Descriptions use `code` spans; show them as code, everything else as plain text.
+function inline(text) {
+  return String(text || "").split("`").map((part, i) => (i % 2 ? h("code", {}, part) : part));
+}
+
 function prose(text) {
-  if (!text) return null;
-  return h("p", { class: "prose" },
-    String(text).split("`").map((part, i) => (i % 2 ? h("code", {}, part) : part)));
+  return text ? h("p", { class: "prose" }, inline(text)) : null;
+}
+
+// JSON Schema allows `true`/`false` as schemas (`additionalProperties: true`): treat them as {}.
+function plain(schema) {
+  return schema && typeof schema === "object" ? schema : {};
 }
 
 function resolve(schema) {
+  schema = plain(schema);
   const seen = new Set();
   while (schema && schema.$ref) {
     if (seen.has(schema.$ref)) break;
@@ -39,9 +47,9 @@ function resolve(schema) {
     if (!schema.$ref.startsWith(prefix)) return { description: "unresolved " + schema.$ref };
     const target = (spec.components.schemas || {})[schema.$ref.slice(prefix.length)];
     if (!target) return { description: "unresolved " + schema.$ref };
-    schema = target;
+    schema = plain(target);
   }
-  return schema || {};
+  return schema;
 }
 
 function refName(schema) {
@@ -50,7 +58,7 @@ function refName(schema) {
 
 // A one-line type: "string (uuid)", "ProjectOut[]", "string | null", "\"a\" | \"b\"".
 function typeLabel(schema) {
-  if (!schema) return "any";
+  schema = plain(schema);
   if (schema.$ref) return refName(schema);
   const variants = schema.anyOf || schema.oneOf;
   if (variants) return variants.map(typeLabel).join(" | ");
@@ -58,7 +66,7 @@ function typeLabel(schema) {
   if (schema.enum) return schema.enum.map((v) => JSON.stringify(v)).join(" | ");
   if ("const" in schema) return JSON.stringify(schema.const);
   if (schema.type === "array") return typeLabel(schema.items) + "[]";
-  if (schema.type === "object" && schema.additionalProperties && !schema.properties) {
+  if (schema.type === "object" && !schema.properties) {
     return "{[key]: " + typeLabel(schema.additionalProperties) + "}";
   }
   const type = Array.isArray(schema.type) ? schema.type.join(" | ") : schema.type || "any";
@@ -66,6 +74,7 @@ function typeLabel(schema) {
 }
 
 function constraints(schema) {
+  schema = plain(schema);
   const out = [];
   for (const [key, label] of [["minLength", "min length"], ["maxLength", "max length"],
     ["minimum", "≥"], ["maximum", "≤"], ["pattern", "pattern"], ["minItems", "min items"]]) {
@@ -134,8 +143,11 @@ function example(schema, depth = 0) {
   switch (type) {
     case "object": {
       const value = {};
+      const required = new Set(schema.required || []);
       for (const [name, prop] of Object.entries(schema.properties || {})) {
-        value[name] = example(prop, depth + 1);
+        // An optional list starts empty rather than holding a made-up item.
+        const optionalList = !required.has(name) && resolve(prop).type === "array";
+        value[name] = optionalList && !("default" in resolve(prop)) ? [] : example(prop, depth + 1);
       }
       return value;
     }
@@ -157,10 +169,18 @@ function stringExample(schema) {
     uri: "/api/health",
   };
   if (schema.format in byFormat) return byFormat[schema.format];
-  let value = (schema.title || "string").toLowerCase().replace(/[^a-z0-9]+/g, "-");
-  if (schema.pattern && /^\^\[A-Za-z\]/.test(schema.pattern)) value = value.replace(/^[^a-z]+/, "x");
-  while (value.length < (schema.minLength || 0)) value += "x";
-  return schema.maxLength ? value.slice(0, schema.maxLength) : value;
+  const title = (schema.title || "value").toLowerCase();
+  let pattern = null;
+  try {
+    pattern = schema.pattern ? new RegExp(schema.pattern, "u") : null;
+  } catch (_) { /* a pattern JS cannot read: skip the check */ }
+  const candidates = [title.replace(/[^a-z0-9]+/g, "-"), title.replace(/[^a-z0-9]+/g, "_"),
+    title.replace(/[^a-z]+/g, ""), title.toUpperCase().replace(/[^A-Z0-9]+/g, "_"), "x", "X", "0"];
+  const sized = candidates.map((value) => {
+    while (value.length < (schema.minLength || 0)) value += value.slice(-1) || "x";
+    return schema.maxLength ? value.slice(0, schema.maxLength) : value;
+  });
+  return sized.find((value) => !pattern || pattern.test(value)) || sized[0];
 }
 
 function apiKey() {
@@ -280,7 +300,7 @@ function operationView(path, method, op) {
     h("summary", {},
       h("span", { class: `method m-${method}` }, method.toUpperCase()),
       h("span", { class: "path" }, path),
-      h("span", { class: "summary" }, op.summary || ""),
+      h("span", { class: "summary" }, inline(op.summary)),
       op.security ? h("span", { class: "lock", title: "Needs an API key" }, "key") : null),
     h("div", { class: "op-body" },
       prose(op.description),
@@ -320,7 +340,12 @@ function render() {
   const intro = document.getElementById("intro");
   intro.replaceChildren(prose(spec.info.description) || "");
   document.getElementById("content").replaceChildren(nav, ...sections);
-  const target = location.hash && document.getElementById(location.hash.slice(1));
+  openFromHash();
+  window.addEventListener("hashchange", openFromHash);
+}
+
+function openFromHash() {
+  const target = location.hash && document.getElementById(decodeURIComponent(location.hash.slice(1)));
   if (target && target.tagName === "DETAILS") {
     target.open = true;
     target.scrollIntoView();
@@ -362,4 +387,9 @@ async function main() {
   }
 }
 
-main();
+// In a browser, render; under node (the tests), expose the schema helpers instead.
+if (typeof module === "object" && module.exports) {
+  module.exports = { useSpec: (value) => { spec = value; }, example, typeLabel };
+} else {
+  main();
+}
