@@ -142,6 +142,94 @@ CREATE TABLE IF NOT EXISTS workers (
 );
 CREATE INDEX IF NOT EXISTS workers_queue ON workers (worker_queue_id, last_heartbeat);
 
+-- ---------------------------------------------------------------------------------------------
+-- Executions: the read model of agent/team executions. The Temporal workflow is the source of
+-- truth; workers report here over the worker protocol.
+CREATE TABLE IF NOT EXISTS executions (
+    id                   uuid PRIMARY KEY,
+    organization_id      text NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    execution_type       text NOT NULL DEFAULT 'agent'
+                         CHECK (execution_type IN ('agent', 'team', 'workflow', 'plan_generation')),
+    entity_id            uuid,
+    entity_name          text,
+    runner_name          text,
+    user_id              text,
+    user_name            text,
+    user_email           text,
+    user_avatar          text,
+    trigger_source       text NOT NULL DEFAULT 'user',
+    prompt               text NOT NULL,
+    system_prompt        text,
+    status               text NOT NULL DEFAULT 'pending' CHECK (status IN
+                         ('pending', 'queued', 'running', 'waiting_for_input', 'paused',
+                          'completed', 'failed', 'cancelled')),
+    response             text,
+    error_message        text,
+    usage                jsonb NOT NULL DEFAULT '{}',
+    execution_metadata   jsonb NOT NULL DEFAULT '{}',
+    temporal_workflow_id text UNIQUE,
+    worker_queue_id      uuid REFERENCES worker_queues(id) ON DELETE SET NULL,
+    last_event_seq       bigint NOT NULL DEFAULT 0,
+    status_version       bigint NOT NULL DEFAULT 0,
+    last_message_at      timestamptz,
+    last_message_preview text,
+    created_at           timestamptz NOT NULL DEFAULT now(),
+    started_at           timestamptz,
+    completed_at         timestamptz,
+    updated_at           timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS executions_org ON executions (organization_id, created_at, id);
+
+CREATE TABLE IF NOT EXISTS execution_participants (
+    id             uuid PRIMARY KEY,
+    execution_id   uuid NOT NULL REFERENCES executions(id) ON DELETE CASCADE,
+    organization_id text NOT NULL,
+    user_id        text NOT NULL,
+    user_email     text,
+    user_name      text,
+    user_avatar    text,
+    role           text NOT NULL DEFAULT 'owner' CHECK (role IN ('owner', 'collaborator', 'viewer')),
+    joined_at      timestamptz NOT NULL DEFAULT now(),
+    last_active_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (execution_id, user_id)
+);
+
+-- Every status change with its time.
+CREATE TABLE IF NOT EXISTS execution_transitions (
+    id              bigserial PRIMARY KEY,
+    execution_id    uuid NOT NULL REFERENCES executions(id) ON DELETE CASCADE,
+    organization_id text NOT NULL,
+    from_state      text,
+    to_state        text NOT NULL,
+    reasoning       text,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+
+-- The stream. seq is per execution and assigned under the execution's row lock, so rows commit
+-- in seq order and a reader resuming after seq N can never miss a row that commits later.
+-- event_key makes a retried report land once.
+CREATE TABLE IF NOT EXISTS execution_events (
+    execution_id uuid NOT NULL REFERENCES executions(id) ON DELETE CASCADE,
+    seq          bigint NOT NULL,
+    event_type   text NOT NULL,
+    data         jsonb NOT NULL DEFAULT '{}',
+    event_key    text,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (execution_id, seq),
+    UNIQUE (execution_id, event_key)
+);
+
+CREATE TABLE IF NOT EXISTS sessions (
+    execution_id    uuid PRIMARY KEY REFERENCES executions(id) ON DELETE CASCADE,
+    session_id      text NOT NULL,
+    organization_id text NOT NULL,
+    user_id         text,
+    messages        jsonb NOT NULL DEFAULT '[]',
+    metadata        jsonb NOT NULL DEFAULT '{}',
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
 -- ------------------------------------------------------------------------------------------------
 -- Models, agents.
 

@@ -18,6 +18,7 @@ from api import docs_page
 from api.auth import AuthMiddleware, prune_rate_limit_counters
 from api.db import apply_schema_at, create_pool
 from api.errors import ApiError, error_response
+from api.event_stream import EventHub
 from api.idempotency import IdempotencyMiddleware, prune_idempotency_keys
 from api.metrics import Metrics
 from api.openapi import build_openapi
@@ -26,6 +27,8 @@ from api.routes import (
     agents,
     api_keys,
     environments,
+    execute,
+    executions,
     health,
     models,
     projects,
@@ -50,6 +53,8 @@ ROUTERS = [
     models.router,
     runtimes.router,
     agents.router,
+    executions.router,
+    execute.router,
 ]
 PRUNE_EVERY_SECONDS = 60
 
@@ -89,6 +94,7 @@ def create_app(settings: Settings) -> Starlette:
         settings=settings,
         metrics=metrics,
         temporal=TemporalGateway(settings.temporal_address, settings.temporal_namespace, metrics),
+        events=EventHub(settings.database_url),
     )
     state_holder["state"] = state
     endpoints = all_endpoints()
@@ -122,6 +128,7 @@ def create_app(settings: Settings) -> Starlette:
             pruner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pruner
+            await state.events.close()
             await state.pool.close()
 
     app = Starlette(

@@ -7,9 +7,10 @@ import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from api.errors import ApiError
 from controlplane.settings import SCHEMA_PATH
@@ -68,3 +69,8 @@ def patch_assignments(
             parts.append(f"{column} = ${first_param + len(values) - 1}")
     parts.append("updated_at = now()")
     return ", ".join(parts), values
+
+
+# A connection, checked out of the pool or not, and anything that runs queries.
+Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
+Queryable: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any] | asyncpg.Pool[Any]"

@@ -13,8 +13,8 @@ T = TypeVar("T")
 
 class ListQuery(BaseModel):
     limit: int = Field(50, ge=1, le=1000, description="Page size, 1..1000")
-    offset: int = Field(0, ge=0, description="Rows to skip")
-    skip: int | None = Field(None, ge=0, description="Alias of offset")
+    offset: int = Field(0, ge=0, le=1_000_000_000, description="Rows to skip")
+    skip: int | None = Field(None, ge=0, le=1_000_000_000, description="Alias of offset")
 
     @property
     def start(self) -> int:

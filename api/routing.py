@@ -139,6 +139,9 @@ class Endpoint:
             data = json.loads(raw) if raw.strip() else {}
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"Malformed JSON body: {exc}") from None
+        if b"\\u0000" in raw:
+            # Postgres text cannot hold NUL; refuse it here rather than fail on insert.
+            raise ApiError(422, "Strings may not contain NUL (\\u0000) characters")
         try:
             return model.model_validate(data)
         except ValidationError as exc:

@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 
+from api.event_stream import EventHub
 from api.metrics import Metrics
 from api.temporal_gateway import TemporalGateway
 from controlplane.settings import Settings
@@ -17,6 +18,7 @@ class AppState:
     settings: Settings
     metrics: Metrics
     temporal: TemporalGateway
+    events: EventHub
     pool_or_none: asyncpg.Pool[Any] | None = None
 
     @property

@@ -24,6 +24,8 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.queue_probe import answer_probe
+from activities.reporting import ControlPlane, ReportingActivities
+from activities.runtime import RuntimeActivities
 from controlplane import VERSION
 from controlplane.logs import configure_logging
 from workflows.registry import WORKFLOWS
@@ -48,6 +50,15 @@ def system_info() -> dict[str, Any]:
         "sdk_version": VERSION,
         "supported_runtimes": ["default", "claude_code"],
     }
+
+
+def activity_methods(instance: object) -> list[Any]:
+    """The bound @activity.defn methods of an activities object."""
+    return [
+        getattr(instance, name)
+        for name in dir(type(instance))
+        if hasattr(getattr(type(instance), name), "__temporal_activity_definition")
+    ]
 
 
 async def register(http: httpx.AsyncClient, queue_id: str) -> dict[str, Any]:
@@ -90,11 +101,8 @@ async def run(queue_id: str, control_plane_url: str, api_key: str, stop: asyncio
         config = await register(http, queue_id)
         worker_id = config["worker_id"]
         log.info("worker started", extra={"worker_id": worker_id, "queue_id": queue_id})
-        worker_http = httpx.AsyncClient(
-            base_url=control_plane_url,
-            headers={"Authorization": f"Bearer {config['worker_token']}"},
-            timeout=15,
-        )
+        control_plane = ControlPlane(control_plane_url, config["worker_token"])
+        worker_http = control_plane.http
         exit_code, error = 0, None
         heartbeats: asyncio.Task[None] | None = None
         try:
@@ -105,7 +113,11 @@ async def run(queue_id: str, control_plane_url: str, api_key: str, stop: asyncio
                 client,
                 task_queue=config["task_queue_name"],
                 workflows=WORKFLOWS,
-                activities=[answer_probe],
+                activities=[
+                    answer_probe,
+                    *activity_methods(ReportingActivities(control_plane)),
+                    *activity_methods(RuntimeActivities(control_plane)),
+                ],
                 identity=f"{socket.gethostname()}:{os.getpid()}:{worker_id}",
                 graceful_shutdown_timeout=timedelta(seconds=DRAIN_SECONDS),
             )

@@ -1,0 +1,85 @@
+"""Reports from a worker to the control plane over the worker protocol. Every report carries a
+key or version, so a retried activity stores its report once."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from workflows.execution_types import (
+    PERSIST_CONVERSATION,
+    PUBLISH_EVENT,
+    UPDATE_EXECUTION_STATUS,
+    ConversationSnapshot,
+    EventReport,
+    StatusUpdate,
+)
+
+
+class ControlPlane:
+    """An HTTP client authenticated with this worker's token."""
+
+    def __init__(self, base_url: str, worker_token: str) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {worker_token}"},
+            timeout=15,
+        )
+
+    async def send(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self.http.request(method, path, json=body)
+        if response.status_code in (404, 401, 403, 400, 422):
+            # The execution is gone or the report is malformed: retrying cannot help.
+            raise ApplicationError(
+                f"control plane refused {method} {path}: "
+                f"{response.status_code} {response.text[:300]}",
+                non_retryable=True,
+            )
+        response.raise_for_status()  # 5xx and 429 raise, and Temporal retries
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def publish(
+        self, execution_id: str, event_type: str, data: dict[str, Any], key: str
+    ) -> None:
+        await self.send(
+            "POST",
+            f"/api/v1/executions/{execution_id}/events",
+            {"event_type": event_type, "data": data, "event_key": key},
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+class ReportingActivities:
+    def __init__(self, control_plane: ControlPlane) -> None:
+        self.control_plane = control_plane
+
+    @activity.defn(name=UPDATE_EXECUTION_STATUS)
+    async def update_execution_status(self, update: StatusUpdate) -> None:
+        body = asdict(update)
+        execution_id = body.pop("execution_id")
+        await self.control_plane.send("PATCH", f"/api/v1/executions/{execution_id}", body)
+
+    @activity.defn(name=PUBLISH_EVENT)
+    async def publish_event(self, event: EventReport) -> None:
+        await self.control_plane.publish(
+            event.execution_id, event.event_type, event.data, event.event_key
+        )
+
+    @activity.defn(name=PERSIST_CONVERSATION)
+    async def persist_conversation_history(self, snapshot: ConversationSnapshot) -> None:
+        await self.control_plane.send(
+            "POST",
+            f"/api/v1/executions/{snapshot.execution_id}/session",
+            {
+                "session_id": snapshot.execution_id,
+                "messages": [asdict(m) for m in snapshot.messages],
+                "metadata": snapshot.metadata,
+            },
+        )

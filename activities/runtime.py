@@ -1,0 +1,148 @@
+"""`execute_with_runtime`: one model call of an agent turn, streamed.
+
+The model's text deltas go out as `message_chunk` events while the call runs. Retryable model
+errors (429, 5xx, overload, timeouts, connection errors) raise and Temporal retries the call
+with backoff; other errors (400, 401, 403, 404: bad request, bad key, unknown model) fail the
+execution at once with a clear message. The SDK's own retries are off so Temporal owns them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import Any
+
+import anthropic
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.reporting import ControlPlane
+from workflows.execution_types import (
+    EXECUTE_WITH_RUNTIME,
+    RuntimeTurnInput,
+    RuntimeTurnResult,
+    Usage,
+)
+
+HEARTBEAT_SECONDS = 5
+# Chunks are batched to at most one event per this many characters or per flush interval.
+FLUSH_SECONDS = 0.05
+
+
+def _fatal(message: str) -> ApplicationError:
+    return ApplicationError(message, non_retryable=True)
+
+
+def cost_of(usage: Usage, input_per_million: float, output_per_million: float) -> float:
+    return round(
+        usage.input_tokens * input_per_million / 1e6
+        + usage.output_tokens * output_per_million / 1e6,
+        8,
+    )
+
+
+class RuntimeActivities:
+    def __init__(self, control_plane: ControlPlane) -> None:
+        self.control_plane = control_plane
+
+    @activity.defn(name=EXECUTE_WITH_RUNTIME)
+    async def execute_with_runtime(self, turn: RuntimeTurnInput) -> RuntimeTurnResult:
+        if not os.environ.get("ANTHROPIC_API_KEY"):
+            raise _fatal(
+                "ANTHROPIC_API_KEY is not set on the worker: the model cannot be called "
+                "(set it, or run `controlplane dev --fake-llm`)"
+            )
+        if turn.runtime_type not in ("default", "claude_code"):
+            raise _fatal(f"Unknown runtime '{turn.runtime_type}'")
+        beating = asyncio.create_task(self._heartbeat_forever())
+        try:
+            return await self._call_model(turn)
+        except anthropic.APIStatusError as error:
+            if error.status_code in (408, 409, 429) or error.status_code >= 500:
+                raise  # retryable: Temporal retries with backoff
+            raise _fatal(f"Model call failed ({error.status_code}): {_message_of(error)}") from None
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+
+    @staticmethod
+    async def _heartbeat_forever() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _call_model(self, turn: RuntimeTurnInput) -> RuntimeTurnResult:
+        client = anthropic.AsyncAnthropic(max_retries=0, timeout=120)
+        attempt = activity.info().attempt
+        message_id = f"{turn.execution_id}_assistant_{turn.turn}"
+        chunk_index = 0
+        buffered: list[str] = []
+        loop = asyncio.get_running_loop()
+        last_flush = loop.time()
+
+        async def flush(final: bool) -> None:
+            nonlocal chunk_index, last_flush
+            if not buffered and not final:
+                return
+            text = "".join(buffered)
+            buffered.clear()
+            last_flush = loop.time()
+            chunk_index += 1
+            await self.control_plane.publish(
+                turn.execution_id,
+                "message_chunk",
+                {
+                    "content": text,
+                    "message_id": message_id,
+                    "is_final": final,
+                    "turn": turn.turn,
+                    "step": turn.step,
+                    "attempt": attempt,
+                },
+                # A retried attempt streams afresh under its own keys; clients reset on a new
+                # attempt number. A retried report of the same chunk lands once.
+                key=f"chunk:{turn.turn}:{turn.step}:{attempt}:{chunk_index}",
+            )
+
+        request: dict[str, Any] = {
+            "model": turn.model.api_model,
+            "max_tokens": turn.max_tokens,
+            "messages": turn.model_messages,
+        }
+        if turn.system_prompt:
+            request["system"] = turn.system_prompt
+        if turn.tools:
+            request["tools"] = turn.tools
+        try:
+            async with client.messages.stream(**request) as stream:
+                async for event in stream:
+                    if event.type == "text":
+                        buffered.append(event.text)
+                        if loop.time() - last_flush >= FLUSH_SECONDS:
+                            await flush(final=False)
+                final = await stream.get_final_message()
+            await flush(final=True)
+        finally:
+            await client.close()
+        usage = Usage(
+            input_tokens=final.usage.input_tokens,
+            output_tokens=final.usage.output_tokens,
+            turns=1 if turn.step == 0 else 0,
+        )
+        usage.cost_usd = cost_of(usage, turn.model.input_per_million, turn.model.output_per_million)
+        content = [block.model_dump(mode="json", exclude_none=True) for block in final.content]
+        text = "".join(block.text for block in final.content if block.type == "text")
+        return RuntimeTurnResult(
+            content=content, stop_reason=final.stop_reason or "end_turn", usage=usage, text=text
+        )
+
+
+def _message_of(error: anthropic.APIStatusError) -> str:
+    body = error.body
+    if isinstance(body, dict):
+        inner = body.get("error")
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    return str(error.message)

@@ -1,0 +1,169 @@
+"""Execution events: appended in seq order under the execution's row lock, pushed to every API
+process with LISTEN/NOTIFY, and served as SSE that resumes from Last-Event-ID with no gap and
+no duplicate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from api.db import Conn
+
+log = logging.getLogger("controlplane.api.events")
+
+CHANNEL = "execution_events"
+KEEPALIVE_SECONDS = 15.0
+TERMINAL_EVENTS = ("done", "error")
+# Kubiya nests these under `data`; the others are flat.
+NESTED_EVENTS = {"message_chunk", "tool_started", "tool_completed", "policy_violation"}
+
+
+async def append_event(
+    conn: Conn,
+    execution_id: uuid.UUID,
+    event_type: str,
+    data: dict[str, Any],
+    event_key: str | None = None,
+) -> int | None:
+    """Store one event; returns its seq, or None when `event_key` was stored before.
+    Must run inside a transaction: the row lock on the execution orders the seqs."""
+    if event_key is not None:
+        existing = await conn.fetchval(
+            "SELECT seq FROM execution_events WHERE execution_id = $1 AND event_key = $2",
+            execution_id,
+            event_key,
+        )
+        if existing is not None:
+            return None
+    seq: int = await conn.fetchval(
+        "UPDATE executions SET last_event_seq = last_event_seq + 1 WHERE id = $1 "
+        "RETURNING last_event_seq",
+        execution_id,
+    )
+    await conn.execute(
+        "INSERT INTO execution_events (execution_id, seq, event_type, data, event_key) "
+        "VALUES ($1, $2, $3, $4, $5)",
+        execution_id,
+        seq,
+        event_type,
+        data,
+        event_key,
+    )
+    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(execution_id))
+    return seq
+
+
+class EventHub:
+    """One LISTEN connection per API process, waking the streams of the notified execution."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: asyncpg.Connection[Any] | None = None
+        self._lock = asyncio.Lock()
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    async def _ensure_listening(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            return
+        async with self._lock:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await asyncpg.connect(self._dsn)
+                await self._conn.add_listener(CHANNEL, self._notified)
+
+    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        for waiter in self._waiters.get(str(payload), ()):
+            waiter.set()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, execution_id: uuid.UUID) -> AsyncIterator[asyncio.Event]:
+        await self._ensure_listening()
+        key = str(execution_id)
+        waiter = asyncio.Event()
+        self._waiters[key].add(waiter)
+        try:
+            yield waiter
+        finally:
+            self._waiters[key].discard(waiter)
+            if not self._waiters[key]:
+                del self._waiters[key]
+
+    async def close(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close()
+
+
+def sse(event_type: str, data: dict[str, Any], event_id: int | None = None) -> str:
+    lines = [] if event_id is None else [f"id: {event_id}"]
+    lines += [f"event: {event_type}", f"data: {json.dumps(data, default=str)}", "", ""]
+    return "\n".join(lines)
+
+
+def wire_payload(row: asyncpg.Record) -> dict[str, Any]:
+    timestamp = row["created_at"].isoformat()
+    if row["event_type"] in NESTED_EVENTS:
+        return {"data": row["data"], "timestamp": timestamp}
+    return {**row["data"], "timestamp": timestamp}
+
+
+async def stream_events(
+    pool: asyncpg.Pool[Any],
+    hub: EventHub,
+    execution: asyncpg.Record,
+    last_event_id: int | None,
+    keepalive_seconds: float = KEEPALIVE_SECONDS,
+) -> AsyncIterator[str]:
+    execution_id = execution["id"]
+    yield sse(
+        "connected",
+        {
+            "execution_id": str(execution_id),
+            "organization_id": execution["organization_id"],
+            "status": execution["status"],
+            "connected_at": datetime.now(UTC).isoformat(),
+        },
+    )
+    after = last_event_id or 0
+    async with hub.subscribe(execution_id) as woken:
+        first = True
+        while True:
+            woken.clear()  # cleared before reading, so a commit after the read still wakes us
+            rows = await pool.fetch(
+                "SELECT seq, event_type, data, created_at FROM execution_events "
+                "WHERE execution_id = $1 AND seq > $2 ORDER BY seq LIMIT 500",
+                execution_id,
+                after,
+            )
+            finished = False
+            for row in rows:
+                after = row["seq"]
+                yield sse(row["event_type"], wire_payload(row), event_id=row["seq"])
+                finished = finished or row["event_type"] in TERMINAL_EVENTS
+            if first and last_event_id is None:
+                messages = sum(1 for row in rows if row["event_type"] == "message")
+                yield sse(
+                    "history_complete",
+                    {
+                        "execution_id": str(execution_id),
+                        "message_count": messages,
+                        "is_truncated": len(rows) == 500,
+                        "has_more": len(rows) == 500,
+                    },
+                )
+            first = False
+            if finished:
+                return
+            if len(rows) == 500:
+                continue
+            try:
+                await asyncio.wait_for(woken.wait(), timeout=keepalive_seconds)
+            except TimeoutError:
+                yield ": keepalive\n\n"

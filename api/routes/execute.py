@@ -1,0 +1,198 @@
+"""`POST /api/v1/agents/{agent_id}/execute`: record an execution and start its
+AgentExecutionWorkflow on the chosen worker queue."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, Field
+from starlette.responses import StreamingResponse
+from temporalio.common import WorkflowIDReusePolicy
+
+from api.errors import ApiError, not_found
+from api.event_stream import stream_events
+from api.model_catalogue import compatibility_errors, default_model_row, model_info, resolve_model
+from api.routes.executions import COLUMNS
+from api.routing import Call, Router
+from workflows.execution_types import (
+    AGENT_EXECUTION_WORKFLOW,
+    AgentExecutionInput,
+    ModelSpec,
+    workflow_id_for,
+)
+
+router = Router("agents")
+
+
+class UserMetadata(BaseModel):
+    user_id: str | None = None
+    user_name: str | None = None
+    user_email: str | None = None
+    user_avatar: str | None = None
+
+
+class ExecuteIn(BaseModel):
+    prompt: str = Field(min_length=1)
+    worker_queue_id: uuid.UUID = Field(description="An active worker queue of your organization")
+    system_prompt: str | None = None
+    user_metadata: UserMetadata = Field(default_factory=UserMetadata)
+    execution_metadata: dict[str, Any] = Field(default_factory=dict)
+    execution_environment: dict[str, Any] | None = None
+    stream: bool = Field(
+        False,
+        description="With `Accept: text/event-stream` the response is the execution's SSE "
+        "stream; otherwise it is ignored and the JSON carries `stream_url`.",
+    )
+
+
+class ExecuteOut(BaseModel):
+    execution_id: uuid.UUID
+    workflow_id: str
+    status: str
+    message: str
+    stream_url: str
+
+
+async def _model_for(call: Call, agent: Any) -> ModelSpec:
+    if agent["model_id"]:
+        model = await resolve_model(call.db, call.org, agent["model_id"])
+        if model is None:
+            raise ApiError(400, f"The agent's model '{agent['model_id']}' is not in the catalogue")
+    else:
+        row = await default_model_row(call.db, call.org)
+        if row is None:
+            raise ApiError(400, "The agent has no model and the organization has no default")
+        model = model_info(row)
+    errors = compatibility_errors(agent["runtime"], model)
+    if errors:
+        raise ApiError(400, "The agent cannot run", details={"errors": errors})
+    pricing = model.pricing
+    return ModelSpec(
+        value=model.value,
+        api_model=model.api_model,
+        input_per_million=pricing.input_per_million if pricing else 0.0,
+        output_per_million=pricing.output_per_million if pricing else 0.0,
+    )
+
+
+@router.post("/api/v1/agents/{agent_id}/execute")
+async def execute_agent(call: Call, body: ExecuteIn) -> ExecuteOut:
+    """Start an execution of the agent on a worker queue; watch it on `stream_url`."""
+    agent_id = call.path_uuid("agent_id", "Agent")
+    agent = await call.db.fetchrow(
+        "SELECT id, name, configuration, model_id, runtime, llm_config FROM agents "
+        "WHERE id = $1 AND organization_id = $2",
+        agent_id,
+        call.org,
+    )
+    if agent is None:
+        raise not_found("Agent", agent_id)
+    queue = await call.db.fetchrow(
+        "SELECT id, name, status FROM worker_queues WHERE id = $1 AND organization_id = $2",
+        body.worker_queue_id,
+        call.org,
+    )
+    if queue is None:
+        raise not_found("Worker queue", body.worker_queue_id)
+    if queue["status"] != "active":
+        raise ApiError(400, f"Worker queue '{queue['name']}' is {queue['status']}, not active")
+    model = await _model_for(call, agent)
+    configuration = agent["configuration"] or {}
+    system_prompt = body.system_prompt or configuration.get("system_prompt")
+    user = body.user_metadata.model_copy()
+    user.user_id = user.user_id or call.principal.actor
+    execution_id = uuid.uuid4()
+    workflow_id = workflow_id_for(str(execution_id))
+    metadata = {
+        **body.execution_metadata,
+        "organization_id": call.org,
+        "worker_queue_name": queue["name"],
+        "model": model.value,
+        "runtime": agent["runtime"],
+    }
+    async with call.db.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO executions (id, organization_id, execution_type, entity_id, entity_name, "
+            "runner_name, user_id, user_name, user_email, user_avatar, prompt, system_prompt, "
+            "execution_metadata, temporal_workflow_id, worker_queue_id) VALUES ($1, $2, 'agent', "
+            "$3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            execution_id,
+            call.org,
+            agent_id,
+            agent["name"],
+            queue["name"],
+            user.user_id,
+            user.user_name,
+            user.user_email,
+            user.user_avatar,
+            body.prompt,
+            system_prompt,
+            metadata,
+            workflow_id,
+            queue["id"],
+        )
+        await conn.execute(
+            "INSERT INTO execution_participants (id, execution_id, organization_id, user_id, "
+            "user_name, user_email, user_avatar, role) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+            "'owner')",
+            uuid.uuid4(),
+            execution_id,
+            call.org,
+            user.user_id,
+            user.user_name,
+            user.user_email,
+            user.user_avatar,
+        )
+        await conn.execute(
+            "INSERT INTO execution_transitions (execution_id, organization_id, to_state, "
+            "reasoning) VALUES ($1, $2, 'pending', 'execution submitted')",
+            execution_id,
+            call.org,
+        )
+    workflow_input = AgentExecutionInput(
+        execution_id=str(execution_id),
+        agent_id=str(agent_id),
+        organization_id=call.org,
+        prompt=body.prompt,
+        model=model,
+        system_prompt=system_prompt,
+        runtime_type=agent["runtime"],
+        one_shot=bool(configuration.get("one_shot", False)),
+        max_tokens=int((agent["llm_config"] or {}).get("max_tokens", 4096)),
+        user_metadata=user.model_dump(),
+    )
+    try:
+        client = await call.state.temporal.client()
+        await client.start_workflow(
+            AGENT_EXECUTION_WORKFLOW,
+            workflow_input,
+            id=workflow_id,
+            task_queue=str(queue["id"]),
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        )
+    except Exception as error:
+        # Nothing half-written: an execution whose workflow never started is removed.
+        await call.db.execute("DELETE FROM executions WHERE id = $1", execution_id)
+        call.state.metrics.temporal_errors.labels(operation="start_workflow").inc()
+        if isinstance(error, ApiError):
+            raise
+        raise ApiError(503, f"Could not start the execution on Temporal: {error}") from None
+    stream_url = f"/api/v1/executions/{execution_id}/stream"
+    if body.stream and "text/event-stream" in call.request.headers.get("accept", ""):
+        row = await call.db.fetchrow(
+            f"SELECT {COLUMNS} FROM executions WHERE id = $1", execution_id
+        )
+        assert row is not None
+        return StreamingResponse(  # type: ignore[return-value]
+            stream_events(call.db, call.state.events, row, None),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Execution-ID": str(execution_id)},
+        )
+    return ExecuteOut(
+        execution_id=execution_id,
+        workflow_id=workflow_id,
+        status="pending",
+        message=f"Execution submitted to worker queue: {queue['name']}",
+        stream_url=stream_url,
+    )

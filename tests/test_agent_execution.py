@@ -1,0 +1,251 @@
+"""Agent executions end to end: the HTTP API, a real worker process, the Temporal dev server
+and the fake Anthropic server speaking the real wire protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from controlplane.fake_anthropic import (
+    AsyncFakeAnthropicClient,
+    FakeAnthropicServer,
+    error_reply,
+    text_reply,
+)
+from tests.conftest import Tenant, assert_error
+
+
+@pytest.fixture(scope="module")
+def fake_llm() -> Iterator[FakeAnthropicServer]:
+    server = FakeAnthropicServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def running_queue(
+    tenant: Tenant, live_api: str, fake_llm: FakeAnthropicServer
+) -> AsyncIterator[dict[str, Any]]:
+    """A queue of the tenant with one real worker process serving it."""
+    env_id = (await tenant.member.post("/api/v1/environments", json={"name": "prod"})).json()["id"]
+    queue = (
+        await tenant.member.post(f"/api/v1/environments/{env_id}/worker-queues", json={"name": "q"})
+    ).json()
+    env = {
+        **os.environ,
+        "CONTROLPLANE_URL": live_api,
+        "CONTROLPLANE_API_KEY": tenant.keys["member"],
+        "ANTHROPIC_BASE_URL": fake_llm.base_url,
+        "ANTHROPIC_API_KEY": "test-key",
+    }
+    env.pop("DATABASE_URL", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker", "--queue-id", queue["id"]],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    queue["process"] = process
+    yield queue
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(process.wait, 30)
+
+
+async def make_agent(tenant: Tenant, token: str, **configuration: Any) -> str:
+    response = await tenant.member.post(
+        "/api/v1/agents",
+        json={
+            "name": f"agent-{uuid.uuid4().hex[:6]}",
+            "model_id": "anthropic/claude-sonnet-4-5",
+            "system_prompt": f"You help. [{token}]",
+            "configuration": configuration,
+        },
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def wait_status(
+    tenant: Tenant, execution_id: str, *wanted: str, timeout: float = 30
+) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        body: dict[str, Any] = (
+            await tenant.viewer.get(f"/api/v1/executions/{execution_id}")
+        ).json()
+        if body["status"] in wanted:
+            return body
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"status {body['status']}, wanted {wanted}")
+        await asyncio.sleep(0.1)
+
+
+async def read_stream(
+    client: httpx.AsyncClient, execution_id: str, **headers: str
+) -> list[tuple[int | None, str, dict[str, Any]]]:
+    events: list[tuple[int | None, str, dict[str, Any]]] = []
+    async with client.stream(
+        "GET", f"/api/v1/executions/{execution_id}/stream", headers=headers, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        event_id, event_type = None, ""
+        async for line in response.aiter_lines():
+            if line.startswith("id: "):
+                event_id = int(line[4:])
+            elif line.startswith("event: "):
+                event_type = line[7:]
+            elif line.startswith("data: "):
+                events.append((event_id, event_type, json.loads(line[6:])))
+                event_id = None
+    return events
+
+
+async def test_one_shot_execution_streams_and_completes(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+) -> None:
+    token = uuid.uuid4().hex
+    await AsyncFakeAnthropicClient(fake_llm.base_url).script(
+        token, [text_reply("The answer is forty-two, as everyone knows by now.")]
+    )
+    agent_id = await make_agent(tenant, token, one_shot=True)
+    started = await tenant.member.post(
+        f"/api/v1/agents/{agent_id}/execute",
+        json={"prompt": "What is the answer?", "worker_queue_id": running_queue["id"]},
+    )
+    assert started.status_code == 200, started.text
+    body = started.json()
+    assert body["status"] == "pending"
+    assert body["workflow_id"] == f"agent-execution-{body['execution_id']}"
+    final = await wait_status(tenant, body["execution_id"], "completed", "failed")
+    assert final["status"] == "completed", final
+    assert final["response"] == "The answer is forty-two, as everyone knows by now."
+    assert final["usage"]["input_tokens"] > 0 and final["usage"]["cost_usd"] > 0
+
+    events = await read_stream(tenant.viewer, body["execution_id"])
+    types = [t for _, t, _ in events]
+    # Finished before we connected: the whole history, `done` included, then history_complete.
+    assert types[0] == "connected" and types[-2:] == ["done", "history_complete"]
+    chunks = "".join(d["data"]["content"] for _, t, d in events if t == "message_chunk")
+    assert chunks == final["response"]
+    ids = [i for i, _, _ in events if i is not None]
+    assert ids == sorted(set(ids))
+
+    # Resume after the third event: exactly the rest, no gap, no duplicate.
+    resumed = await read_stream(
+        tenant.viewer, body["execution_id"], **{"Last-Event-ID": str(ids[2])}
+    )
+    assert [i for i, _, _ in resumed if i is not None] == ids[3:]
+
+
+async def test_multi_turn_conversation_and_mark_done(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+) -> None:
+    token = uuid.uuid4().hex
+    await AsyncFakeAnthropicClient(fake_llm.base_url).script(
+        token, [text_reply("First answer."), text_reply("Second answer.")]
+    )
+    agent_id = await make_agent(tenant, token)
+    execution_id = (
+        await tenant.member.post(
+            f"/api/v1/agents/{agent_id}/execute",
+            json={"prompt": "Hello", "worker_queue_id": running_queue["id"]},
+        )
+    ).json()["execution_id"]
+    waiting = await wait_status(tenant, execution_id, "waiting_for_input")
+    assert waiting["response"] == "First answer."
+    sent = await tenant.member.post(
+        f"/api/v1/executions/{execution_id}/message", json={"message": "And then?"}
+    )
+    assert sent.status_code == 202
+    await asyncio.sleep(0.2)
+    second = await wait_status(tenant, execution_id, "waiting_for_input")
+    for _ in range(50):
+        if second["response"] == "Second answer.":
+            break
+        await asyncio.sleep(0.1)
+        second = await wait_status(tenant, execution_id, "waiting_for_input")
+    assert second["response"] == "Second answer."
+    done = await tenant.member.post(f"/api/v1/executions/{execution_id}/mark-done")
+    assert done.status_code == 202
+    await wait_status(tenant, execution_id, "completed")
+    session = (await tenant.viewer.get(f"/api/v1/executions/{execution_id}/session")).json()
+    assert [m["role"] for m in session["messages"]] == ["user", "assistant", "user", "assistant"]
+    # The model saw the whole conversation on the second turn.
+    requests = await AsyncFakeAnthropicClient(fake_llm.base_url).bodies(token)
+    assert [m["role"] for m in requests[-1]["messages"]] == ["user", "assistant", "user"]
+    # A finished execution refuses actions with its status.
+    error = assert_error(await tenant.member.post(f"/api/v1/executions/{execution_id}/pause"), 409)
+    assert error["details"]["status"] == "completed"
+
+
+async def test_bad_request_from_model_fails_the_execution(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+) -> None:
+    token = uuid.uuid4().hex
+    await AsyncFakeAnthropicClient(fake_llm.base_url).script(
+        token, [error_reply(400, "prompt is too long")]
+    )
+    agent_id = await make_agent(tenant, token, one_shot=True)
+    execution_id = (
+        await tenant.member.post(
+            f"/api/v1/agents/{agent_id}/execute",
+            json={"prompt": "Hi", "worker_queue_id": running_queue["id"]},
+        )
+    ).json()["execution_id"]
+    final = await wait_status(tenant, execution_id, "failed", "completed")
+    assert final["status"] == "failed"
+    assert "prompt is too long" in final["error_message"]
+
+
+async def test_rate_limited_model_call_is_retried(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+) -> None:
+    token = uuid.uuid4().hex
+    await AsyncFakeAnthropicClient(fake_llm.base_url).script(
+        token, [error_reply(429, "slow down", retry_after=0), text_reply("Made it.")]
+    )
+    agent_id = await make_agent(tenant, token, one_shot=True)
+    execution_id = (
+        await tenant.member.post(
+            f"/api/v1/agents/{agent_id}/execute",
+            json={"prompt": "Hi", "worker_queue_id": running_queue["id"]},
+        )
+    ).json()["execution_id"]
+    final = await wait_status(tenant, execution_id, "completed", "failed")
+    assert final["status"] == "completed" and final["response"] == "Made it."
+
+
+async def test_execute_refusals(
+    tenant: Tenant, other_tenant: Tenant, running_queue: dict[str, Any], db: Any
+) -> None:
+    agent_id = await make_agent(tenant, "x")
+    url = f"/api/v1/agents/{agent_id}/execute"
+    queue_id = running_queue["id"]
+    assert_error(await tenant.member.post(url, json={"prompt": "hi"}), 422, "VALIDATION_ERROR")
+    assert_error(
+        await tenant.member.post(url, json={"prompt": "", "worker_queue_id": queue_id}), 422
+    )
+    assert_error(
+        await tenant.member.post(url, json={"prompt": "hi", "worker_queue_id": str(uuid.uuid4())}),
+        404,
+    )
+    assert_error(
+        await other_tenant.member.post(url, json={"prompt": "hi", "worker_queue_id": queue_id}),
+        404,
+    )
+    assert_error(
+        await tenant.viewer.post(url, json={"prompt": "hi", "worker_queue_id": queue_id}), 403
+    )
+    count = "SELECT count(*) FROM executions WHERE organization_id = $1"
+    assert await db.fetchval(count, tenant.id) == 0

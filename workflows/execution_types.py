@@ -1,0 +1,147 @@
+"""Payloads exchanged between the API, AgentExecutionWorkflow and its activities.
+
+Dataclasses with defaults, one input per activity, so fields can be added compatibly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+AGENT_EXECUTION_WORKFLOW = "AgentExecutionWorkflow"
+# Activity names, shared by the workflow (which schedules) and the worker (which registers).
+EXECUTE_WITH_RUNTIME = "execute_with_runtime"
+UPDATE_EXECUTION_STATUS = "update_execution_status"
+PUBLISH_EVENT = "publish_event"
+PERSIST_CONVERSATION = "persist_conversation_history"
+RUN_TOOL = "run_tool"
+
+TERMINAL_STATES = ("completed", "failed", "cancelled")
+
+
+def workflow_id_for(execution_id: str) -> str:
+    return f"agent-execution-{execution_id}"
+
+
+@dataclass
+class ChatMessage:
+    role: str  # user | assistant | system | tool
+    content: str
+    timestamp: str
+    message_id: str
+    tool_name: str | None = None
+    tool_input: dict[str, Any] | None = None
+    tool_output: str | None = None
+    user_id: str | None = None
+    user_name: str | None = None
+    user_email: str | None = None
+    user_avatar: str | None = None
+
+
+@dataclass
+class ModelSpec:
+    value: str  # catalogue id, e.g. anthropic/claude-sonnet-4-5
+    api_model: str  # what the Anthropic API is sent, e.g. claude-sonnet-4-5
+    input_per_million: float = 0.0
+    output_per_million: float = 0.0
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    turns: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cost_usd = round(self.cost_usd + other.cost_usd, 8)
+        self.turns += other.turns
+
+
+@dataclass
+class AgentExecutionInput:
+    execution_id: str
+    agent_id: str
+    organization_id: str
+    prompt: str
+    model: ModelSpec
+    system_prompt: str | None = None
+    runtime_type: str = "default"
+    one_shot: bool = False
+    max_tokens: int = 4096
+    user_metadata: dict[str, Any] = field(default_factory=dict)
+    # How long a waiting execution waits for the next message before it completes.
+    idle_timeout_seconds: int = 24 * 3600
+    # Carried across continue-as-new; empty on the first run.
+    messages: list[ChatMessage] = field(default_factory=list)
+    model_messages: list[dict[str, Any]] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    turn: int = 0
+    pending: list[ChatMessage] = field(default_factory=list)
+    reports: int = 0
+
+
+@dataclass
+class ExecutionState:
+    """What the `get_state` query answers."""
+
+    status: str
+    messages: list[ChatMessage]
+    current_response: str
+    error_message: str | None
+    usage: Usage
+    is_waiting_for_input: bool
+    should_complete: bool
+    turn: int
+
+
+@dataclass
+class RuntimeTurnInput:
+    execution_id: str
+    turn: int
+    model: ModelSpec
+    system_prompt: str | None
+    model_messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    max_tokens: int = 4096
+    runtime_type: str = "default"
+    # Step within the turn (model call number), so chunk event keys stay unique.
+    step: int = 0
+
+
+@dataclass
+class RuntimeTurnResult:
+    content: list[dict[str, Any]]  # Anthropic content blocks: text and tool_use
+    stop_reason: str
+    usage: Usage
+    text: str
+
+
+@dataclass
+class StatusUpdate:
+    execution_id: str
+    status: str
+    response: str | None = None
+    error_message: str | None = None
+    usage: dict[str, Any] | None = None
+    reason: str | None = None
+    mark_started: bool = False
+    mark_completed: bool = False
+    version: int = 0
+
+
+@dataclass
+class EventReport:
+    execution_id: str
+    event_type: str
+    data: dict[str, Any]
+    event_key: str
+
+
+@dataclass
+class ConversationSnapshot:
+    execution_id: str
+    messages: list[ChatMessage]
+    metadata: dict[str, Any] = field(default_factory=dict)
