@@ -1,0 +1,381 @@
+"""The `controlplane` console command: the API server, a worker, the schema, organizations and
+API keys, and `dev` (the whole platform on one machine).
+
+Expected failures (no DATABASE_URL, a port in use, an unknown organization) print one line on
+stderr and exit 1; tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from types import FrameType
+from typing import Any, Literal, NoReturn, TypeVar
+
+import asyncpg
+
+from controlplane import VERSION
+
+T = TypeVar("T")
+CliRole = Literal["viewer", "member", "admin"]
+ROLES: tuple[CliRole, ...] = ("admin", "member", "viewer")
+
+
+class CliError(Exception):
+    """A one-line reason the command failed."""
+
+
+def _fail(message: str) -> int:
+    print(f"controlplane: {message}", file=sys.stderr)
+    return 1
+
+
+def exit_hard(code: int) -> NoReturn:
+    """Exit without interpreter finalization, after the atexit handlers ran and output was
+    flushed: a process that made a Temporal client can crash while finalizing (sdk-python
+    issue 300, exit 134/139). Only for commands that own the whole process."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+# ---- database commands -------------------------------------------------------------------
+
+
+def database_url() -> str:
+    url = os.environ.get("DATABASE_URL", "")
+    if not url:
+        raise CliError("DATABASE_URL is not set (e.g. postgresql://user:pass@host:5432/db)")
+    return url
+
+
+def _with_connection(work: Callable[[asyncpg.Connection[Any]], Awaitable[T]]) -> T:
+    """Apply the schema, then run `work` on one connection to DATABASE_URL."""
+    from api.db import apply_schema
+
+    url = database_url()
+
+    async def run() -> T:
+        try:
+            conn = await asyncpg.connect(url, timeout=10)
+        except Exception as exc:  # bad DSN, refused, auth: all one message
+            raise CliError(f"cannot connect to Postgres at DATABASE_URL: {exc}") from None
+        try:
+            await apply_schema(conn)
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(h) for h in headers]] + [
+        ["-" if v is None else str(v) for v in row] for row in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def _when(value: object) -> object:
+    return value.isoformat(timespec="seconds") if hasattr(value, "isoformat") else value
+
+
+async def _require_org(conn: asyncpg.Connection[Any], slug: str) -> None:
+    if await conn.fetchval("SELECT 1 FROM organizations WHERE id = $1", slug) is None:
+        raise CliError(f"unknown organization '{slug}'")
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    async def nothing(conn: asyncpg.Connection[Any]) -> None:
+        return None
+
+    _with_connection(nothing)
+    print("schema applied")
+    return 0
+
+
+def cmd_orgs_create(args: argparse.Namespace) -> int:
+    from api.tenancy import OrgExists, create_org
+
+    async def work(conn: asyncpg.Connection[Any]) -> None:
+        try:
+            await create_org(conn, args.slug, name=args.name, rate_limit_per_minute=args.rate_limit)
+        except OrgExists:
+            raise CliError(f"organization '{args.slug}' already exists") from None
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+
+    _with_connection(work)
+    print(f"created organization {args.slug} ({args.rate_limit} requests/min per key)")
+    return 0
+
+
+def cmd_orgs_list(args: argparse.Namespace) -> int:
+    from api.tenancy import list_orgs
+
+    rows = _with_connection(list_orgs)
+    _table(
+        ["ID", "NAME", "RATE LIMIT/MIN", "CREATED"],
+        [(r["id"], r["name"], r["rate_limit_per_minute"], _when(r["created_at"])) for r in rows],
+    )
+    return 0
+
+
+def cmd_orgs_update(args: argparse.Namespace) -> int:
+    from api.tenancy import UnknownOrg, set_rate_limit
+
+    async def work(conn: asyncpg.Connection[Any]) -> None:
+        try:
+            await set_rate_limit(conn, args.slug, args.rate_limit)
+        except UnknownOrg:
+            raise CliError(f"unknown organization '{args.slug}'") from None
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+
+    _with_connection(work)
+    print(f"organization {args.slug}: {args.rate_limit} requests/min per key")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from api.tenancy import UnknownOrg, create_key
+
+    role: CliRole = args.role
+    name: str = args.name or f"{role} key"
+
+    async def work(conn: asyncpg.Connection[Any]) -> Any:
+        try:
+            return await create_key(conn, args.org, role=role, name=name, created_by="cli")
+        except UnknownOrg:
+            raise CliError(f"unknown organization '{args.org}'") from None
+
+    new = _with_connection(work)
+    # The key alone on stdout, so `KEY=$(controlplane keys create ...)` works.
+    print(new.key)
+    print(
+        f"created {role} key {new.id} ({new.prefix}...) for {args.org}; it is shown only this once",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from api.tenancy import KEY_COLUMNS
+
+    async def work(conn: asyncpg.Connection[Any]) -> list[asyncpg.Record]:
+        await _require_org(conn, args.org)
+        return await conn.fetch(
+            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = $1 "
+            "ORDER BY created_at, id",
+            args.org,
+        )
+
+    rows = _with_connection(work)
+    _table(
+        ["ID", "PREFIX", "ROLE", "NAME", "CREATED", "REVOKED"],
+        [
+            (
+                r["id"],
+                r["prefix"],
+                r["role"],
+                r["name"],
+                _when(r["created_at"]),
+                _when(r["revoked_at"]),
+            )
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from api.tenancy import revoke_key
+
+    try:
+        key_id = uuid.UUID(args.key_id)
+    except ValueError:
+        raise CliError(f"'{args.key_id}' is not a key id (see `controlplane keys list`)") from None
+
+    async def work(conn: asyncpg.Connection[Any]) -> asyncpg.Record:
+        await _require_org(conn, args.org)
+        row = await revoke_key(conn, args.org, key_id)
+        if row is None:
+            raise CliError(f"no API key {key_id} in organization '{args.org}'")
+        return row
+
+    row = _with_connection(work)
+    print(f"revoked key {key_id} ({row['prefix']}...) at {_when(row['revoked_at'])}")
+    return 0
+
+
+# ---- servers ------------------------------------------------------------------------------
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from controlplane.logs import configure_logging
+    from controlplane.services import port_is_free
+
+    database_url()
+    if not port_is_free(args.port, args.host):
+        raise CliError(
+            f"port {args.port} on {args.host} is already in use; pick another with --port"
+        )
+    local_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    os.environ.setdefault("CONTROLPLANE_URL", f"http://{local_host}:{args.port}")
+    configure_logging()
+    # uvicorn re-raises the signal that stopped it once it has shut down; a handler that does
+    # nothing turns that into a normal return, so a SIGTERM ends in exit code 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _ignore_signal)
+    config = uvicorn.Config(
+        "api.asgi:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except SystemExit as exc:  # raised by the factory, e.g. bad settings
+        if isinstance(exc.code, str):
+            raise CliError(exc.code) from None
+        return 1
+    if not server.started:
+        raise CliError("the API did not start (see the log lines above)")
+    return 0
+
+
+def _ignore_signal(signum: int, frame: FrameType | None) -> None:
+    return None
+
+
+def cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
+    try:
+        from worker.main import main as worker_main
+    except ImportError as exc:
+        raise CliError(f"the worker is not available: {exc}") from None
+    return worker_main(rest)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from controlplane.dev import DevOptions, run_dev
+
+    return run_dev(
+        DevOptions.from_env(
+            host=args.host, port=args.port, temporal_port=args.temporal_port, ui_port=args.ui_port
+        )
+    )
+
+
+# ---- argument parsing -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="controlplane", description="Self-hostable control plane for AI agents."
+    )
+    parser.add_argument("--version", action="version", version=f"controlplane {VERSION}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    api = commands.add_parser("api", help="run the API server (needs DATABASE_URL)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8001)
+
+    # Everything after `worker` goes to the worker's own parser (see `controlplane worker -h`).
+    commands.add_parser(
+        "worker",
+        help="run a worker on a queue: --queue-id ID [--control-plane-url URL] [--api-key KEY]",
+        add_help=False,
+    )
+
+    commands.add_parser("migrate", help="apply schema.sql to DATABASE_URL")
+
+    orgs = commands.add_parser("orgs", help="organizations").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    create = orgs.add_parser("create", help="create an organization")
+    create.add_argument("slug")
+    create.add_argument("--name")
+    create.add_argument("--rate-limit", type=int, default=100, help="requests/min per key")
+    orgs.add_parser("list", help="list organizations")
+    update = orgs.add_parser("update", help="change an organization's rate limit")
+    update.add_argument("slug")
+    update.add_argument("--rate-limit", type=int, required=True, help="requests/min per key")
+
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    kcreate = keys.add_parser("create", help="create a key (printed once)")
+    kcreate.add_argument("--org", required=True)
+    kcreate.add_argument("--role", required=True, choices=ROLES)
+    kcreate.add_argument("--name")
+    klist = keys.add_parser("list", help="list an organization's keys")
+    klist.add_argument("--org", required=True)
+    krevoke = keys.add_parser("revoke", help="revoke a key")
+    krevoke.add_argument("--org", required=True)
+    krevoke.add_argument("key_id")
+
+    dev = commands.add_parser("dev", help="run everything locally on embedded defaults")
+    dev.add_argument("--host", default="127.0.0.1", help="address the API listens on")
+    dev.add_argument("--port", type=int, default=8001, help="API port")
+    dev.add_argument("--temporal-port", type=int, default=7233)
+    dev.add_argument("--ui-port", type=int, default=8233, help="Temporal Web UI port")
+    return parser
+
+
+HANDLERS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
+    ("api", None): cmd_api,
+    ("migrate", None): cmd_migrate,
+    ("orgs", "create"): cmd_orgs_create,
+    ("orgs", "list"): cmd_orgs_list,
+    ("orgs", "update"): cmd_orgs_update,
+    ("keys", "create"): cmd_keys_create,
+    ("keys", "list"): cmd_keys_list,
+    ("keys", "revoke"): cmd_keys_revoke,
+    ("dev", None): cmd_dev,
+}
+# Long-running commands that own their process and may have made a Temporal client.
+HARD_EXIT = {"api", "worker", "dev"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code. `api`, `worker` and `dev` end the process
+    themselves (see `exit_hard`) when run as the console script."""
+    args_in = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, rest = parser.parse_known_args(args_in)
+    if rest and args.command != "worker":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        if args.command == "worker":
+            code = cmd_worker(args, rest)
+        else:
+            code = HANDLERS[(args.command, getattr(args, "action", None))](args)
+    except CliError as exc:
+        code = _fail(str(exc))
+    except KeyboardInterrupt:
+        code = 130
+    if argv is None and args.command in HARD_EXIT:
+        exit_hard(code)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

