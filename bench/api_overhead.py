@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -253,7 +254,9 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     print(
         f"\nconcurrency {args.concurrency}; per row {args.warmup} warm-up requests, then up to "
         f"{args.requests} timed ones (at most {args.max_seconds:.0f} s); one API process; "
-        f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}\n"
+        f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}"
+        + (f"; uvicorn {args.uvicorn_args}" if args.uvicorn_args else "")
+        + "\n"
     )
     head = ("req/s", "p50 ms", "p99 ms", "srv p50", "srv p99", "api cpu", "pg cpu", "cli cpu")
     print(f"{'scenario':<30} {'ok':>5} {'err':>4}" + "".join(f" {h:>8}" for h in head))
@@ -288,7 +291,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def start_api(
-    work: Path, port: int, database_url: str, temporal_port: int
+    work: Path, port: int, database_url: str, temporal_port: int, extra: list[str]
 ) -> subprocess.Popen[bytes]:
     env = os.environ | {
         "DATABASE_URL": database_url,
@@ -296,7 +299,7 @@ def start_api(
         "CONTROLPLANE_HOME": str(work / "home"),
     }
     command = [sys.executable, "-m", "uvicorn", "--factory", "api.asgi:app_from_env"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra]
     # One JSON line per request goes to the log file, which also yields the server-side times.
     with open(work / "api.log", "wb") as log:
         return subprocess.Popen(
@@ -317,6 +320,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-seconds", type=float, default=30, help="time cap per row")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and its logs")
+    parser.add_argument(
+        "--uvicorn-args",
+        default="",
+        help='extra uvicorn options, e.g. "--http httptools --loop uvloop"',
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupt)
 
@@ -334,7 +342,8 @@ def main() -> int:
         processes.append(temporal)
         key = asyncio.run(seed(database_url))
         port = free_port()
-        api = start_api(work, port, database_url, temporal_port)
+        extra = shlex.split(args.uvicorn_args)
+        api = start_api(work, port, database_url, temporal_port, extra)
         processes.append(api)
         base_url = f"http://127.0.0.1:{port}"
         meter = CpuMeter(api.pid, work / "pgdata")
