@@ -88,15 +88,14 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: Settings) -> Starlette:
-    state_holder: dict[str, AppState] = {}
-    metrics = Metrics(lambda: state_holder["state"].pool_or_none if state_holder else None)
+    # The pool exists only after start-up; the collector reads it from the state at scrape time.
+    metrics = Metrics(lambda: state.pool_or_none)
     state = AppState(
         settings=settings,
         metrics=metrics,
         temporal=TemporalGateway(settings.temporal_address, settings.temporal_namespace, metrics),
         events=EventHub(settings.database_url),
     )
-    state_holder["state"] = state
     endpoints = all_endpoints()
     openapi = build_openapi(endpoints)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -37,10 +37,18 @@ async def fetch_page(
     args: Sequence[Any],
     query: ListQuery,
     order: str = "created_at, id",
+    filters: Mapping[str, object] | None = None,
 ) -> tuple[list[asyncpg.Record], int]:
     """One page of rows and the total that matches `where`, in a stable order.
 
-    `table`, `columns`, `where` and `order` are code, never user input; values go in `args`."""
+    `filters` narrows by `column = value` for each value that is not None (a filter the
+    client did not send). `table`, `columns`, `where`, `order` and the filter columns are
+    code, never user input; values go in `args`."""
+    args = list(args)
+    for column, value in (filters or {}).items():
+        if value is not None:
+            args.append(value)
+            where += f" AND {column} = ${len(args)}"
     n = len(args)
     rows = await db.fetch(
         f"SELECT {columns}, count(*) OVER () AS total_rows FROM {table} WHERE {where} "

@@ -138,7 +138,7 @@ async def _wait_for(predicate: Any, timeout: float = 20) -> None:
 async def test_worker_process_serves_its_queue_and_disconnects_on_sigterm(
     live_api: str, tenant: Tenant, temporal_address: str
 ) -> None:
-    queue = await make_queue(tenant)
+    queue = await make_queue(tenant, heartbeat_interval=1)
     env = {
         **os.environ,
         "CONTROLPLANE_URL": live_api,
@@ -163,6 +163,13 @@ async def test_worker_process_serves_its_queue_and_disconnects_on_sigterm(
             QUEUE_PROBE_WORKFLOW, "probe", id=f"probe-{uuid.uuid4()}", task_queue=queue["id"]
         )
         assert result == f"probe answered by {queue['id']}"
+
+        async def counted() -> bool:
+            listed = await tenant.viewer.get(f"/api/v1/worker-queues/{queue['id']}/workers")
+            worker = listed.json()["items"][0]
+            return bool(worker["tasks_processed"] >= 1 and worker["status"] == "idle")
+
+        await _wait_for(counted)
 
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 30) == 0

@@ -28,6 +28,7 @@ from activities.reporting import ControlPlane, ReportingActivities
 from activities.runtime import RuntimeActivities
 from controlplane import VERSION
 from controlplane.logs import configure_logging
+from worker.task_counter import TaskCounter
 from workflows.registry import WORKFLOWS
 
 log = logging.getLogger("controlplane.worker")
@@ -80,13 +81,13 @@ async def register(http: httpx.AsyncClient, queue_id: str) -> dict[str, Any]:
 
 
 async def heartbeat_forever(
-    http: httpx.AsyncClient, worker_id: str, interval: float, stats: dict[str, Any]
+    http: httpx.AsyncClient, worker_id: str, interval: float, tasks: TaskCounter
 ) -> None:
     while True:
         try:
             response = await http.post(
                 f"/api/v1/workers/{worker_id}/heartbeat",
-                json={"status": "active", "tasks_processed": stats["tasks_processed"]},
+                json={"status": tasks.status, "tasks_processed": tasks.finished},
             )
             if response.status_code != 200:
                 log.warning("heartbeat refused", extra={"status": response.status_code})
@@ -109,8 +110,10 @@ async def run(queue_id: str, control_plane_url: str, api_key: str, stop: asyncio
             client = await Client.connect(
                 config["temporal_host"], namespace=config["temporal_namespace"]
             )
+            tasks = TaskCounter()
             worker = Worker(
                 client,
+                interceptors=[tasks],
                 task_queue=config["task_queue_name"],
                 workflows=WORKFLOWS,
                 activities=[
@@ -121,9 +124,8 @@ async def run(queue_id: str, control_plane_url: str, api_key: str, stop: asyncio
                 identity=f"{socket.gethostname()}:{os.getpid()}:{worker_id}",
                 graceful_shutdown_timeout=timedelta(seconds=DRAIN_SECONDS),
             )
-            stats = {"tasks_processed": 0}
             heartbeats = asyncio.create_task(
-                heartbeat_forever(worker_http, worker_id, config["heartbeat_interval"], stats)
+                heartbeat_forever(worker_http, worker_id, config["heartbeat_interval"], tasks)
             )
             async with worker:
                 await stop.wait()

@@ -321,12 +321,14 @@ def _execution_environment(value: ExecutionEnvironment | None) -> dict[str, Any]
 @router.get("/api/v1/agents")
 async def list_agents(call: Call, query: AgentQuery) -> Page[AgentOut]:
     """The organization's agents, oldest first."""
-    where, args = "organization_id = $1", [call.org]
-    if query.status_filter is not None:
-        where += " AND status = $2"
-        args.append(query.status_filter)
     rows, total = await fetch_page(
-        call.db, table="agents", columns=COLUMNS, where=where, args=args, query=query
+        call.db,
+        table="agents",
+        columns=COLUMNS,
+        where="organization_id = $1",
+        args=[call.org],
+        query=query,
+        filters={"status": query.status_filter},
     )
     items = [AgentOut.from_row(row) for row in rows]
     return Page[AgentOut](items=items, total=total, limit=query.limit, offset=query.start)

@@ -166,12 +166,14 @@ async def create_environment(call: Call, body: EnvironmentCreate) -> Environment
 @router.get("/api/v1/environments")
 async def list_environments(call: Call, query: EnvironmentQuery) -> Page[EnvironmentOut]:
     """The organization's environments, oldest first."""
-    where, args = "organization_id = $1", [call.org]
-    if query.status_filter is not None:
-        where += " AND status = $2"
-        args.append(query.status_filter)
     rows, total = await fetch_page(
-        call.db, table="environments", columns=COLUMNS, where=where, args=args, query=query
+        call.db,
+        table="environments",
+        columns=COLUMNS,
+        where="organization_id = $1",
+        args=[call.org],
+        query=query,
+        filters={"status": query.status_filter},
     )
     items = [EnvironmentOut.from_row(row) for row in rows]
     return Page[EnvironmentOut](items=items, total=total, limit=query.limit, offset=query.start)

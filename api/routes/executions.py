@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -201,25 +202,19 @@ async def execution_out(call: Call, row: asyncpg.Record) -> ExecutionOut:
 @router.get("/api/v1/executions")
 async def list_executions(call: Call, query: ExecutionQuery) -> Page[ExecutionOut]:
     """The organization's executions, newest first."""
-    where = "organization_id = $1"
-    args: list[object] = [call.org]
-    filters: tuple[tuple[str, object], ...] = (
-        ("status", query.status_filter or query.status),
-        ("execution_type", query.execution_type),
-        ("entity_id", query.entity_id),
-    )
-    for column, value in filters:
-        if value is not None:
-            args.append(value)
-            where += f" AND {column} = ${len(args)}"
     rows, total = await fetch_page(
         call.db,
         table="executions",
         columns=COLUMNS,
-        where=where,
-        args=args,
+        where="organization_id = $1",
+        args=[call.org],
         query=query,
         order="created_at DESC, id",
+        filters={
+            "status": query.status_filter or query.status,
+            "execution_type": query.execution_type,
+            "entity_id": query.entity_id,
+        },
     )
     items = [ExecutionOut(**dict(row)) for row in rows]
     return Page[ExecutionOut](items=items, total=total, limit=query.limit, offset=query.start)
@@ -432,9 +427,8 @@ async def send_message(call: Call, body: MessageIn) -> MessageAccepted:
     )
     await _signal(call, row, "add_message", message)
     async with call.db.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT 1 FROM executions WHERE id = $1 FOR UPDATE", row["id"])
         await append_event(
-            conn, row["id"], "message", message.__dict__, f"message:{message.message_id}"
+            conn, row["id"], "message", asdict(message), f"message:{message.message_id}"
         )
     return MessageAccepted(
         success=True, execution_id=row["id"], message_id=message.message_id, status=row["status"]

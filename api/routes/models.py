@@ -212,18 +212,9 @@ async def list_models(call: Call, query: ModelQuery) -> Page[ModelOut]:
     where, args = VISIBLE, list[Any]([call.org])
     if query.enabled_only:
         where += " AND enabled"
-    if query.recommended is not None:
-        args.append(query.recommended)
-        where += f" AND recommended = ${len(args)}"
-    if query.provider is not None:
-        args.append(query.provider)
-        where += f" AND provider = ${len(args)}"
     if query.runtime is not None:
         args.append(query.runtime)
         where += f" AND compatible_runtimes ? ${len(args)}"
-    if query.type is not None:
-        args.append(query.type)
-        where += f" AND model_type = ${len(args)}"
     rows, total = await fetch_page(
         call.db,
         table="llm_models",
@@ -232,6 +223,11 @@ async def list_models(call: Call, query: ModelQuery) -> Page[ModelOut]:
         args=args,
         query=query,
         order=ORDER,
+        filters={
+            "recommended": query.recommended,
+            "provider": query.provider,
+            "model_type": query.type,
+        },
     )
     items = [ModelOut.from_row(row) for row in rows]
     return Page[ModelOut](items=items, total=total, limit=query.limit, offset=query.start)

@@ -179,12 +179,14 @@ async def create_project(call: Call, body: ProjectCreate) -> ProjectOut:
 @router.get("/api/v1/projects")
 async def list_projects(call: Call, query: ProjectQuery) -> Page[ProjectOut]:
     """The organization's projects, oldest first."""
-    where, args = "organization_id = $1", [call.org]
-    if query.status_filter is not None:
-        where += " AND status = $2"
-        args.append(query.status_filter)
     rows, total = await fetch_page(
-        call.db, table="projects", columns=COLUMNS, where=where, args=args, query=query
+        call.db,
+        table="projects",
+        columns=COLUMNS,
+        where="organization_id = $1",
+        args=[call.org],
+        query=query,
+        filters={"status": query.status_filter},
     )
     items = [ProjectOut.from_row(row) for row in rows]
     return Page[ProjectOut](items=items, total=total, limit=query.limit, offset=query.start)

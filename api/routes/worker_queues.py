@@ -144,12 +144,14 @@ async def get_queue(call: Call, queue_id: uuid.UUID) -> WorkerQueueOut:
 async def _list(
     call: Call, query: QueueListQuery, where: str, args: list[Any]
 ) -> Page[WorkerQueueOut]:
-    where += " AND NOT ephemeral"
-    if query.status_filter is not None:
-        args.append(query.status_filter)
-        where += f" AND status = ${len(args)}"
     rows, total = await fetch_page(
-        call.db, table="worker_queues", columns=COLUMNS, where=where, args=args, query=query
+        call.db,
+        table="worker_queues",
+        columns=COLUMNS,
+        where=where + " AND NOT ephemeral",
+        args=args,
+        query=query,
+        filters={"status": query.status_filter},
     )
     items = [WorkerQueueOut.from_row(row) for row in rows]
     return Page[WorkerQueueOut](items=items, total=total, limit=query.limit, offset=query.start)
