@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = REPO_ROOT / "schema.sql"
+# A link to the top-level schema.sql, shipped as package data so installed copies find it.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema.sql"
 
 
 def _int_env(name: str, default: int) -> int:
