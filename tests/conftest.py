@@ -202,3 +202,9 @@ def live_api(settings: Settings) -> Iterator[str]:
     yield url
     server.should_exit = True
     thread.join(timeout=10)
+
+
+# Fixtures of the execution tests, shared by every module that runs agents.
+from tests.execution_helpers import fake_llm, running_queue  # noqa: E402
+
+__all__ = ["fake_llm", "running_queue"]

@@ -4,17 +4,8 @@ and the fake Anthropic server speaking the real wire protocol."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
-
-import httpx
-import pytest
 
 from controlplane.fake_anthropic import (
     AsyncFakeAnthropicClient,
@@ -23,92 +14,7 @@ from controlplane.fake_anthropic import (
     text_reply,
 )
 from tests.conftest import Tenant, assert_error
-
-
-@pytest.fixture(scope="module")
-def fake_llm() -> Iterator[FakeAnthropicServer]:
-    server = FakeAnthropicServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def running_queue(
-    tenant: Tenant, live_api: str, fake_llm: FakeAnthropicServer
-) -> AsyncIterator[dict[str, Any]]:
-    """A queue of the tenant with one real worker process serving it."""
-    env_id = (await tenant.member.post("/api/v1/environments", json={"name": "prod"})).json()["id"]
-    queue = (
-        await tenant.member.post(f"/api/v1/environments/{env_id}/worker-queues", json={"name": "q"})
-    ).json()
-    env = {
-        **os.environ,
-        "CONTROLPLANE_URL": live_api,
-        "CONTROLPLANE_API_KEY": tenant.keys["member"],
-        "ANTHROPIC_BASE_URL": fake_llm.base_url,
-        "ANTHROPIC_API_KEY": "test-key",
-    }
-    env.pop("DATABASE_URL", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "worker", "--queue-id", queue["id"]],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    queue["process"] = process
-    yield queue
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(process.wait, 30)
-
-
-async def make_agent(tenant: Tenant, token: str, **configuration: Any) -> str:
-    response = await tenant.member.post(
-        "/api/v1/agents",
-        json={
-            "name": f"agent-{uuid.uuid4().hex[:6]}",
-            "model_id": "anthropic/claude-sonnet-4-5",
-            "system_prompt": f"You help. [{token}]",
-            "configuration": configuration,
-        },
-    )
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
-
-
-async def wait_status(
-    tenant: Tenant, execution_id: str, *wanted: str, timeout: float = 30
-) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        body: dict[str, Any] = (
-            await tenant.viewer.get(f"/api/v1/executions/{execution_id}")
-        ).json()
-        if body["status"] in wanted:
-            return body
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"status {body['status']}, wanted {wanted}")
-        await asyncio.sleep(0.1)
-
-
-async def read_stream(
-    client: httpx.AsyncClient, execution_id: str, **headers: str
-) -> list[tuple[int | None, str, dict[str, Any]]]:
-    events: list[tuple[int | None, str, dict[str, Any]]] = []
-    async with client.stream(
-        "GET", f"/api/v1/executions/{execution_id}/stream", headers=headers, timeout=30
-    ) as response:
-        assert response.status_code == 200
-        event_id, event_type = None, ""
-        async for line in response.aiter_lines():
-            if line.startswith("id: "):
-                event_id = int(line[4:])
-            elif line.startswith("event: "):
-                event_type = line[7:]
-            elif line.startswith("data: "):
-                events.append((event_id, event_type, json.loads(line[6:])))
-                event_id = None
-    return events
+from tests.execution_helpers import make_agent, read_stream, wait_status
 
 
 async def test_one_shot_execution_streams_and_completes(
