@@ -36,25 +36,40 @@ async def running_queue(
     queue = (
         await tenant.member.post(f"/api/v1/environments/{env_id}/worker-queues", json={"name": "q"})
     ).json()
-    env = {
-        **os.environ,
-        "CONTROLPLANE_URL": live_api,
-        "CONTROLPLANE_API_KEY": tenant.keys["member"],
-        "ANTHROPIC_BASE_URL": fake_llm.base_url,
-        "ANTHROPIC_API_KEY": "test-key",
-    }
-    env.pop("DATABASE_URL", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "worker", "--queue-id", queue["id"]],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_worker_process(queue["id"], tenant.keys["member"], live_api, fake_llm)
     queue["process"] = process
     yield queue
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         await asyncio.to_thread(process.wait, 30)
+
+
+def start_worker_process(
+    queue_id: str, api_key: str, live_api: str, fake_llm: FakeAnthropicServer
+) -> subprocess.Popen[bytes]:
+    """`python -m worker` on a queue, as an operator runs it: no database credentials."""
+    env = {
+        **os.environ,
+        "CONTROLPLANE_URL": live_api,
+        "CONTROLPLANE_API_KEY": api_key,
+        "ANTHROPIC_BASE_URL": fake_llm.base_url,
+        "ANTHROPIC_API_KEY": "test-key",
+    }
+    env.pop("DATABASE_URL", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker", "--queue-id", queue_id],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def execute(tenant: Tenant, agent_id: str, queue_id: str, prompt: str = "Hi") -> str:
+    response = await tenant.member.post(
+        f"/api/v1/agents/{agent_id}/execute", json={"prompt": prompt, "worker_queue_id": queue_id}
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["execution_id"])
 
 
 async def make_agent(tenant: Tenant, token: str, **configuration: Any) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.execution_types import (
@@ -174,6 +174,10 @@ class AgentExecutionWorkflow:
             await self._finish("cancelled", error="Execution cancelled")
             raise
         except ActivityError as error:
+            if isinstance(error.cause, CancelledError):
+                # Cancelled while a model call ran: the call was cancelled with the workflow.
+                await self._finish("cancelled", error="Execution cancelled")
+                raise asyncio.CancelledError() from error
             await self._finish("failed", error=_root_message(error))
         return {
             "success": self._status == "completed",

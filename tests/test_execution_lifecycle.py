@@ -1,0 +1,261 @@
+"""Execution lifecycle through the API and a real worker: pause/resume, cancel mid-stream,
+a worker killed mid-call, and the access rules of every execution route."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from typing import Any
+
+from starlette.applications import Starlette
+
+from controlplane.fake_anthropic import AsyncFakeAnthropicClient, FakeAnthropicServer, text_reply
+from tests.conftest import Tenant, assert_error, client_for
+from tests.execution_helpers import (
+    execute,
+    make_agent,
+    read_stream,
+    start_worker_process,
+    wait_status,
+)
+
+LONG_TEXT = " ".join(f"word{i}" for i in range(120))  # ~60 chunks from the fake
+
+
+async def events_of(db: Any, execution_id: str) -> list[dict[str, Any]]:
+    rows = await db.fetch(
+        "SELECT seq, event_type, data, event_key FROM execution_events "
+        "WHERE execution_id = $1 ORDER BY seq",
+        uuid.UUID(execution_id),
+    )
+    return [dict(row) for row in rows]
+
+
+async def wait_for_event(db: Any, execution_id: str, event_type: str, timeout: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not any(e["event_type"] == event_type for e in await events_of(db, execution_id)):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no {event_type} event")
+        await asyncio.sleep(0.05)
+
+
+async def test_pause_holds_the_next_turn_until_resume(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer, db: Any
+) -> None:
+    token = uuid.uuid4().hex
+    fake = AsyncFakeAnthropicClient(fake_llm.base_url)
+    await fake.script(token, [text_reply("First."), text_reply("Second.")])
+    execution_id = await execute(tenant, await make_agent(tenant, token), running_queue["id"])
+    await wait_status(tenant, execution_id, "waiting_for_input")
+    base = f"/api/v1/executions/{execution_id}"
+
+    paused = await tenant.member.post(f"{base}/pause")
+    assert paused.status_code == 200 and paused.json()["status"] == "paused"
+    await wait_status(tenant, execution_id, "paused")
+    error = assert_error(await tenant.member.post(f"{base}/pause"), 409, "RESOURCE_CONFLICT")
+    assert error["details"]["status"] == "paused"
+
+    assert (
+        await tenant.member.post(f"{base}/message", json={"message": "More"})
+    ).status_code == 202
+    await asyncio.sleep(1.0)
+    assert (await tenant.viewer.get(base)).json()["status"] == "paused"
+    assert len(await fake.bodies(token)) == 1  # the model was not called while paused
+
+    assert (await tenant.member.post(f"{base}/resume")).status_code == 200
+    for _ in range(100):
+        body = await wait_status(tenant, execution_id, "waiting_for_input")
+        if body["response"] == "Second.":
+            break
+        await asyncio.sleep(0.1)
+    assert body["response"] == "Second."
+    assert_error(await tenant.member.post(f"{base}/resume"), 409)
+    transitions = await db.fetch(
+        "SELECT to_state FROM execution_transitions WHERE execution_id = $1 ORDER BY id",
+        uuid.UUID(execution_id),
+    )
+    path = [row["to_state"] for row in transitions]
+    assert path[:4] == ["pending", "running", "waiting_for_input", "paused"]
+    assert path[-1] == "waiting_for_input"
+    statuses = [
+        e["data"]["status"]
+        for e in await events_of(db, execution_id)
+        if e["event_type"] == "status"
+    ]
+    assert "paused" in statuses
+
+
+async def test_cancel_mid_stream(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer, db: Any
+) -> None:
+    token = uuid.uuid4().hex
+    await AsyncFakeAnthropicClient(fake_llm.base_url).script(
+        token, [text_reply(LONG_TEXT, delay_per_chunk_ms=100)]
+    )
+    execution_id = await execute(tenant, await make_agent(tenant, token), running_queue["id"])
+    await wait_for_event(db, execution_id, "message_chunk")
+    cancelled = await tenant.member.post(f"/api/v1/executions/{execution_id}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    final = await wait_status(tenant, execution_id, "cancelled")
+    assert final["completed_at"] is not None
+    events = await read_stream(tenant.viewer, execution_id)
+    error_events = [data for _, kind, data in events if kind == "error"]
+    assert error_events and error_events[-1]["error_type"] == "cancelled"
+    assert not any(kind == "done" for _, kind, _ in events)
+    assert_error(await tenant.member.post(f"/api/v1/executions/{execution_id}/cancel"), 409)
+
+
+async def test_worker_killed_mid_call_is_finished_by_another(
+    tenant: Tenant,
+    running_queue: dict[str, Any],
+    fake_llm: FakeAnthropicServer,
+    live_api: str,
+    db: Any,
+) -> None:
+    token = uuid.uuid4().hex
+    reply = text_reply(LONG_TEXT, delay_per_chunk_ms=60)
+    await AsyncFakeAnthropicClient(fake_llm.base_url).script(token, [reply, reply])
+    execution_id = await execute(
+        tenant, await make_agent(tenant, token, one_shot=True), running_queue["id"]
+    )
+    await wait_for_event(db, execution_id, "message_chunk")
+    running_queue["process"].send_signal(signal.SIGKILL)
+    await asyncio.to_thread(running_queue["process"].wait, 10)
+    survivor = start_worker_process(running_queue["id"], tenant.keys["member"], live_api, fake_llm)
+    try:
+        # The model call is retried once its heartbeat times out (20 s).
+        final = await wait_status(tenant, execution_id, "completed", "failed", timeout=90)
+    finally:
+        survivor.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(survivor.wait, 30)
+    assert final["status"] == "completed", final
+    assert final["response"] == LONG_TEXT
+    events = await events_of(db, execution_id)
+    messages = [e for e in events if e["event_type"] == "message"]
+    assert [m["data"]["role"] for m in messages] == ["user", "assistant"]
+    assert [e["event_type"] for e in events].count("done") == 1
+    chunks = [e["data"] for e in events if e["event_type"] == "message_chunk"]
+    last_attempt = max(c["attempt"] for c in chunks)
+    assert last_attempt >= 2
+    assert "".join(c["content"] for c in chunks if c["attempt"] == last_attempt) == LONG_TEXT
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(1, len(seqs) + 1))
+    session = (await tenant.viewer.get(f"/api/v1/executions/{execution_id}/session")).json()
+    assert [m["role"] for m in session["messages"]] == ["user", "assistant"]
+
+
+async def test_execution_routes_refuse_other_tenants_viewers_and_bad_input(
+    app: Starlette,
+    tenant: Tenant,
+    other_tenant: Tenant,
+    running_queue: dict[str, Any],
+    fake_llm: FakeAnthropicServer,
+    db: Any,
+) -> None:
+    token = uuid.uuid4().hex
+    execution_id = await execute(
+        tenant, await make_agent(tenant, token, one_shot=True), running_queue["id"]
+    )
+    await wait_status(tenant, execution_id, "completed")
+    base = f"/api/v1/executions/{execution_id}"
+    before = await events_of(db, execution_id)
+
+    reads = ["", "/session", "/stream"]
+    writes: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("POST", "/message", {"message": "x"}),
+        ("POST", "/pause", None),
+        ("POST", "/resume", None),
+        ("POST", "/cancel", None),
+        ("POST", "/mark-done", None),
+        ("PATCH", "", {"status": "running"}),
+        ("POST", "/events", {"event_type": "message", "data": {}}),
+        ("POST", "/session", {"session_id": "s", "messages": []}),
+        ("DELETE", "", None),
+    ]
+    for suffix in reads:
+        assert_error(await other_tenant.admin.get(base + suffix), 404, "RESOURCE_NOT_FOUND")
+    for method, suffix, body in writes:
+        response = await other_tenant.admin.request(method, base + suffix, json=body)
+        assert_error(response, 404, "RESOURCE_NOT_FOUND")
+        response = await tenant.viewer.request(method, base + suffix, json=body)
+        assert_error(response, 403, "AUTHORIZATION_ERROR")
+    assert_error(await tenant.viewer.get("/api/v1/executions/not-a-uuid"), 404)
+
+    assert_error(await tenant.member.post(f"{base}/message", json={}), 422, "VALIDATION_ERROR")
+    assert_error(await tenant.member.post(f"{base}/events", json={"event_type": "Bad Type"}), 422)
+    assert_error(await tenant.member.patch(base, json={"status": "bogus"}), 422)
+    assert_error(await tenant.viewer.get(f"{base}/stream?last_event_id=-1"), 422)
+    assert_error(await tenant.viewer.get(f"{base}/stream", headers={"Last-Event-ID": "abc"}), 400)
+    assert_error(await tenant.viewer.get("/api/v1/executions?status_filter=bogus"), 422)
+    assert await events_of(db, execution_id) == before
+
+    # A worker token reaches only the executions of its own queue.
+    env_id = (await tenant.member.post("/api/v1/environments", json={"name": "other"})).json()["id"]
+    other_queue = (
+        await tenant.member.post(
+            f"/api/v1/environments/{env_id}/worker-queues", json={"name": "q2"}
+        )
+    ).json()
+    started = await tenant.member.post(f"/api/v1/worker-queues/{other_queue['id']}/start", json={})
+    stranger = client_for(app, started.json()["worker_token"])
+    assert_error(await stranger.patch(base, json={"status": "failed"}), 404)
+    assert_error(await stranger.get(base), 403)
+
+    listed = (await tenant.viewer.get("/api/v1/executions?status_filter=completed")).json()
+    assert [item["id"] for item in listed["items"]] == [execution_id]
+    assert (await other_tenant.viewer.get("/api/v1/executions")).json()["total"] == 0
+
+    deleted = await tenant.member.delete(base)
+    assert deleted.json() == {"id": execution_id, "deleted": True}
+    assert_error(await tenant.viewer.get(base), 404)
+    assert await events_of(db, execution_id) == []
+
+
+async def test_execute_with_stream_answers_with_the_sse_stream(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+) -> None:
+    token = uuid.uuid4().hex
+    await AsyncFakeAnthropicClient(fake_llm.base_url).script(token, [text_reply("Streamed reply.")])
+    agent_id = await make_agent(tenant, token, one_shot=True)
+    kinds: list[str] = []
+    async with tenant.member.stream(
+        "POST",
+        f"/api/v1/agents/{agent_id}/execute",
+        json={"prompt": "Hi", "worker_queue_id": running_queue["id"], "stream": True},
+        headers={"Accept": "text/event-stream"},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                kinds.append(line[7:])
+    assert kinds[0] == "connected" and kinds[-1] == "done"
+    assert "message_chunk" in kinds and "history_complete" in kinds
+
+
+async def test_live_stream_resumes_after_a_disconnect_without_gap_or_duplicate(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer, db: Any
+) -> None:
+    token = uuid.uuid4().hex
+    await AsyncFakeAnthropicClient(fake_llm.base_url).script(
+        token, [text_reply(LONG_TEXT, delay_per_chunk_ms=40)]
+    )
+    execution_id = await execute(
+        tenant, await make_agent(tenant, token, one_shot=True), running_queue["id"]
+    )
+    seen: list[int] = []
+    async with tenant.viewer.stream(
+        "GET", f"/api/v1/executions/{execution_id}/stream", timeout=30
+    ) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("id: "):
+                seen.append(int(line[4:]))
+            if len(seen) >= 5:
+                break  # the client drops mid-stream
+    rest = await read_stream(tenant.viewer, execution_id, **{"Last-Event-ID": str(seen[-1])})
+    seen += [event_id for event_id, _, _ in rest if event_id is not None]
+    all_seqs = [e["seq"] for e in await events_of(db, execution_id)]
+    assert seen == all_seqs
+    assert rest[-1][1] == "done"
