@@ -279,7 +279,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     return run_dev(
         DevOptions.from_env(
-            host=args.host, port=args.port, temporal_port=args.temporal_port, ui_port=args.ui_port
+            host=args.host,
+            port=args.port,
+            temporal_port=args.temporal_port,
+            ui_port=args.ui_port,
+            fake_llm=args.fake_llm,
+            fake_llm_port=args.fake_llm_port,
         )
     )
 
@@ -337,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8001, help="API port")
     dev.add_argument("--temporal-port", type=int, default=7233)
     dev.add_argument("--ui-port", type=int, default=8233, help="Temporal Web UI port")
+    dev.add_argument(
+        "--fake-llm",
+        action="store_true",
+        help="run the fake Anthropic server and point the worker at it (no API key needed)",
+    )
+    dev.add_argument(
+        "--fake-llm-port", type=int, default=8099, help="fake Anthropic server port (--fake-llm)"
+    )
     return parser
 
 

@@ -1,11 +1,13 @@
 """`controlplane dev`: the whole platform on one machine from pip-installed parts.
 
 Postgres (embedded) and the Temporal dev server run from `$CONTROLPLANE_HOME` unless DATABASE_URL
-or TEMPORAL_ADDRESS point elsewhere; the API and one worker run as child processes. The state
+or TEMPORAL_ADDRESS point elsewhere; the API and one worker run as child processes, and with
+`--fake-llm` the fake Anthropic server too, which only the worker is pointed at. The state
 survives restarts: the same database, Temporal history and admin key.
 
-Every service started is pushed on one exit stack, so they stop in reverse order (worker, API,
-Temporal, Postgres) whether the run ends by a signal, a child dying or a start-up failure.
+Every service started is pushed on one exit stack, so they stop in reverse order (worker, fake
+Anthropic server, API, Temporal, Postgres) whether the run ends by a signal, a child dying or a
+start-up failure.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from typing import Any
 import asyncpg
 import httpx
 
-from controlplane.services import ServiceError, port_is_free, start_temporal, stop_process
+from controlplane.services import (
+    ServiceError,
+    port_is_free,
+    start_temporal,
+    stop_process,
+    wait_for_port,
+)
 
 DEV_ORG = "default"
 DEV_ENVIRONMENT = "default"
@@ -41,6 +49,8 @@ LOCK_FILE = "dev.lock"
 TEMPORAL_HEALTH_TIMEOUT = 20.0
 API_READY_TIMEOUT = 30.0
 WORKER_REGISTER_TIMEOUT = 15.0
+FAKE_LLM_READY_TIMEOUT = 15.0
+FAKE_LLM_API_KEY = "fake-key"
 # The worker drains in-flight activities on SIGTERM (worker.main.DRAIN_SECONDS = 30).
 WORKER_STOP_TIMEOUT = 35.0
 
@@ -62,8 +72,8 @@ class DevOptions:
     ui_port: int = 8233
     database_url: str | None = None  # set: use it instead of embedded Postgres
     temporal_address: str | None = None  # set: use it instead of the Temporal dev server
-    # Extension point: a later `--fake-llm` adds a field here; `DevRun.start_sidecars` then
-    # starts the fake Anthropic server and returns ANTHROPIC_BASE_URL for the worker's env.
+    fake_llm: bool = False  # run controlplane.fake_anthropic and point the worker at it
+    fake_llm_port: int = 8099
 
     @classmethod
     def from_env(cls, **values: Any) -> DevOptions:
@@ -79,6 +89,10 @@ class DevOptions:
     def api_url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def fake_llm_url(self) -> str:
+        return f"http://127.0.0.1:{self.fake_llm_port}"
 
 
 @dataclass
@@ -243,7 +257,12 @@ class DevRun:
         this home's files or ports."""
         stale: list[tuple[str, int]] = []
         pids_file = self.home / PIDS_FILE
-        markers = {"temporal": "temporal", "api": "controlplane", "worker": "controlplane"}
+        markers = {
+            "temporal": "temporal",
+            "api": "controlplane",
+            "worker": "controlplane",
+            "fake": "controlplane.fake_anthropic",
+        }
         with contextlib.suppress(OSError, ValueError):
             recorded: dict[str, int] = json.loads(pids_file.read_text())
             for name, pid in recorded.items():
@@ -272,6 +291,15 @@ class DevRun:
                 (self.options.temporal_port, "Temporal", "--temporal-port", "127.0.0.1"),
                 (self.options.ui_port, "the Temporal UI", "--ui-port", "127.0.0.1"),
             ]
+        if self.options.fake_llm:
+            wanted.append(
+                (
+                    self.options.fake_llm_port,
+                    "the fake Anthropic server",
+                    "--fake-llm-port",
+                    "127.0.0.1",
+                )
+            )
         seen: dict[int, str] = {}
         for port, what, flag, host in wanted:
             if port in seen:
@@ -384,13 +412,20 @@ class DevRun:
         return AdminKey(new.key, new=True, replaced=bool(old))
 
     def _spawn(
-        self, name: str, args: list[str], env: dict[str, str], log_name: str, stop_timeout: float
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        log_name: str,
+        stop_timeout: float,
+        module: str = "controlplane.cli",
     ) -> Child:
-        """Start `controlplane <args>` as a watched child, stopped with the rest."""
+        """Start `python -m <module> <args>` (by default `controlplane <args>`) as a watched
+        child, stopped with the rest."""
         log_file = self.logs / log_name
         with self.uninterrupted(), open(log_file, "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "controlplane.cli", *args],
+                [sys.executable, "-m", module, *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -454,11 +489,31 @@ class DevRun:
                 raise DevError(f"the API at {self.options.api_url} failed: {exc}") from None
 
     def start_sidecars(self) -> dict[str, str]:
-        """Services the worker needs besides the API, started before it; returns the extra
-        environment the worker gets. None yet: `--fake-llm` will start the fake Anthropic
-        server here (pushed on the exit stack like the others) and return
-        {"ANTHROPIC_BASE_URL": ...}."""
-        return {}
+        """Services the worker needs besides the API, started before it (so stopped after it);
+        returns the extra environment the worker gets. With `--fake-llm`: the fake Anthropic
+        server, and the worker's ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY pointing at it.
+        Without it the worker keeps whatever Anthropic settings this process has."""
+        if not self.options.fake_llm:
+            return {}
+        port = self.options.fake_llm_port
+        url = self.options.fake_llm_url
+        _say(f"starting the fake Anthropic server on {url} ...")
+        args = ["--host", "127.0.0.1", "--port", str(port)]
+        child = self._spawn(
+            "fake Anthropic server",
+            args,
+            dict(os.environ),
+            "fake-anthropic.log",
+            stop_timeout=10,
+            module="controlplane.fake_anthropic",
+        )
+        try:
+            wait_for_port(port, FAKE_LLM_READY_TIMEOUT, child.process)
+        except ServiceError as exc:
+            raise DevError(
+                f"the fake Anthropic server did not start: {exc} (see {child.log_file})"
+            ) from None
+        return {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": FAKE_LLM_API_KEY}
 
     def start_worker(self, queue_id: str, key: str, extra_env: dict[str, str]) -> None:
         # The worker needs only the control-plane URL and a key; Temporal settings come from
@@ -522,9 +577,16 @@ class DevRun:
             f"  Temporal UI   {temporal_ui}",
             f"  Postgres      {postgres}",
             f"  Worker queue  {DEV_QUEUE} ({queue['id']}) in environment {DEV_ENVIRONMENT}",
+            f"  Model         {self._model_line()}",
             f"  Admin key     {key_file}",
             f"  Logs          {self.logs}",
         ]
+        if not self.options.fake_llm and not os.environ.get("ANTHROPIC_API_KEY"):
+            lines += [
+                "",
+                "  ANTHROPIC_API_KEY is not set: executions will fail until you set it "
+                "or run with --fake-llm",
+            ]
         if key.new:
             note = " (the key in the key file no longer worked)" if key.replaced else ""
             lines += [
@@ -539,6 +601,15 @@ class DevRun:
             "",
         ]
         _say("\n".join(lines))
+
+    def _model_line(self) -> str:
+        if self.options.fake_llm:
+            return (
+                f"fake Anthropic server at {self.options.fake_llm_url} (replies "
+                '"Fake reply to: <prompt>" unless scripted through /_fake/scripts)'
+            )
+        base_url = os.environ.get("ANTHROPIC_BASE_URL")
+        return f"Anthropic API at {base_url}" if base_url else "Anthropic API"
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -1,5 +1,5 @@
 """`controlplane dev` end to end, as a user runs it: real Postgres, Temporal, API and worker
-processes in a temporary home, on free ports."""
+processes (and with `--fake-llm` the fake Anthropic server) in a temporary home, on free ports."""
 
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
 from controlplane.dev import pid_alive
 from controlplane.services import free_port
 
 RUNNING = "controlplane dev is running"
+NO_KEY_NOTE = "ANTHROPIC_API_KEY is not set: executions will fail"
 
 
 @dataclass
@@ -32,7 +35,7 @@ class Dev:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def args(self) -> list[str]:
+    def args(self, *extra: str) -> list[str]:
         return [
             sys.executable,
             "-m",
@@ -44,13 +47,21 @@ class Dev:
             str(self.temporal_port),
             "--ui-port",
             str(self.ui_port),
+            *extra,
         ]
 
     def env(self) -> dict[str, str]:
         env = {
             name: value
             for name, value in os.environ.items()
-            if name not in ("DATABASE_URL", "TEMPORAL_ADDRESS", "CONTROLPLANE_URL")
+            if name
+            not in (
+                "DATABASE_URL",
+                "TEMPORAL_ADDRESS",
+                "CONTROLPLANE_URL",
+                "ANTHROPIC_API_KEY",
+                "ANTHROPIC_BASE_URL",
+            )
         }
         env["CONTROLPLANE_HOME"] = str(self.home)
         return env
@@ -69,11 +80,11 @@ class Run:
         return self.err.read_text()
 
 
-def start(dev: Dev, name: str) -> Run:
+def start(dev: Dev, name: str, *extra: str) -> Run:
     out, err = dev.home.parent / f"{name}.out", dev.home.parent / f"{name}.err"
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
         process = subprocess.Popen(
-            dev.args(), stdout=stdout, stderr=stderr, env=dev.env(), cwd=dev.home.parent
+            dev.args(*extra), stdout=stdout, stderr=stderr, env=dev.env(), cwd=dev.home.parent
         )
     run = Run(process, out, err)
     deadline = time.monotonic() + 45
@@ -126,6 +137,39 @@ def default_queue(http: httpx.Client) -> dict[str, object]:
     return queue
 
 
+def process_env(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    return dict(entry.split("=", 1) for entry in raw.split("\0") if "=" in entry)
+
+
+def run_agent(http: httpx.Client, queue_id: object, prompt: str) -> dict[str, object]:
+    """Create a one-shot agent, execute it on the queue and wait for the execution to end."""
+    agent = http.post(
+        "/api/v1/agents",
+        json={
+            "name": f"smoke-{uuid.uuid4().hex[:8]}",
+            "model_id": "anthropic/claude-sonnet-4-5",
+            "system_prompt": "You are a helpful assistant.",
+            "configuration": {"one_shot": True},
+        },
+    )
+    assert agent.status_code == 201, agent.text
+    started = http.post(
+        f"/api/v1/agents/{agent.json()['id']}/execute",
+        json={"prompt": prompt, "worker_queue_id": queue_id},
+    )
+    assert started.status_code in (200, 201, 202), started.text
+    execution_id = started.json()["execution_id"]
+    deadline = time.monotonic() + 20
+    while True:
+        execution: dict[str, object] = http.get(f"/api/v1/executions/{execution_id}").json()
+        if execution["status"] in ("completed", "failed", "cancelled") or (
+            time.monotonic() > deadline
+        ):
+            return execution
+        time.sleep(0.2)
+
+
 def test_dev_starts_restarts_and_stops(tmp_path: Path) -> None:
     dev = Dev(tmp_path / "home", free_port(), free_port(), free_port())
     key_file = dev.home / "dev-api-key"
@@ -135,6 +179,7 @@ def test_dev_starts_restarts_and_stops(tmp_path: Path) -> None:
     key = key_file.read_text().strip()
     assert key_file.stat().st_mode & 0o777 == 0o600
     assert key in run.stdout()
+    assert NO_KEY_NOTE in run.stdout()
     pids = service_pids(dev)
     assert set(pids) == {"temporal", "api", "worker", "postgres"}
     assert all(pid_alive(pid) for pid in pids.values()), pids
@@ -147,18 +192,36 @@ def test_dev_starts_restarts_and_stops(tmp_path: Path) -> None:
     assert not (dev.home / "dev.pids").exists()
     assert "Traceback" not in run.stderr()
 
-    # Second run: the same state and key; the key is not printed again. Revoke it.
-    run = start(dev, "second")
+    # Second run, with --fake-llm: the same state and key; the key is not printed again. An
+    # agent runs to completion on the fake's default reply. Revoke the key.
+    fake_port = free_port()
+    run = start(dev, "second", "--fake-llm", "--fake-llm-port", str(fake_port))
     assert key_file.read_text().strip() == key
     assert key not in run.stdout()
+    assert f"fake Anthropic server at http://127.0.0.1:{fake_port}" in run.stdout()
+    assert NO_KEY_NOTE not in run.stdout()
+    pids = service_pids(dev)
+    assert set(pids) == {"temporal", "api", "fake", "worker", "postgres"}
+    # Only the worker is pointed at the fake.
+    worker_env, api_env = process_env(pids["worker"]), process_env(pids["api"])
+    assert worker_env["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{fake_port}"
+    assert worker_env["ANTHROPIC_API_KEY"] == "fake-key"
+    assert "ANTHROPIC_BASE_URL" not in api_env and "ANTHROPIC_API_KEY" not in api_env
     with client(dev, key) as http:
         queue = default_queue(http)
         assert queue["active_workers"] == 1
+        execution = run_agent(http, queue["id"], "Say hello")
+        assert execution["status"] == "completed", execution
+        assert execution["response"] == "Fake reply to: Say hello"
         keys = http.get("/api/v1/api-keys").json()["items"]
         (dev_key,) = [k for k in keys if key.startswith(k["prefix"])]
         assert http.delete(f"/api/v1/api-keys/{dev_key['id']}").status_code == 200
     run.process.send_signal(signal.SIGINT)
     assert wait_exit(run) == 0, run.stderr()
+    assert_gone(pids)
+    stopped = [line.strip() for line in run.stdout().splitlines() if line.endswith(" stopped")]
+    assert stopped[:2] == ["worker stopped", "fake Anthropic server stopped"], stopped
+    assert "Traceback" not in run.stderr()
 
     # Third run: the revoked key is replaced and the new one shown. Then the worker dies:
     # dev says so, stops the rest and exits 1.
@@ -179,16 +242,22 @@ def test_dev_starts_restarts_and_stops(tmp_path: Path) -> None:
     assert_gone(pids)
 
 
-def test_dev_port_in_use(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", ["--temporal-port", "--fake-llm-port"])
+def test_dev_port_in_use(tmp_path: Path, flag: str) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        dev = Dev(tmp_path / "home", free_port(), port, free_port())
-        result = subprocess.run(dev.args(), env=dev.env(), capture_output=True, timeout=30)
+        if flag == "--temporal-port":
+            dev = Dev(tmp_path / "home", free_port(), port, free_port())
+            args = dev.args()
+        else:
+            dev = Dev(tmp_path / "home", free_port(), free_port(), free_port())
+            args = dev.args("--fake-llm", "--fake-llm-port", str(port))
+        result = subprocess.run(args, env=dev.env(), capture_output=True, timeout=30)
     assert result.returncode == 1
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1, lines
     assert f"port {port} is already in use" in lines[0]
-    assert "--temporal-port" in lines[0]
+    assert flag in lines[0]
     assert not (dev.home / "postgres").exists()
