@@ -11,10 +11,12 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from temporalio.client import Client
 
 from controlplane.fake_anthropic import FakeAnthropicServer
 from tests.conftest import Tenant
@@ -119,3 +121,17 @@ async def read_stream(
                 events.append((event_id, event_type, json.loads(line[6:])))
                 event_id = None
     return events
+
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+async def record_history(temporal_address: str, execution_id: str, name: str) -> None:
+    """With RECORD_HISTORIES=1, keep this execution's workflow history for the replay tests
+    (tests/test_replay.py), so a later change that breaks determinism fails CI."""
+    if os.environ.get("RECORD_HISTORIES") != "1":
+        return
+    client = await Client.connect(temporal_address)
+    history = await client.get_workflow_handle(f"agent-execution-{execution_id}").fetch_history()
+    HISTORIES.mkdir(exist_ok=True)
+    (HISTORIES / f"{name}.json").write_text(history.to_json())

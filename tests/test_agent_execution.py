@@ -14,7 +14,7 @@ from controlplane.fake_anthropic import (
     text_reply,
 )
 from tests.conftest import Tenant, assert_error
-from tests.execution_helpers import make_agent, read_stream, wait_status
+from tests.execution_helpers import make_agent, read_stream, record_history, wait_status
 
 
 async def test_one_shot_execution_streams_and_completes(
@@ -55,7 +55,10 @@ async def test_one_shot_execution_streams_and_completes(
 
 
 async def test_multi_turn_conversation_and_mark_done(
-    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+    tenant: Tenant,
+    running_queue: dict[str, Any],
+    fake_llm: FakeAnthropicServer,
+    temporal_address: str,
 ) -> None:
     token = uuid.uuid4().hex
     await AsyncFakeAnthropicClient(fake_llm.base_url).script(
@@ -93,10 +96,14 @@ async def test_multi_turn_conversation_and_mark_done(
     # A finished execution refuses actions with its status.
     error = assert_error(await tenant.member.post(f"/api/v1/executions/{execution_id}/pause"), 409)
     assert error["details"]["status"] == "completed"
+    await record_history(temporal_address, execution_id, "multi_turn_mark_done")
 
 
 async def test_bad_request_from_model_fails_the_execution(
-    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+    tenant: Tenant,
+    running_queue: dict[str, Any],
+    fake_llm: FakeAnthropicServer,
+    temporal_address: str,
 ) -> None:
     token = uuid.uuid4().hex
     await AsyncFakeAnthropicClient(fake_llm.base_url).script(
@@ -112,10 +119,14 @@ async def test_bad_request_from_model_fails_the_execution(
     final = await wait_status(tenant, execution_id, "failed", "completed")
     assert final["status"] == "failed"
     assert "prompt is too long" in final["error_message"]
+    await record_history(temporal_address, execution_id, "model_400_failed")
 
 
 async def test_rate_limited_model_call_is_retried(
-    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+    tenant: Tenant,
+    running_queue: dict[str, Any],
+    fake_llm: FakeAnthropicServer,
+    temporal_address: str,
 ) -> None:
     token = uuid.uuid4().hex
     await AsyncFakeAnthropicClient(fake_llm.base_url).script(
@@ -130,6 +141,7 @@ async def test_rate_limited_model_call_is_retried(
     ).json()["execution_id"]
     final = await wait_status(tenant, execution_id, "completed", "failed")
     assert final["status"] == "completed" and final["response"] == "Made it."
+    await record_history(temporal_address, execution_id, "model_429_retried")
 
 
 async def test_execute_refusals(

@@ -16,6 +16,7 @@ from tests.execution_helpers import (
     execute,
     make_agent,
     read_stream,
+    record_history,
     start_worker_process,
     wait_status,
 )
@@ -41,7 +42,11 @@ async def wait_for_event(db: Any, execution_id: str, event_type: str, timeout: f
 
 
 async def test_pause_holds_the_next_turn_until_resume(
-    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer, db: Any
+    tenant: Tenant,
+    running_queue: dict[str, Any],
+    fake_llm: FakeAnthropicServer,
+    db: Any,
+    temporal_address: str,
 ) -> None:
     token = uuid.uuid4().hex
     fake = AsyncFakeAnthropicClient(fake_llm.base_url)
@@ -84,10 +89,15 @@ async def test_pause_holds_the_next_turn_until_resume(
         if e["event_type"] == "status"
     ]
     assert "paused" in statuses
+    await record_history(temporal_address, execution_id, "pause_resume")
 
 
 async def test_cancel_mid_stream(
-    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer, db: Any
+    tenant: Tenant,
+    running_queue: dict[str, Any],
+    fake_llm: FakeAnthropicServer,
+    db: Any,
+    temporal_address: str,
 ) -> None:
     token = uuid.uuid4().hex
     await AsyncFakeAnthropicClient(fake_llm.base_url).script(
@@ -104,6 +114,7 @@ async def test_cancel_mid_stream(
     assert error_events and error_events[-1]["error_type"] == "cancelled"
     assert not any(kind == "done" for _, kind, _ in events)
     assert_error(await tenant.member.post(f"/api/v1/executions/{execution_id}/cancel"), 409)
+    await record_history(temporal_address, execution_id, "cancel_mid_stream")
 
 
 async def test_worker_killed_mid_call_is_finished_by_another(
@@ -112,6 +123,7 @@ async def test_worker_killed_mid_call_is_finished_by_another(
     fake_llm: FakeAnthropicServer,
     live_api: str,
     db: Any,
+    temporal_address: str,
 ) -> None:
     token = uuid.uuid4().hex
     reply = text_reply(LONG_TEXT, delay_per_chunk_ms=60)
@@ -143,6 +155,7 @@ async def test_worker_killed_mid_call_is_finished_by_another(
     assert seqs == list(range(1, len(seqs) + 1))
     session = (await tenant.viewer.get(f"/api/v1/executions/{execution_id}/session")).json()
     assert [m["role"] for m in session["messages"]] == ["user", "assistant"]
+    await record_history(temporal_address, execution_id, "worker_killed_mid_call")
 
 
 async def test_execution_routes_refuse_other_tenants_viewers_and_bad_input(
