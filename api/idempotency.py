@@ -9,6 +9,7 @@ A first request that ends in a server error releases its claim, so the client ma
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,6 +43,17 @@ async def _read_body(receive: Receive) -> tuple[bytes, list[Message]]:
         if not message.get("more_body", False):
             break
     return b"".join(chunks), messages
+
+
+def _header_of(start: dict[str, Any], name: bytes) -> str | None:
+    for key, value in start.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _is_stream(start: dict[str, Any]) -> bool:
+    return (_header_of(start, b"content-type") or "").startswith("text/event-stream")
 
 
 class IdempotencyMiddleware:
@@ -88,7 +100,7 @@ class IdempotencyMiddleware:
         async def capture_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 start.update(message)
-            elif message["type"] == "http.response.body":
+            elif message["type"] == "http.response.body" and not _is_stream(start):
                 parts.append(message.get("body", b""))
             await send(message)
 
@@ -109,10 +121,19 @@ class IdempotencyMiddleware:
                 key,
             )
             return
-        content_type = next(
-            (v.decode("latin-1") for k, v in start.get("headers", []) if k == b"content-type"),
-            "application/json",
-        )
+        content_type = _header_of(start, b"content-type") or "application/json"
+        if _is_stream(start):
+            # A stream is not stored; its replay says where to reconnect.
+            location = _header_of(start, b"content-location")
+            body = json.dumps(
+                {
+                    "stream": True,
+                    "location": location,
+                    "message": "Replayed: reconnect to the "
+                    "stream at `location` (with Last-Event-ID to resume)",
+                }
+            ).encode()
+            content_type = "application/json"
         await state.pool.execute(
             "UPDATE idempotency_keys SET status_code = $3, content_type = $4, response_body = $5 "
             "WHERE organization_id = $1 AND idempotency_key = $2",

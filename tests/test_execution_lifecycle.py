@@ -236,7 +236,7 @@ async def test_execute_with_stream_answers_with_the_sse_stream(
         "POST",
         f"/api/v1/agents/{agent_id}/execute",
         json={"prompt": "Hi", "worker_queue_id": running_queue["id"], "stream": True},
-        headers={"Accept": "text/event-stream"},
+        headers={"Accept": "text/event-stream", "Idempotency-Key": token},
         timeout=30,
     ) as response:
         assert response.status_code == 200
@@ -244,8 +244,19 @@ async def test_execute_with_stream_answers_with_the_sse_stream(
         async for line in response.aiter_lines():
             if line.startswith("event: "):
                 kinds.append(line[7:])
+        location = response.headers["content-location"]
     assert kinds[0] == "connected" and kinds[-1] == "done"
     assert "message_chunk" in kinds and "history_complete" in kinds
+    # A retry with the same key starts nothing and says where the stream is.
+    again = await tenant.member.post(
+        f"/api/v1/agents/{agent_id}/execute",
+        json={"prompt": "Hi", "worker_queue_id": running_queue["id"], "stream": True},
+        headers={"Accept": "text/event-stream", "Idempotency-Key": token},
+    )
+    assert again.status_code == 200
+    assert again.json()["location"] == location
+    listed = (await tenant.viewer.get(f"/api/v1/executions?entity_id={agent_id}")).json()
+    assert listed["total"] == 1
 
 
 async def test_live_stream_resumes_after_a_disconnect_without_gap_or_duplicate(

@@ -187,7 +187,11 @@ async def execute_agent(call: Call, body: ExecuteIn) -> ExecuteOut:
         return StreamingResponse(  # type: ignore[return-value]
             stream_events(call.db, call.state.events, row, None),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Execution-ID": str(execution_id)},
+            headers={
+                "Cache-Control": "no-cache",
+                "X-Execution-ID": str(execution_id),
+                "Content-Location": stream_url,
+            },
         )
     return ExecuteOut(
         execution_id=execution_id,
