@@ -47,7 +47,11 @@ async def running_queue(
 
 
 def start_worker_process(
-    queue_id: str, api_key: str, live_api: str, fake_llm: FakeAnthropicServer
+    queue_id: str,
+    api_key: str,
+    live_api: str,
+    fake_llm: FakeAnthropicServer,
+    anthropic_api_key: str | None = "test-key",
 ) -> subprocess.Popen[bytes]:
     """`python -m worker` on a queue, as an operator runs it: no database credentials."""
     env = {
@@ -55,9 +59,11 @@ def start_worker_process(
         "CONTROLPLANE_URL": live_api,
         "CONTROLPLANE_API_KEY": api_key,
         "ANTHROPIC_BASE_URL": fake_llm.base_url,
-        "ANTHROPIC_API_KEY": "test-key",
     }
     env.pop("DATABASE_URL", None)
+    env.pop("ANTHROPIC_API_KEY", None)
+    if anthropic_api_key is not None:
+        env["ANTHROPIC_API_KEY"] = anthropic_api_key
     return subprocess.Popen(
         [sys.executable, "-m", "worker", "--queue-id", queue_id],
         env=env,
@@ -101,6 +107,18 @@ async def wait_status(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"status {body['status']}, wanted {wanted}")
         await asyncio.sleep(0.1)
+
+
+async def wait_answer(tenant: Tenant, execution_id: str, text: str) -> dict[str, Any]:
+    """Wait until the execution waits for input again with `text` as its latest answer."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        body = await wait_status(tenant, execution_id, "waiting_for_input")
+        if body["response"] == text:
+            return body
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"latest answer {body['response']!r}, wanted {text!r}")
+        await asyncio.sleep(0.05)
 
 
 async def read_stream(

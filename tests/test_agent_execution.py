@@ -3,7 +3,6 @@ and the fake Anthropic server speaking the real wire protocol."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
@@ -14,7 +13,13 @@ from controlplane.fake_anthropic import (
     text_reply,
 )
 from tests.conftest import Tenant, assert_error
-from tests.execution_helpers import make_agent, read_stream, record_history, wait_status
+from tests.execution_helpers import (
+    make_agent,
+    read_stream,
+    record_history,
+    wait_answer,
+    wait_status,
+)
 
 
 async def test_one_shot_execution_streams_and_completes(
@@ -77,14 +82,11 @@ async def test_multi_turn_conversation_and_mark_done(
         f"/api/v1/executions/{execution_id}/message", json={"message": "And then?"}
     )
     assert sent.status_code == 202
-    await asyncio.sleep(0.2)
-    second = await wait_status(tenant, execution_id, "waiting_for_input")
-    for _ in range(50):
-        if second["response"] == "Second answer.":
-            break
-        await asyncio.sleep(0.1)
-        second = await wait_status(tenant, execution_id, "waiting_for_input")
-    assert second["response"] == "Second answer."
+    second = await wait_answer(tenant, execution_id, "Second answer.")
+    per_turn = second["usage"]["per_turn"]
+    assert [t["turn"] for t in per_turn] == [1, 2]
+    assert sum(t["input_tokens"] for t in per_turn) == second["usage"]["input_tokens"]
+    assert per_turn[1]["input_tokens"] > per_turn[0]["input_tokens"]  # the history grew
     done = await tenant.member.post(f"/api/v1/executions/{execution_id}/mark-done")
     assert done.status_code == 202
     await wait_status(tenant, execution_id, "completed")

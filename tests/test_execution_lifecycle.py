@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from starlette.applications import Starlette
+from temporalio.client import Client
 
 from controlplane.fake_anthropic import AsyncFakeAnthropicClient, FakeAnthropicServer, text_reply
 from tests.conftest import Tenant, assert_error, client_for
@@ -18,8 +19,10 @@ from tests.execution_helpers import (
     read_stream,
     record_history,
     start_worker_process,
+    wait_answer,
     wait_status,
 )
+from workflows.agent_execution import MAX_TURNS_PER_RUN
 
 LONG_TEXT = " ".join(f"word{i}" for i in range(120))  # ~60 chunks from the fake
 
@@ -69,18 +72,11 @@ async def test_pause_holds_the_next_turn_until_resume(
     assert len(await fake.bodies(token)) == 1  # the model was not called while paused
 
     assert (await tenant.member.post(f"{base}/resume")).status_code == 200
-    for _ in range(100):
-        body = await wait_status(tenant, execution_id, "waiting_for_input")
-        if body["response"] == "Second.":
-            break
-        await asyncio.sleep(0.1)
-    assert body["response"] == "Second."
+    await wait_answer(tenant, execution_id, "Second.")
     assert_error(await tenant.member.post(f"{base}/resume"), 409)
-    transitions = await db.fetch(
-        "SELECT to_state FROM execution_transitions WHERE execution_id = $1 ORDER BY id",
-        uuid.UUID(execution_id),
-    )
-    path = [row["to_state"] for row in transitions]
+    transitions = (await tenant.viewer.get(f"{base}/transitions")).json()["transitions"]
+    assert all(t["created_at"] for t in transitions)
+    path = [t["to_state"] for t in transitions]
     assert path[:4] == ["pending", "running", "waiting_for_input", "paused"]
     assert path[-1] == "waiting_for_input"
     statuses = [
@@ -283,3 +279,53 @@ async def test_live_stream_resumes_after_a_disconnect_without_gap_or_duplicate(
     all_seqs = [e["seq"] for e in await events_of(db, execution_id)]
     assert seen == all_seqs
     assert rest[-1][1] == "done"
+
+
+async def test_without_an_api_key_the_execution_fails_at_once(
+    tenant: Tenant, live_api: str, fake_llm: FakeAnthropicServer
+) -> None:
+    env_id = (await tenant.member.post("/api/v1/environments", json={"name": "e"})).json()["id"]
+    queue = (
+        await tenant.member.post(f"/api/v1/environments/{env_id}/worker-queues", json={"name": "q"})
+    ).json()
+    worker = start_worker_process(
+        queue["id"], tenant.keys["member"], live_api, fake_llm, anthropic_api_key=None
+    )
+    try:
+        execution_id = await execute(tenant, await make_agent(tenant, "nokey"), queue["id"])
+        final = await wait_status(tenant, execution_id, "failed", "completed")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(worker.wait, 30)
+    assert final["status"] == "failed"
+    assert "ANTHROPIC_API_KEY is not set" in final["error_message"]
+
+
+async def test_long_conversation_continues_as_new_and_keeps_its_history(
+    tenant: Tenant, running_queue: dict[str, Any], temporal_address: str
+) -> None:
+    turns = MAX_TURNS_PER_RUN + 2
+    execution_id = await execute(
+        tenant, await make_agent(tenant, "long"), running_queue["id"], "m0"
+    )
+    await wait_answer(tenant, execution_id, "Fake reply to: m0")
+    for n in range(1, turns):
+        sent = await tenant.member.post(
+            f"/api/v1/executions/{execution_id}/message", json={"message": f"m{n}"}
+        )
+        assert sent.status_code == 202
+        body = await wait_answer(tenant, execution_id, f"Fake reply to: m{n}")
+    assert body["usage"]["turns"] == turns
+    client = await Client.connect(temporal_address)
+    runs = [
+        run async for run in client.list_workflows(f"WorkflowId = 'agent-execution-{execution_id}'")
+    ]
+    assert len(runs) >= 2  # continued as new, history bounded
+    handle = client.get_workflow_handle(f"agent-execution-{execution_id}")
+    state = await handle.query("get_state")
+    assert len(state["messages"]) == 2 * turns  # nothing lost across runs
+    assert (
+        await tenant.member.post(f"/api/v1/executions/{execution_id}/mark-done")
+    ).status_code == 202
+    await wait_status(tenant, execution_id, "completed")
+    await record_history(temporal_address, execution_id, "continue_as_new")

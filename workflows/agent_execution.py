@@ -231,7 +231,7 @@ class AgentExecutionWorkflow:
                 result_type=RuntimeTurnResult,
                 **MODEL_CALL_OPTIONS,
             )
-            self._usage.add(result.usage)
+            self._usage.add(result.usage, turn=self._turn)
             self._model_messages.append({"role": "assistant", "content": result.content})
             tool_calls = [block for block in result.content if block.get("type") == "tool_use"]
             if result.stop_reason != "tool_use" or not tool_calls:

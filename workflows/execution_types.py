@@ -47,17 +47,35 @@ class ModelSpec:
 
 
 @dataclass
+class TurnUsage:
+    turn: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass
 class Usage:
+    """Tokens and cost of an execution, in total and per turn (a turn may take several model
+    calls when the model uses tools)."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
     turns: int = 0
+    per_turn: list[TurnUsage] = field(default_factory=list)
 
-    def add(self, other: Usage) -> None:
+    def add(self, other: Usage, turn: int = 0) -> None:
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.cost_usd = round(self.cost_usd + other.cost_usd, 8)
         self.turns += other.turns
+        if not self.per_turn or self.per_turn[-1].turn != turn:
+            self.per_turn.append(TurnUsage(turn))
+        entry = self.per_turn[-1]
+        entry.input_tokens += other.input_tokens
+        entry.output_tokens += other.output_tokens
+        entry.cost_usd = round(entry.cost_usd + other.cost_usd, 8)
 
 
 @dataclass

@@ -153,6 +153,18 @@ class ActionResult(BaseModel):
     message: str
 
 
+class Transition(BaseModel):
+    from_state: str | None
+    to_state: str
+    reasoning: str | None
+    created_at: datetime
+
+
+class TransitionList(BaseModel):
+    execution_id: uuid.UUID
+    transitions: list[Transition]
+
+
 class StreamQuery(BaseModel):
     last_event_id: int | None = Field(None, ge=0)
 
@@ -224,6 +236,20 @@ async def list_executions(call: Call, query: ExecutionQuery) -> Page[ExecutionOu
 async def get_execution(call: Call) -> ExecutionOut:
     """One execution with its participants."""
     return await execution_out(call, await load_execution(call))
+
+
+@router.get("/api/v1/executions/{execution_id}/transitions")
+async def list_transitions(call: Call) -> TransitionList:
+    """Every status change of the execution, with its time, oldest first."""
+    row = await load_execution(call)
+    rows = await call.db.fetch(
+        "SELECT from_state, to_state, reasoning, created_at FROM execution_transitions "
+        "WHERE execution_id = $1 ORDER BY id",
+        row["id"],
+    )
+    return TransitionList(
+        execution_id=row["id"], transitions=[Transition.model_validate(dict(r)) for r in rows]
+    )
 
 
 @router.patch("/api/v1/executions/{execution_id}", role="worker")
