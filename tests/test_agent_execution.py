@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from temporalio.client import Client
+
 from controlplane.fake_anthropic import (
     AsyncFakeAnthropicClient,
     FakeAnthropicServer,
@@ -169,3 +171,26 @@ async def test_execute_refusals(
     )
     count = "SELECT count(*) FROM executions WHERE organization_id = $1"
     assert await db.fetchval(count, tenant.id) == 0
+
+
+async def test_execute_retry_with_idempotency_key_starts_nothing_new(
+    tenant: Tenant, running_queue: dict[str, Any], temporal_address: str
+) -> None:
+    agent_id = await make_agent(tenant, "idem", one_shot=True)
+    request = {"prompt": "Once", "worker_queue_id": running_queue["id"]}
+    headers = {"Idempotency-Key": f"exec-{uuid.uuid4()}"}
+    first = await tenant.member.post(
+        f"/api/v1/agents/{agent_id}/execute", json=request, headers=headers
+    )
+    again = await tenant.member.post(
+        f"/api/v1/agents/{agent_id}/execute", json=request, headers=headers
+    )
+    assert first.status_code == again.status_code == 200
+    assert again.json()["execution_id"] == first.json()["execution_id"]
+    listed = (await tenant.viewer.get(f"/api/v1/executions?entity_id={agent_id}")).json()
+    assert listed["total"] == 1
+    client = await Client.connect(temporal_address)
+    runs = [
+        run async for run in client.list_workflows(f"WorkflowId = '{first.json()['workflow_id']}'")
+    ]
+    assert len(runs) == 1
