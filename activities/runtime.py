@@ -1,4 +1,5 @@
-"""`execute_with_runtime`: one model call of an agent turn, streamed.
+"""`execute_with_runtime`: one model call of an agent turn, streamed. The `claude_code` runtime
+runs the whole turn through the Claude Code CLI instead (activities/claude_code.py).
 
 The model's text deltas go out as `message_chunk` events while the call runs. Retryable model
 errors (429, 5xx, overload, timeouts, connection errors) raise and Temporal retries the call
@@ -57,6 +58,12 @@ class RuntimeActivities:
             raise _fatal(f"Unknown runtime '{turn.runtime_type}'")
         beating = asyncio.create_task(self._heartbeat_forever())
         try:
+            if turn.runtime_type == "claude_code":
+                # Imported on first use: the SDK takes about a second to import, and most
+                # workers only ever run the default runtime.
+                from activities.claude_code import run_claude_code_turn
+
+                return await run_claude_code_turn(self.control_plane, turn)
             return await self._call_model(turn)
         except anthropic.APIStatusError as error:
             if error.status_code in (408, 409, 429) or error.status_code >= 500:

@@ -1,0 +1,277 @@
+"""The `claude_code` runtime: one agent turn through claude-agent-sdk, i.e. the Claude Code CLI
+it bundles, run as a subprocess.
+
+One SDK query per turn, and every attempt is self-contained: a fresh CLI in a fresh temporary
+HOME and working directory, removed afterwards. Continuity comes from the workflow, which
+already carries the conversation: the prompt is the newest user message, and the earlier turns
+(at most MAX_HISTORY_MESSAGES) go into the system prompt. Nothing lives on the worker between
+turns, so a retried attempt, or the next turn, may run on any worker.
+
+Errors: a model call refused for good (400, 401, 403, 404, ...) fails the execution at once
+with the CLI's message; rate limits, 5xx, timeouts and connection errors raise a retryable
+error, and Temporal retries the turn. The CLI itself retries once (CLAUDE_CODE_MAX_RETRIES).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any, cast
+
+from claude_agent_sdk import (
+    AssistantMessage,
+    ClaudeAgentOptions,
+    ClaudeSDKError,
+    CLINotFoundError,
+    Message,
+    ResultMessage,
+    StreamEvent,
+    TextBlock,
+    query,
+)
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.reporting import ControlPlane
+from activities.runtime import FLUSH_SECONDS, cost_of
+from workflows.execution_types import ModelSpec, RuntimeTurnInput, RuntimeTurnResult, Usage
+
+# Reference §7.1: the claude_code runtime keeps up to 200 messages of history.
+MAX_HISTORY_MESSAGES = 200
+# Model calls the CLI may make in one turn (it loops model -> tools -> model).
+MAX_AGENT_TURNS = 20
+# The CLI's per-request timeout unless the worker's environment sets API_TIMEOUT_MS.
+DEFAULT_API_TIMEOUT_MS = "120000"
+# Anthropic bills cache writes at 1.25x and cache reads at 0.1x the input price; the CLI marks
+# its system prompt and newest message for caching.
+CACHE_WRITE_FACTOR = 1.25
+CACHE_READ_FACTOR = 0.1
+STDERR_LINES = 20
+
+
+def _fatal(message: str) -> ApplicationError:
+    return ApplicationError(message, non_retryable=True)
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's content: a string, or the text blocks of a block list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(block.get("text", ""))
+            for block in content
+            if isinstance(block, dict) and block.get("type") == "text"
+        )
+    return ""
+
+
+def system_prompt_for(system_prompt: str | None, history: list[dict[str, Any]]) -> str:
+    """The agent's system prompt, followed by the earlier turns of the conversation."""
+    parts = [system_prompt] if system_prompt else []
+    turns = [
+        f"<{m['role']}>\n{text_of(m.get('content'))}\n</{m['role']}>"
+        for m in history[-MAX_HISTORY_MESSAGES:]
+        if m.get("role") in ("user", "assistant") and text_of(m.get("content"))
+    ]
+    if turns:
+        parts.append(
+            "<conversation_history>\nThe conversation so far, oldest first. The user's newest "
+            "message follows as the prompt.\n" + "\n".join(turns) + "\n</conversation_history>"
+        )
+    return "\n\n".join(parts)
+
+
+def cli_env(home: Path, max_tokens: int) -> dict[str, str]:
+    """Environment for the CLI, merged by the SDK over the worker's own (DESIGN §4)."""
+    env = {
+        "HOME": str(home),
+        "CLAUDE_CONFIG_DIR": str(home / ".claude"),
+        "ANTHROPIC_API_KEY": os.environ.get("ANTHROPIC_API_KEY", ""),
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CODE_MAX_RETRIES": "1",
+        "API_TIMEOUT_MS": os.environ.get("API_TIMEOUT_MS", DEFAULT_API_TIMEOUT_MS),
+        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(max_tokens),
+    }
+    base_url = os.environ.get("ANTHROPIC_BASE_URL")
+    if base_url:
+        env["ANTHROPIC_BASE_URL"] = base_url
+    return env
+
+
+def usage_of(raw: dict[str, Any] | None, model: ModelSpec) -> Usage:
+    raw = raw or {}
+    plain = int(raw.get("input_tokens") or 0)
+    written = int(raw.get("cache_creation_input_tokens") or 0)
+    read = int(raw.get("cache_read_input_tokens") or 0)
+    output = int(raw.get("output_tokens") or 0)
+    usage = Usage(input_tokens=plain + written + read, output_tokens=output, turns=1)
+    cached = (written * CACHE_WRITE_FACTOR + read * CACHE_READ_FACTOR) * model.input_per_million
+    billed = Usage(input_tokens=plain, output_tokens=output)
+    base = cost_of(billed, model.input_per_million, model.output_per_million)
+    usage.cost_usd = round(base + cached / 1e6, 8)
+    return usage
+
+
+def error_of(result: ResultMessage, stderr: list[str]) -> ApplicationError:
+    """A failed result as an ApplicationError: non-retryable when retrying cannot help."""
+    detail = result.result or "; ".join(result.errors or []) or result.subtype
+    status = result.api_error_status
+    if status is not None:
+        message = f"Claude Code model call failed ({status}): {detail}"
+        if status in (408, 409, 429) or status >= 500:
+            return ApplicationError(message)
+        return _fatal(message)
+    if result.subtype.startswith("error_max_"):
+        return _fatal(f"Claude Code stopped: {result.subtype} ({detail})")
+    # No HTTP status: a connection error, a timeout or a CLI failure; retry it.
+    tail = f" [stderr: {' | '.join(stderr)}]" if stderr else ""
+    return ApplicationError(f"Claude Code failed: {detail}{tail}")
+
+
+class _Chunks:
+    """`message_chunk` events under the default runtime's key scheme, batched per FLUSH_SECONDS."""
+
+    def __init__(self, control_plane: ControlPlane, turn: RuntimeTurnInput, attempt: int) -> None:
+        self.control_plane = control_plane
+        self.turn = turn
+        self.attempt = attempt
+        self.message_id = f"{turn.execution_id}_assistant_{turn.turn}"
+        self.index = 0
+        self.buffered: list[str] = []
+        self.last_flush = 0.0
+
+    async def add(self, text: str, now: float) -> None:
+        self.buffered.append(text)
+        if now - self.last_flush >= FLUSH_SECONDS:
+            await self.flush(final=False, now=now)
+
+    async def flush(self, *, final: bool, now: float) -> None:
+        if not self.buffered and not final:
+            return
+        text = "".join(self.buffered)
+        self.buffered.clear()
+        self.last_flush = now
+        self.index += 1
+        turn = self.turn
+        await self.control_plane.publish(
+            turn.execution_id,
+            "message_chunk",
+            {
+                "content": text,
+                "message_id": self.message_id,
+                "is_final": final,
+                "turn": turn.turn,
+                "step": turn.step,
+                "attempt": self.attempt,
+            },
+            key=f"chunk:{turn.turn}:{turn.step}:{self.attempt}:{self.index}",
+        )
+
+
+def _text_delta(message: StreamEvent) -> str | None:
+    event = message.event
+    if message.parent_tool_use_id is not None or event.get("type") != "content_block_delta":
+        return None
+    delta = event.get("delta") or {}
+    if delta.get("type") != "text_delta":
+        return None
+    return str(delta.get("text", ""))
+
+
+def _make_workspace(execution_id: str) -> Path:
+    root = Path(tempfile.mkdtemp(prefix=f"claude-code-{execution_id}-"))
+    (root / "home").mkdir()
+    (root / "work").mkdir()
+    return root
+
+
+async def run_claude_code_turn(
+    control_plane: ControlPlane, turn: RuntimeTurnInput
+) -> RuntimeTurnResult:
+    """One turn through the Claude Code CLI; the caller checks the API key and heartbeats."""
+    messages = turn.model_messages
+    if not messages or messages[-1].get("role") != "user":
+        raise _fatal("Claude Code runtime: the conversation has no user message to answer")
+    root = await asyncio.to_thread(_make_workspace, turn.execution_id)
+    try:
+        options = ClaudeAgentOptions(
+            model=turn.model.api_model,
+            system_prompt=system_prompt_for(turn.system_prompt, messages[:-1]),
+            # Tools and policies come later: no built-in tools are offered and none is
+            # pre-approved. bypassPermissions is refused when the worker runs as root.
+            tools=[],
+            allowed_tools=[],
+            permission_mode="dontAsk",
+            max_turns=MAX_AGENT_TURNS,
+            cwd=str(root / "work"),
+            env=cli_env(root / "home", turn.max_tokens),
+            # Nothing from the worker's disk: no settings, CLAUDE.md or hooks.
+            setting_sources=[],
+            # The prompt is sent as written: no @file expansion, no slash commands.
+            verbatim_prompts=True,
+            # The default runtime sends no thinking; and a thinking budget must stay below
+            # the agent's max_tokens.
+            thinking={"type": "disabled"},
+            include_partial_messages=True,
+        )
+        return await _query(control_plane, turn, text_of(messages[-1].get("content")), options)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _query(
+    control_plane: ControlPlane, turn: RuntimeTurnInput, prompt: str, options: ClaudeAgentOptions
+) -> RuntimeTurnResult:
+    loop = asyncio.get_running_loop()
+    chunks = _Chunks(control_plane, turn, activity.info().attempt)
+    stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
+    options.stderr = stderr.append
+    texts: list[str] = []
+    result: ResultMessage | None = None
+    # query() is an async generator: closing it stops the CLI even when we leave early.
+    stream = cast("AsyncGenerator[Message, None]", query(prompt=prompt, options=options))
+    try:
+        async with contextlib.aclosing(stream):
+            async for message in stream:
+                if isinstance(message, StreamEvent):
+                    text = _text_delta(message)
+                    if text:
+                        await chunks.add(text, loop.time())
+                elif (
+                    isinstance(message, AssistantMessage)
+                    and message.parent_tool_use_id is None
+                    and message.error is None
+                ):
+                    text = "".join(b.text for b in message.content if isinstance(b, TextBlock))
+                    if text:
+                        texts.append(text)
+                elif isinstance(message, ResultMessage):
+                    result = message
+    except CLINotFoundError as error:
+        raise _fatal(f"Claude Code CLI not found on the worker: {error}") from None
+    except ClaudeSDKError as error:
+        # A failed run reports a result and then exits non-zero; judge it by the result.
+        if result is None or not result.is_error:
+            tail = f" [stderr: {' | '.join(stderr)}]" if stderr else ""
+            raise ApplicationError(f"Claude Code failed: {error}{tail}") from None
+    if result is None:
+        raise ApplicationError("Claude Code ended without a result")
+    if result.is_error:
+        raise error_of(result, list(stderr))
+    await chunks.flush(final=True, now=loop.time())
+    text = "\n\n".join(texts)
+    return RuntimeTurnResult(
+        content=[{"type": "text", "text": text}],
+        stop_reason="end_turn",
+        usage=usage_of(result.usage, turn.model),
+        text=text,
+    )

@@ -1,0 +1,149 @@
+"""The claude_code runtime end to end: the HTTP API, a real worker process running the Claude
+Code CLI bundled with claude-agent-sdk, the Temporal dev server and the fake Anthropic server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+from controlplane.fake_anthropic import (
+    AsyncFakeAnthropicClient,
+    FakeAnthropicServer,
+    error_reply,
+    text_reply,
+)
+from tests.conftest import Tenant
+from tests.execution_helpers import read_stream, wait_status
+
+
+async def make_claude_code_agent(tenant: Tenant, token: str, **configuration: Any) -> str:
+    response = await tenant.member.post(
+        "/api/v1/agents",
+        json={
+            "name": f"cc-{uuid.uuid4().hex[:6]}",
+            "model_id": "anthropic/claude-sonnet-4-5",
+            "runtime": "claude_code",
+            # The CLI sends the system prompt, so the fake matches the token there.
+            "system_prompt": f"You help. [{token}]",
+            "configuration": configuration,
+        },
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def execute(tenant: Tenant, agent_id: str, queue_id: str, prompt: str) -> str:
+    started = await tenant.member.post(
+        f"/api/v1/agents/{agent_id}/execute",
+        json={"prompt": prompt, "worker_queue_id": queue_id},
+    )
+    assert started.status_code == 200, started.text
+    return str(started.json()["execution_id"])
+
+
+def texts(content: Any) -> list[str]:
+    """The texts of a system prompt or message content: a string or a list of blocks."""
+    if isinstance(content, str):
+        return [content]
+    return [block["text"] for block in content if block.get("type") == "text"]
+
+
+async def test_one_shot_turn_runs_through_the_cli(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+) -> None:
+    token = uuid.uuid4().hex
+    fake = AsyncFakeAnthropicClient(fake_llm.base_url)
+    reply = "Claude Code says the answer is forty-two."
+    await fake.script(token, [text_reply(reply)])
+    agent_id = await make_claude_code_agent(tenant, token, one_shot=True)
+    execution_id = await execute(tenant, agent_id, running_queue["id"], "What is the answer?")
+
+    final = await wait_status(tenant, execution_id, "completed", "failed")
+    assert final["status"] == "completed", final
+    assert final["response"] == reply
+    usage = final["usage"]
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0 and usage["cost_usd"] > 0
+
+    events = await read_stream(tenant.viewer, execution_id)
+    chunks = [d["data"] for _, t, d in events if t == "message_chunk"]
+    assert "".join(c["content"] for c in chunks) == reply
+    assert chunks[-1]["is_final"] and chunks[0]["turn"] == 1
+
+    # What the CLI sent: one streamed request for the catalogue's API model name, the agent's
+    # system prompt, the user's prompt as written, and no tools.
+    [request] = await fake.requests(token)
+    body = request["body"]
+    assert request["path"] == "/v1/messages" and body["stream"] is True
+    assert body["model"] == "claude-sonnet-4-5"
+    assert any(f"You help. [{token}]" in text for text in texts(body["system"]))
+    assert texts(body["messages"][-1]["content"])[-1] == "What is the answer?"
+    assert body["tools"] == []
+
+
+async def test_conversation_carries_to_the_next_turn(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+) -> None:
+    token = uuid.uuid4().hex
+    fake = AsyncFakeAnthropicClient(fake_llm.base_url)
+    await fake.script(token, [text_reply("The first answer."), text_reply("The second answer.")])
+    agent_id = await make_claude_code_agent(tenant, token)
+    execution_id = await execute(tenant, agent_id, running_queue["id"], "Remember the colour teal.")
+    waiting = await wait_status(tenant, execution_id, "waiting_for_input")
+    assert waiting["response"] == "The first answer."
+    sent = await tenant.member.post(
+        f"/api/v1/executions/{execution_id}/message", json={"message": "Which colour?"}
+    )
+    assert sent.status_code == 202
+    for _ in range(100):
+        second = await wait_status(tenant, execution_id, "waiting_for_input")
+        if second["response"] == "The second answer.":
+            break
+        await asyncio.sleep(0.1)
+    assert second["response"] == "The second answer."
+    assert second["usage"]["turns"] == 2
+    assert (await tenant.member.post(f"/api/v1/executions/{execution_id}/mark-done")).is_success
+    await wait_status(tenant, execution_id, "completed")
+
+    # A fresh CLI per turn: the earlier turns ride in the system prompt, the newest message
+    # is the prompt.
+    bodies = await fake.bodies(token)
+    assert len(bodies) == 2
+    system = "\n".join(texts(bodies[1]["system"]))
+    assert "Remember the colour teal." in system and "The first answer." in system
+    assert texts(bodies[1]["messages"][-1]["content"])[-1] == "Which colour?"
+    assert "The first answer." not in "\n".join(texts(bodies[0]["system"]))
+
+
+async def test_bad_request_fails_without_retrying(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+) -> None:
+    token = uuid.uuid4().hex
+    fake = AsyncFakeAnthropicClient(fake_llm.base_url)
+    await fake.script(token, [error_reply(400, "the widget is broken", times=3)])
+    agent_id = await make_claude_code_agent(tenant, token, one_shot=True)
+    execution_id = await execute(tenant, agent_id, running_queue["id"], "Hi")
+    final = await wait_status(tenant, execution_id, "failed", "completed")
+    assert final["status"] == "failed"
+    assert "the widget is broken" in final["error_message"]
+    assert "(400)" in final["error_message"]
+    # One CLI run, not retried by Temporal (the CLI itself may resend a 400 with fewer betas).
+    bodies = await fake.bodies(token)
+    assert len({json.loads(b["metadata"]["user_id"])["session_id"] for b in bodies}) == 1
+
+
+async def test_rate_limit_is_retried_by_temporal(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+) -> None:
+    token = uuid.uuid4().hex
+    fake = AsyncFakeAnthropicClient(fake_llm.base_url)
+    # The CLI tries twice (one retry of its own), then the activity fails and Temporal retries.
+    await fake.script(
+        token, [error_reply(429, "slow down", times=2, retry_after=0), text_reply("Made it.")]
+    )
+    agent_id = await make_claude_code_agent(tenant, token, one_shot=True)
+    execution_id = await execute(tenant, agent_id, running_queue["id"], "Hi")
+    final = await wait_status(tenant, execution_id, "completed", "failed")
+    assert final["status"] == "completed" and final["response"] == "Made it."
+    assert [r["status"] for r in await fake.requests(token)] == [429, 429, 200]
