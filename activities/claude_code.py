@@ -88,6 +88,9 @@ def system_prompt_for(system_prompt: str | None, history: list[dict[str, Any]]) 
     return "\n\n".join(parts)
 
 
+WORKER_CREDENTIALS = ("CONTROLPLANE_API_KEY", "DATABASE_URL", "CONTROLPLANE_SECRET_KEY")
+
+
 def cli_env(home: Path, max_tokens: int) -> dict[str, str]:
     """Environment for the CLI, merged by the SDK over the worker's own (DESIGN §4)."""
     env = {
@@ -104,6 +107,10 @@ def cli_env(home: Path, max_tokens: int) -> dict[str, str]:
     base_url = os.environ.get("ANTHROPIC_BASE_URL")
     if base_url:
         env["ANTHROPIC_BASE_URL"] = base_url
+    # The SDK passes the worker's whole environment on; the worker's own credentials must not
+    # reach a process the model drives.
+    for name in WORKER_CREDENTIALS:
+        env[name] = ""
     return env
 
 

@@ -26,7 +26,7 @@ from workflows.execution_types import (
     Usage,
 )
 
-HEARTBEAT_SECONDS = 5
+HEARTBEAT_SECONDS = 1
 # Chunks are batched to at most one event per this many characters or per flush interval.
 FLUSH_SECONDS = 0.05
 

@@ -105,6 +105,11 @@ async def test_cancel_mid_stream(
     assert cancelled.status_code == 200, cancelled.text
     final = await wait_status(tenant, execution_id, "cancelled")
     assert final["completed_at"] is not None
+    # The model call itself stops: no chunk arrives once cancellation has reached it.
+    await asyncio.sleep(4)
+    settled = len(await events_of(db, execution_id))
+    await asyncio.sleep(2)
+    assert len(await events_of(db, execution_id)) == settled
     events = await read_stream(tenant.viewer, execution_id)
     error_events = [data for _, kind, data in events if kind == "error"]
     assert error_events and error_events[-1]["error_type"] == "cancelled"

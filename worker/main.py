@@ -123,6 +123,9 @@ async def run(queue_id: str, control_plane_url: str, api_key: str, stop: asyncio
                 ],
                 identity=f"{socket.gethostname()}:{os.getpid()}:{worker_id}",
                 graceful_shutdown_timeout=timedelta(seconds=DRAIN_SECONDS),
+                # Heartbeats carry cancellation to running activities: send them often so a
+                # cancelled execution stops its model call within seconds.
+                max_heartbeat_throttle_interval=timedelta(seconds=2),
             )
             heartbeats = asyncio.create_task(
                 heartbeat_forever(worker_http, worker_id, config["heartbeat_interval"], tasks)
