@@ -20,28 +20,20 @@ import json
 import math
 import os
 import shlex
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-import asyncpg
 import httpx
+from _stack import CpuMeter, Stack, interrupt, percentile, seed, wait_ready
 
-from api.db import apply_schema_at
-from api.tenancy import create_key, create_org
-from controlplane.services import EmbeddedPostgres, free_port, start_temporal, stop_process
-from controlplane.settings import REPO_ROOT
+from controlplane.services import free_port
 
-ORG = "bench"
 SEED_PROJECTS = 50
 REQUEST_ID = "bench-{scenario}-{seq}"
 
@@ -78,54 +70,6 @@ class Result:
         return self.cpu[part] * 1000 / done if part in self.cpu and done else math.nan
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-class CpuMeter:
-    """CPU seconds used so far by the API process, the Postgres server and this process."""
-
-    def __init__(self, api_pid: int, pgdata: Path) -> None:
-        self.api_pid = api_pid
-        self.pgdata = pgdata
-        self.ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-    def _stat(self, pid: int) -> list[str] | None:
-        try:
-            raw = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        return raw.rsplit(")", 1)[1].split()  # the fields after the command name
-
-    def _seconds(self, pid: int) -> float:
-        fields = self._stat(pid)
-        return (int(fields[11]) + int(fields[12])) / self.ticks if fields else 0.0
-
-    def _postgres_pids(self) -> list[int]:
-        try:
-            postmaster = int((self.pgdata / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return []
-        pids = [postmaster]
-        for entry in Path("/proc").iterdir():
-            fields = self._stat(int(entry.name)) if entry.name.isdigit() else None
-            if fields and int(fields[1]) == postmaster:
-                pids.append(int(entry.name))
-        return pids
-
-    def sample(self) -> dict[str, float]:
-        if not Path("/proc/self/stat").exists():
-            return {}
-        return {
-            "api": self._seconds(self.api_pid),
-            "postgres": sum(self._seconds(pid) for pid in self._postgres_pids()),
-            "client": time.process_time(),
-        }
-
-
 async def run_phase(
     client: httpx.AsyncClient,
     scenario: Scenario,
@@ -159,30 +103,6 @@ async def run_phase(
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies, errors
-
-
-async def seed(database_url: str) -> str:
-    await apply_schema_at(database_url)
-    conn = await asyncpg.connect(database_url)
-    try:
-        await create_org(conn, ORG, rate_limit_per_minute=100_000_000)
-        key = await create_key(conn, ORG, role="admin", name="bench admin")
-    finally:
-        await conn.close()
-    return key.key
-
-
-async def wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(base_url=base_url, timeout=2) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"the API exited with code {process.returncode}")
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/api/ready")).status_code == 200:
-                    return
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"the API was not ready within {timeout:.0f} s")
 
 
 def scenarios() -> list[Scenario]:
@@ -286,33 +206,6 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             )
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def start_api(
-    work: Path, port: int, database_url: str, temporal_port: int, extra: list[str]
-) -> subprocess.Popen[bytes]:
-    env = os.environ | {
-        "DATABASE_URL": database_url,
-        "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
-        "CONTROLPLANE_HOME": str(work / "home"),
-    }
-    command = [sys.executable, "-m", "uvicorn", "--factory", "api.asgi:app_from_env"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra]
-    # One JSON line per request goes to the log file, which also yields the server-side times.
-    with open(work / "api.log", "wb") as log:
-        return subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            start_new_session=True,
-        )
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description="API overhead per request, against a baseline.")
     parser.add_argument("--requests", type=int, default=3000, help="timed requests per row")
@@ -326,27 +219,17 @@ def main() -> int:
         help='extra uvicorn options, e.g. "--http httptools --loop uvloop"',
     )
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
-    work = Path(tempfile.mkdtemp(prefix="cp-bench-"))
-    postgres = EmbeddedPostgres(work / "pgdata")
-    processes: list[subprocess.Popen[bytes]] = []
+    stack = Stack(keep=args.keep)
     try:
-        print(f"starting Postgres and Temporal in {work} ...", flush=True)
-        database_url = postgres.start()
-        temporal_port = free_port()
-        log_file = work / "temporal.log"
-        temporal = start_temporal(
-            work / "temporal.db", port=temporal_port, ui_port=None, log_file=log_file
-        )
-        processes.append(temporal)
-        key = asyncio.run(seed(database_url))
+        print(f"starting Postgres and Temporal in {stack.work} ...", flush=True)
+        stack.start_services()
+        key = asyncio.run(seed(stack.database_url))
         port = free_port()
-        extra = shlex.split(args.uvicorn_args)
-        api = start_api(work, port, database_url, temporal_port, extra)
-        processes.append(api)
+        api = stack.start_api(port, shlex.split(args.uvicorn_args))
         base_url = f"http://127.0.0.1:{port}"
-        meter = CpuMeter(api.pid, work / "pgdata")
+        meter = CpuMeter({"api": api.pid}, stack.work / "pgdata")
 
         async def run() -> list[Result]:
             await wait_ready(base_url, api, timeout=60)
@@ -354,7 +237,7 @@ def main() -> int:
             return await measure(base_url, key, meter, args)
 
         results = asyncio.run(run())
-        attach_server_times(results, work / "api.log", args.warmup)
+        attach_server_times(results, stack.work / "api.log", args.warmup)
         report(results, args)
         return 1 if any(r.errors for r in results) else 0
     except KeyboardInterrupt:
@@ -362,19 +245,11 @@ def main() -> int:
         return 130
     except Exception as exc:
         print(f"benchmark failed: {exc!r}", file=sys.stderr)
-        with contextlib.suppress(OSError):
-            tail = (work / "api.log").read_text(errors="replace").splitlines()[-20:]
-            print("\n".join(tail), file=sys.stderr)
+        print(stack.log_tail("api.log"), file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
-        for process in reversed(processes):
-            stop_process(process)
-        postgres.stop()
-        if args.keep:
-            print(f"kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        stack.stop()
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
