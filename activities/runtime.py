@@ -46,6 +46,15 @@ def cost_of(usage: Usage, input_per_million: float, output_per_million: float) -
 class RuntimeActivities:
     def __init__(self, control_plane: ControlPlane) -> None:
         self.control_plane = control_plane
+        self._anthropic: anthropic.AsyncAnthropic | None = None
+
+    @property
+    def anthropic(self) -> anthropic.AsyncAnthropic:
+        """One client per worker: building one costs ~40 ms of CPU (TLS context), which
+        halved throughput when done per call (bench/execution_latency.py)."""
+        if self._anthropic is None:
+            self._anthropic = anthropic.AsyncAnthropic(max_retries=0, timeout=120)
+        return self._anthropic
 
     @activity.defn(name=EXECUTE_WITH_RUNTIME)
     async def execute_with_runtime(self, turn: RuntimeTurnInput) -> RuntimeTurnResult:
@@ -81,7 +90,6 @@ class RuntimeActivities:
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _call_model(self, turn: RuntimeTurnInput) -> RuntimeTurnResult:
-        client = anthropic.AsyncAnthropic(max_retries=0, timeout=120)
         attempt = activity.info().attempt
         message_id = f"{turn.execution_id}_assistant_{turn.turn}"
         chunk_index = 0
@@ -122,17 +130,14 @@ class RuntimeActivities:
             request["system"] = turn.system_prompt
         if turn.tools:
             request["tools"] = turn.tools
-        try:
-            async with client.messages.stream(**request) as stream:
-                async for event in stream:
-                    if event.type == "text":
-                        buffered.append(event.text)
-                        if loop.time() - last_flush >= FLUSH_SECONDS:
-                            await flush(final=False)
-                final = await stream.get_final_message()
-            await flush(final=True)
-        finally:
-            await client.close()
+        async with self.anthropic.messages.stream(**request) as stream:
+            async for event in stream:
+                if event.type == "text":
+                    buffered.append(event.text)
+                    if loop.time() - last_flush >= FLUSH_SECONDS:
+                        await flush(final=False)
+            final = await stream.get_final_message()
+        await flush(final=True)
         usage = Usage(
             input_tokens=final.usage.input_tokens,
             output_tokens=final.usage.output_tokens,
