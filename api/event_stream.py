@@ -10,7 +10,7 @@ import json
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,7 +120,7 @@ async def stream_events(
     execution: asyncpg.Record,
     last_event_id: int | None,
     keepalive_seconds: float = KEEPALIVE_SECONDS,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     execution_id = execution["id"]
     yield sse(
         "connected",

@@ -11,6 +11,7 @@ from typing import Any
 from starlette.applications import Starlette
 from temporalio.client import Client
 
+from api.event_stream import stream_events
 from controlplane.fake_anthropic import AsyncFakeAnthropicClient, FakeAnthropicServer, text_reply
 from tests.conftest import Tenant, assert_error, client_for
 from tests.execution_helpers import (
@@ -334,3 +335,54 @@ async def test_long_conversation_continues_as_new_and_keeps_its_history(
     ).status_code == 202
     await wait_status(tenant, execution_id, "completed")
     await record_history(temporal_address, execution_id, "continue_as_new")
+
+
+async def test_sigterm_lets_the_running_model_call_finish(
+    tenant: Tenant,
+    running_queue: dict[str, Any],
+    fake_llm: FakeAnthropicServer,
+    live_api: str,
+    db: Any,
+) -> None:
+    token = uuid.uuid4().hex
+    await AsyncFakeAnthropicClient(fake_llm.base_url).script(
+        token, [text_reply(LONG_TEXT, delay_per_chunk_ms=40)]
+    )
+    execution_id = await execute(
+        tenant, await make_agent(tenant, token, one_shot=True), running_queue["id"]
+    )
+    await wait_for_event(db, execution_id, "message_chunk")
+    running_queue["process"].send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(running_queue["process"].wait, 40) == 0
+    # The call in flight was drained, not cut: its one attempt streamed the whole answer.
+    chunks = [
+        e["data"] for e in await events_of(db, execution_id) if e["event_type"] == "message_chunk"
+    ]
+    assert {c["attempt"] for c in chunks} == {1}
+    assert "".join(c["content"] for c in chunks) == LONG_TEXT
+    successor = start_worker_process(running_queue["id"], tenant.keys["member"], live_api, fake_llm)
+    try:
+        final = await wait_status(tenant, execution_id, "completed", "failed", timeout=60)
+    finally:
+        successor.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(successor.wait, 30)
+    assert final["status"] == "completed" and final["response"] == LONG_TEXT
+    assert len(await AsyncFakeAnthropicClient(fake_llm.base_url).bodies(token)) == 1
+
+
+async def test_quiet_stream_sends_keepalive_comments(
+    app: Starlette, tenant: Tenant, db: Any
+) -> None:
+    env_id = (await tenant.member.post("/api/v1/environments", json={"name": "k"})).json()["id"]
+    queue = (
+        await tenant.member.post(f"/api/v1/environments/{env_id}/worker-queues", json={"name": "q"})
+    ).json()
+    # No worker serves this queue, so the execution stays pending and its stream stays quiet.
+    execution_id = await execute(tenant, await make_agent(tenant, "quiet"), queue["id"])
+    row = await db.fetchrow("SELECT * FROM executions WHERE id = $1", uuid.UUID(execution_id))
+    stream = stream_events(db, app.state.cp.events, row, None, keepalive_seconds=0.2)
+    received = [await anext(stream) for _ in range(4)]
+    await stream.aclose()
+    assert received[0].startswith("event: connected")
+    assert received[1].startswith("event: history_complete")
+    assert received[2:] == [": keepalive\n\n", ": keepalive\n\n"]
