@@ -386,3 +386,36 @@ async def test_quiet_stream_sends_keepalive_comments(
     assert received[0].startswith("event: connected")
     assert received[1].startswith("event: history_complete")
     assert received[2:] == [": keepalive\n\n", ": keepalive\n\n"]
+
+
+async def test_retried_reports_are_stored_once(
+    tenant: Tenant, running_queue: dict[str, Any], db: Any
+) -> None:
+    """Workers report from activities, which Temporal may retry: a repeated event key lands
+    once, and a status report older than the last one applied changes nothing."""
+    execution_id = await execute(
+        tenant, await make_agent(tenant, "reports", one_shot=True), running_queue["id"]
+    )
+    await wait_status(tenant, execution_id, "completed")
+    base = f"/api/v1/executions/{execution_id}"
+    event = {"event_type": "tool_started", "data": {"tool_name": "t"}, "event_key": "tool:1"}
+    first = await tenant.member.post(f"{base}/events", json=event)
+    again = await tenant.member.post(f"{base}/events", json=event)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["seq"] is not None and again.json()["seq"] is None
+    keys = [e["event_key"] for e in await events_of(db, execution_id)]
+    assert keys.count("tool:1") == 1
+
+    ended = await tenant.member.patch(base, json={"status": "running", "version": 10**6})
+    assert ended.status_code == 200 and ended.json()["status"] == "completed"  # ended stays ended
+
+    # On a queue no worker serves, we play the worker: an older report is ignored.
+    env_id = (await tenant.member.post("/api/v1/environments", json={"name": "r"})).json()["id"]
+    idle = (
+        await tenant.member.post(f"/api/v1/environments/{env_id}/worker-queues", json={"name": "q"})
+    ).json()
+    pending = await execute(tenant, await make_agent(tenant, "reports2"), idle["id"])
+    url = f"/api/v1/executions/{pending}"
+    newer = await tenant.member.patch(url, json={"status": "running", "version": 5})
+    older = await tenant.member.patch(url, json={"status": "waiting_for_input", "version": 3})
+    assert newer.json()["status"] == older.json()["status"] == "running"
