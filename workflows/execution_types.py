@@ -163,3 +163,66 @@ class ConversationSnapshot:
     execution_id: str
     messages: list[ChatMessage]
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# --- tools ------------------------------------------------------------------------------------
+
+RUN_TOOL = "run_tool"
+LIST_MCP_TOOLS = "list_mcp_tools"
+
+
+@dataclass
+class ToolSpec:
+    """A tool the model may call, and how the worker runs it. Built by the API from the
+    agent's resolved skills (controlplane/tool_catalogue.py) or by the worker from MCP servers.
+    `configuration` never holds secret values: those are resolved inside activities."""
+
+    name: str  # what the model sees and calls
+    description: str
+    input_schema: dict[str, Any]
+    source: str = "builtin"  # builtin | mcp | skill
+    category: str = ""  # the skill type: shell, file_system, python, http, sleep, mcp, ...
+    risk_level: str = "medium"  # critical | high | medium | low
+    skill_id: str | None = None
+    configuration: dict[str, Any] = field(default_factory=dict)
+    mcp_server: str | None = None  # for source == "mcp": the server's name
+
+    def model_definition(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input_schema": self.input_schema,
+        }
+
+
+@dataclass
+class PolicyContext:
+    """Who and what a tool call acts for: the non-tool parts of the policy input."""
+
+    organization_id: str
+    execution_id: str
+    agent_id: str | None = None
+    agent_name: str | None = None
+    team_id: str | None = None
+    environment_ids: list[str] = field(default_factory=list)
+    user: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ToolCall:
+    """Input of the `run_tool` activity: one call the model made."""
+
+    execution_id: str
+    turn: int
+    tool_use_id: str
+    tool: ToolSpec
+    arguments: dict[str, Any]
+    policy: PolicyContext
+
+
+@dataclass
+class ToolOutcome:
+    output: str
+    is_error: bool = False
+    status: str = "success"  # success | error | denied
+    violations: list[str] = field(default_factory=list)
