@@ -343,3 +343,6 @@ CREATE TABLE IF NOT EXISTS agents (
 );
 CREATE INDEX IF NOT EXISTS agents_org ON agents (organization_id, created_at, id);
 CREATE INDEX IF NOT EXISTS project_agents_agent ON project_agents (agent_id);
+
+-- The run's own execution_environment override (env_vars, secrets, integration_ids, mcp_servers).
+ALTER TABLE executions ADD COLUMN IF NOT EXISTS execution_environment jsonb NOT NULL DEFAULT '{}';

@@ -115,8 +115,8 @@ async def execute_agent(call: Call, body: ExecuteIn) -> ExecuteOut:
         await conn.execute(
             "INSERT INTO executions (id, organization_id, execution_type, entity_id, entity_name, "
             "runner_name, user_id, user_name, user_email, user_avatar, prompt, system_prompt, "
-            "execution_metadata, temporal_workflow_id, worker_queue_id) VALUES ($1, $2, 'agent', "
-            "$3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            "execution_metadata, temporal_workflow_id, worker_queue_id, execution_environment) "
+            "VALUES ($1, $2, 'agent', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             execution_id,
             call.org,
             agent_id,
@@ -131,6 +131,7 @@ async def execute_agent(call: Call, body: ExecuteIn) -> ExecuteOut:
             metadata,
             workflow_id,
             queue["id"],
+            body.execution_environment or {},
         )
         await conn.execute(
             "INSERT INTO execution_participants (id, execution_id, organization_id, user_id, "
