@@ -25,17 +25,23 @@ with workflow.unsafe.imports_passed_through():
     from workflows.execution_types import (
         AGENT_EXECUTION_WORKFLOW,
         EXECUTE_WITH_RUNTIME,
+        LIST_MCP_TOOLS,
         PERSIST_CONVERSATION,
         PUBLISH_EVENT,
+        RUN_TOOL,
         UPDATE_EXECUTION_STATUS,
         AgentExecutionInput,
         ChatMessage,
         ConversationSnapshot,
         EventReport,
         ExecutionState,
+        PolicyContext,
         RuntimeTurnInput,
         RuntimeTurnResult,
         StatusUpdate,
+        ToolCall,
+        ToolOutcome,
+        ToolSpec,
         Usage,
     )
 
@@ -59,6 +65,21 @@ MODEL_CALL_OPTIONS: dict[str, Any] = {
         backoff_coefficient=2.0,
         maximum_interval=timedelta(seconds=30),
         maximum_attempts=6,
+    ),
+}
+
+
+TOOL_CALL_OPTIONS: dict[str, Any] = {
+    # Tools bound their own run time (their `timeout` setting); this is the outer bound.
+    "start_to_close_timeout": timedelta(minutes=10),
+    "heartbeat_timeout": timedelta(seconds=60),
+    # A tool's own failure is an error result, not an activity failure; what raises is a report
+    # to the control plane, which is safe to retry. A worker dying mid-tool re-runs the tool:
+    # tool runs are at least once.
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        maximum_interval=timedelta(seconds=30),
+        maximum_attempts=5,
     ),
 }
 
@@ -88,6 +109,7 @@ class AgentExecutionWorkflow:
         self._paused = False
         self._reports = 0
         self._input: AgentExecutionInput | None = None
+        self._tools: dict[str, ToolSpec] = {}
 
     # --- signals and query -------------------------------------------------------------------
 
@@ -137,7 +159,17 @@ class AgentExecutionWorkflow:
         self._usage = inp.usage
         self._turn = inp.turn
         self._reports = inp.reports
+        self._tools = {tool.name: tool for tool in inp.tools}
         try:
+            if inp.has_mcp_servers:
+                # Listed by the worker, which can reach the servers; kept for the whole run.
+                listed: list[ToolSpec] = await workflow.execute_activity(
+                    LIST_MCP_TOOLS,
+                    inp.execution_id,
+                    result_type=list[ToolSpec],
+                    **REPORT_OPTIONS,
+                )
+                self._tools.update({tool.name: tool for tool in listed})
             if inp.turn == 0 and not inp.messages:
                 await self._start(inp)
             else:
@@ -227,6 +259,7 @@ class AgentExecutionWorkflow:
                     model_messages=self._model_messages,
                     max_tokens=inp.max_tokens,
                     runtime_type=inp.runtime_type,
+                    tools=[tool.model_definition() for tool in self._tools.values()],
                 ),
                 result_type=RuntimeTurnResult,
                 **MODEL_CALL_OPTIONS,
@@ -237,20 +270,52 @@ class AgentExecutionWorkflow:
             if result.stop_reason != "tool_use" or not tool_calls:
                 await self._answer(inp, result.text)
                 return
-            self._model_messages.append(
-                {"role": "user", "content": [self._unavailable_tool(c) for c in tool_calls]}
-            )
+            # One activity per tool call, in the order the model asked for them.
+            results = [await self._run_tool(inp, call) for call in tool_calls]
+            self._model_messages.append({"role": "user", "content": results})
         await self._answer(inp, "Stopped: the model kept calling tools past the step limit.")
 
-    @staticmethod
-    def _unavailable_tool(call: dict[str, Any]) -> dict[str, Any]:
-        # Tools plug in here: until an agent has tools, a call gets an error result and the
-        # model carries on.
+    async def _run_tool(self, inp: AgentExecutionInput, call: dict[str, Any]) -> dict[str, Any]:
+        """Run one tool call (policy-checked inside the activity) and answer it as a
+        tool_result; a failing or denied tool is an error result and the turn goes on."""
+        spec = self._tools.get(str(call.get("name")))
+        arguments = call.get("input") or {}
+        if spec is None:
+            outcome = ToolOutcome(
+                output=f"Tool '{call.get('name')}' is not available to this agent.",
+                is_error=True,
+                status="error",
+            )
+        else:
+            outcome = await workflow.execute_activity(
+                RUN_TOOL,
+                ToolCall(
+                    execution_id=inp.execution_id,
+                    turn=self._turn,
+                    tool_use_id=str(call["id"]),
+                    tool=spec,
+                    arguments=arguments,
+                    policy=inp.policy or PolicyContext(inp.organization_id, inp.execution_id),
+                ),
+                result_type=ToolOutcome,
+                **TOOL_CALL_OPTIONS,
+            )
+        self._messages.append(
+            ChatMessage(
+                role="tool",
+                content=outcome.output,
+                timestamp=workflow.now().isoformat(),
+                message_id=f"{inp.execution_id}_tool_{call['id']}",
+                tool_name=str(call.get("name")),
+                tool_input=arguments,
+                tool_output=outcome.output,
+            )
+        )
         return {
             "type": "tool_result",
             "tool_use_id": call["id"],
-            "is_error": True,
-            "content": f"Tool '{call.get('name')}' is not available to this agent.",
+            "is_error": outcome.is_error,
+            "content": outcome.output,
         }
 
     async def _answer(self, inp: AgentExecutionInput, text: str) -> None:

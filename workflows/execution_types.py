@@ -99,6 +99,10 @@ class AgentExecutionInput:
     turn: int = 0
     pending: list[ChatMessage] = field(default_factory=list)
     reports: int = 0
+    # The agent's tools from its resolved skills; MCP tools are listed by the worker at start.
+    tools: list[ToolSpec] = field(default_factory=list)
+    has_mcp_servers: bool = False
+    policy: PolicyContext | None = None
 
 
 @dataclass
