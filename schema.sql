@@ -346,3 +346,51 @@ CREATE INDEX IF NOT EXISTS project_agents_agent ON project_agents (agent_id);
 
 -- The run's own execution_environment override (env_vars, secrets, integration_ids, mcp_servers).
 ALTER TABLE executions ADD COLUMN IF NOT EXISTS execution_environment jsonb NOT NULL DEFAULT '{}';
+
+-- Skills (reference §3.10; 0.3 "toolsets"; controlplane/tool_catalogue.py has the types) and
+-- their associations with agents, teams and environments (api/skills.py resolves them).
+CREATE TABLE IF NOT EXISTS skills (
+    id              uuid PRIMARY KEY,
+    organization_id text NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    name            text NOT NULL,
+    skill_type      text NOT NULL,
+    description     text,
+    icon            text NOT NULL DEFAULT 'Wrench',
+    enabled         boolean NOT NULL DEFAULT true,
+    configuration   jsonb NOT NULL DEFAULT '{}',
+    created_by      text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (organization_id, name)
+);
+CREATE INDEX IF NOT EXISTS skills_org ON skills (organization_id, created_at, id);
+
+CREATE TABLE IF NOT EXISTS skill_associations (
+    id                     uuid PRIMARY KEY,
+    organization_id        text NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    skill_id               uuid NOT NULL REFERENCES skills(id) ON DELETE CASCADE,
+    entity_type            text NOT NULL CHECK (entity_type IN ('agent', 'team', 'environment')),
+    entity_id              uuid NOT NULL,
+    configuration_override jsonb NOT NULL DEFAULT '{}',
+    created_by             text,
+    created_at             timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (skill_id, entity_type, entity_id)
+);
+CREATE INDEX IF NOT EXISTS skill_associations_entity
+    ON skill_associations (organization_id, entity_type, entity_id, created_at, id);
+
+-- Context (reference §3.15, §8): one row per entity, created empty on first read. entity_id is
+-- text because an organization's id is its slug; the others are uuids.
+CREATE TABLE IF NOT EXISTS entity_contexts (
+    id              uuid PRIMARY KEY,
+    organization_id text NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    entity_type     text NOT NULL
+                    CHECK (entity_type IN ('organization', 'project', 'environment', 'team', 'agent')),
+    entity_id       text NOT NULL,
+    knowledge_uuids text[] NOT NULL DEFAULT '{}',
+    resource_ids    text[] NOT NULL DEFAULT '{}',
+    policy_ids      text[] NOT NULL DEFAULT '{}',
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (organization_id, entity_type, entity_id)
+);

@@ -26,6 +26,7 @@ from api.request_context import RequestContextMiddleware
 from api.routes import (
     agents,
     api_keys,
+    context,
     environments,
     execute,
     executions,
@@ -33,6 +34,7 @@ from api.routes import (
     models,
     projects,
     runtimes,
+    skills,
     worker_queues,
     workers,
 )
@@ -55,6 +57,8 @@ ROUTERS = [
     agents.router,
     executions.router,
     execute.router,
+    skills.router,
+    context.router,
 ]
 PRUNE_EVERY_SECONDS = 60
 

@@ -1,0 +1,191 @@
+"""Skill resolution (reference §3.10, §8): which skills an agent or team has, inherited along
+environments → team environments → team → agent, and the tool specs they give.
+
+A skill met again in a later layer moves to that layer, and that layer's
+`configuration_override` is merged over the earlier ones (so an environment's restriction stays
+unless the agent's association sets the same key). Disabled skills are left out. An agent's own
+`skill_ids` (with `skill_configurations` as overrides) count as agent-layer associations, before
+its associations made through `/skills/associations`."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+from pydantic import BaseModel
+
+from api.context import EntityChain, agent_chain, team_chain
+from api.db import Queryable
+from api.errors import ApiError, not_found
+from controlplane.tool_catalogue import tools_for_skills, validate_config
+from workflows.execution_types import ToolSpec
+
+AssociationEntity = Literal["agent", "team", "environment"]
+ASSOCIATION_ENTITIES: tuple[AssociationEntity, ...] = ("agent", "team", "environment")
+Source = Literal["environment", "team", "agent"]
+SKILL_COLUMNS = (
+    "id, organization_id, name, skill_type AS type, description, icon, enabled, configuration, "
+    "created_at, updated_at"
+)
+
+
+class SkillOut(BaseModel):
+    id: uuid.UUID
+    organization_id: str
+    name: str
+    type: str
+    description: str | None
+    icon: str
+    enabled: bool
+    configuration: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> SkillOut:
+        return cls(**dict(row))
+
+
+class ResolvedSkill(SkillOut):
+    """A skill as an agent or team has it: `configuration` is the skill's own with every
+    layer's override merged over it; `source` is the layer that attached it last."""
+
+    source: Source
+    source_id: uuid.UUID
+    inherited: bool
+    configuration_override: dict[str, Any]
+
+
+@dataclass
+class _Attachment:
+    source: Source
+    source_id: uuid.UUID
+    skill_id: uuid.UUID
+    override: dict[str, Any]
+
+
+def _skill_uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def _own_skill_ids(
+    source: Source, source_id: uuid.UUID, row: dict[str, Any] | None
+) -> list[_Attachment]:
+    """`skill_ids` (and `skill_configurations` overrides) stored on an agent or team row."""
+    if row is None:
+        return []
+    overrides = row.get("skill_configurations") or {}
+    out = []
+    for raw in row.get("skill_ids") or []:
+        skill_id = _skill_uuid(raw)
+        if skill_id is not None:
+            override = overrides.get(str(raw)) if isinstance(overrides, dict) else None
+            out.append(_Attachment(source, source_id, skill_id, dict(override or {})))
+    return out
+
+
+async def _attachments(db: Queryable, org: str, chain: EntityChain) -> list[_Attachment]:
+    """Every attachment along the chain, outermost layer first."""
+    layers: list[tuple[Source, str, uuid.UUID]] = [
+        ("environment", "environment", env) for env in chain.environment_ids
+    ]
+    layers += [("environment", "environment", env) for env in chain.team_environment_ids]
+    if chain.team_id is not None:
+        layers.append(("team", "team", chain.team_id))
+    if chain.agent_id is not None:
+        layers.append(("agent", "agent", chain.agent_id))
+    rows = await db.fetch(
+        "SELECT entity_type, entity_id, skill_id, configuration_override FROM skill_associations "
+        "WHERE organization_id = $1 AND (entity_type, entity_id) IN "
+        "(SELECT * FROM unnest($2::text[], $3::uuid[])) ORDER BY created_at, id",
+        org,
+        [layer[1] for layer in layers],
+        [layer[2] for layer in layers],
+    )
+    by_entity: dict[tuple[str, uuid.UUID], list[asyncpg.Record]] = {}
+    for row in rows:
+        by_entity.setdefault((row["entity_type"], row["entity_id"]), []).append(row)
+    out: list[_Attachment] = []
+    for source, entity_type, entity_id in layers:
+        if entity_type == "team":
+            out += _own_skill_ids("team", entity_id, chain.team)
+        if entity_type == "agent":
+            out += _own_skill_ids("agent", entity_id, chain.agent)
+        out += [
+            _Attachment(source, entity_id, row["skill_id"], dict(row["configuration_override"]))
+            for row in by_entity.get((entity_type, entity_id), [])
+        ]
+    return out
+
+
+async def _resolve(db: Queryable, org: str, chain: EntityChain) -> list[ResolvedSkill]:
+    attachments = await _attachments(db, org, chain)
+    rows = await db.fetch(
+        f"SELECT {SKILL_COLUMNS} FROM skills WHERE organization_id = $1 "
+        "AND id = ANY($2::uuid[]) AND enabled",
+        org,
+        list({a.skill_id for a in attachments}),
+    )
+    skills = {row["id"]: row for row in rows}
+    resolved: dict[uuid.UUID, ResolvedSkill] = {}
+    for attachment in attachments:
+        row = skills.get(attachment.skill_id)
+        if row is None:  # disabled, deleted, or not the organization's
+            continue
+        earlier = resolved.pop(attachment.skill_id, None)
+        override = {**(earlier.configuration_override if earlier else {}), **attachment.override}
+        resolved[attachment.skill_id] = ResolvedSkill(
+            **dict(row)
+            | {
+                "configuration": {**row["configuration"], **override},
+                "source": attachment.source,
+                "source_id": attachment.source_id,
+                "inherited": attachment.source != "agent",
+                "configuration_override": override,
+            }
+        )
+    return list(resolved.values())
+
+
+async def resolve_agent_skills(db: Queryable, org: str, agent_id: uuid.UUID) -> list[ResolvedSkill]:
+    """The agent's enabled skills, inherited ones first; 404 when it is not in the org."""
+    chain = await agent_chain(db, org, agent_id)
+    if chain is None:
+        raise not_found("Agent", agent_id)
+    return await _resolve(db, org, chain)
+
+
+async def resolve_team_skills(db: Queryable, org: str, team_id: uuid.UUID) -> list[ResolvedSkill]:
+    """The team's enabled skills; 404 when there is no such team (always, until teams exist)."""
+    chain = await team_chain(db, org, team_id)
+    if chain is None:
+        raise not_found("Team", team_id)
+    return await _resolve(db, org, chain)
+
+
+def tool_specs_for(skills: list[ResolvedSkill]) -> list[ToolSpec]:
+    """Tool specs of resolved skills, with unique names; a skill whose merged configuration is
+    not valid for its type is a 400 naming it."""
+    for skill in skills:
+        errors = validate_config(skill.type, skill.configuration)
+        if errors:
+            raise ApiError(
+                400,
+                f"Skill '{skill.name}' has an invalid configuration: {'; '.join(errors)}",
+                details={"skill_id": str(skill.id), "errors": errors},
+            )
+    return tools_for_skills(
+        (str(skill.id), skill.name, skill.type, skill.configuration) for skill in skills
+    )
+
+
+async def tools_for_agent(db: Queryable, org: str, agent_id: uuid.UUID) -> list[ToolSpec]:
+    """The tools an execution of the agent offers the model: its resolved, enabled skills as
+    tool specs with unique names (`configuration` holds no secret values)."""
+    return tool_specs_for(await resolve_agent_skills(db, org, agent_id))
