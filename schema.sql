@@ -394,3 +394,42 @@ CREATE TABLE IF NOT EXISTS entity_contexts (
     updated_at      timestamptz NOT NULL DEFAULT now(),
     UNIQUE (organization_id, entity_type, entity_id)
 );
+
+-- Rego policies (reference §3.14, §9) and their associations. `version` grows with every update,
+-- so (id, version) names one text: engines cache compiled policies under it.
+CREATE TABLE IF NOT EXISTS policies (
+    id              uuid PRIMARY KEY,
+    organization_id text NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    name            text NOT NULL,
+    description     text,
+    policy_content  text NOT NULL,
+    enabled         boolean NOT NULL DEFAULT true,
+    tags            jsonb NOT NULL DEFAULT '[]',
+    metadata        jsonb NOT NULL DEFAULT '{}',
+    version         integer NOT NULL DEFAULT 1,
+    created_by      text,
+    updated_by      text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (organization_id, name)
+);
+CREATE INDEX IF NOT EXISTS policies_org ON policies (organization_id, created_at, id);
+
+-- entity_id is text: roles are names, the other entities uuids (agents, environments, teams).
+CREATE TABLE IF NOT EXISTS policy_associations (
+    id              uuid PRIMARY KEY,
+    organization_id text NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    policy_id       uuid NOT NULL REFERENCES policies(id) ON DELETE CASCADE,
+    entity_type     text NOT NULL CHECK (entity_type IN ('agent', 'team', 'environment', 'role')),
+    entity_id       text NOT NULL,
+    enabled         boolean NOT NULL DEFAULT true,
+    priority        integer NOT NULL,
+    metadata        jsonb NOT NULL DEFAULT '{}',
+    created_by      text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (policy_id, entity_type, entity_id)
+);
+CREATE INDEX IF NOT EXISTS policy_associations_org ON policy_associations (organization_id, created_at, id);
+CREATE INDEX IF NOT EXISTS policy_associations_entity
+    ON policy_associations (organization_id, entity_type, entity_id);

@@ -32,6 +32,7 @@ from api.routes import (
     executions,
     health,
     models,
+    policies,
     projects,
     runtimes,
     skills,
@@ -57,6 +58,7 @@ ROUTERS = [
     agents.router,
     executions.router,
     execute.router,
+    policies.router,
     skills.router,
     context.router,
 ]

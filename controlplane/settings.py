@@ -21,6 +21,17 @@ def _int_env(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _bool_env(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"{name} must be true or false, got {raw!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = ""
@@ -33,6 +44,10 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     db_pool_min: int = 2
     db_pool_max: int = 10
+    # Rego policies run in process (regorus) unless an OPA server is named here.
+    opa_url: str | None = None
+    # A policy engine error allows the action when true; by default it denies (fails closed).
+    policy_fail_open: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -46,6 +61,8 @@ class Settings:
             "max_body_bytes": _int_env("MAX_BODY_BYTES", 1024 * 1024),
             "db_pool_min": _int_env("DB_POOL_MIN", 2),
             "db_pool_max": _int_env("DB_POOL_MAX", 10),
+            "opa_url": os.environ.get("OPA_URL") or None,
+            "policy_fail_open": _bool_env("POLICY_FAIL_OPEN", False),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -113,6 +113,7 @@ ENDPOINT_GROUPS = {
     "models": "/api/v1/models",
     "runtimes": "/api/v1/runtimes",
     "agents": "/api/v1/agents",
+    "policies": "/api/v1/policies",
     "skills": "/api/v1/skills",
     "toolsets": "/api/v1/toolsets",
     "context": "/api/v1/context",

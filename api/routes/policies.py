@@ -1,0 +1,921 @@
+"""`/api/v1/policies` (reference §3.14, §9): Rego policies, their associations with agents,
+teams, environments and roles, resolution with inheritance, evaluation, and the enforcement
+check that workers make before every tool call (`POST /policies/enforce`).
+
+Resolution: an agent's policies are its own associations plus those of its environments and of
+its team. Each association has a priority (by default environment 300, team 200, agent 100,
+role 100); a policy attached at several levels counts once, at its highest priority.
+There is no teams table yet: the team layer is in the code and stays empty until one exists,
+and team entities answer 404 until then.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+from pydantic import BaseModel, Field, RootModel, model_validator
+
+from api.db import Queryable, conflict_on_duplicate, patch_assignments
+from api.errors import ApiError, not_found
+from api.pagination import ListQuery, Page, fetch_page
+from api.policy_engine import (
+    PolicyEngine,
+    PolicyResult,
+    PolicySource,
+    decide,
+    get_engine,
+)
+from api.routing import Call, Router
+from api.schemas import Deleted, PatchBody
+
+router = Router("policies")
+
+EntityType = Literal["agent", "team", "environment", "role"]
+DEFAULT_PRIORITY: dict[str, int] = {"environment": 300, "team": 200, "agent": 100, "role": 100}
+# At equal priority the broader layer's association is the one reported.
+LAYER_RANK: dict[str, int] = {"environment": 0, "team": 1, "agent": 2, "role": 3}
+MAX_REGO_CHARS = 256 * 1024
+
+COLUMNS = (
+    "id, organization_id, name, description, policy_content, enabled, tags, metadata, version, "
+    "created_by, updated_by, created_at, updated_at, "
+    "(SELECT count(*) FROM policy_associations a WHERE a.policy_id = policies.id) "
+    "AS association_count"
+)
+ASSOCIATION_COLUMNS = (
+    "a.id, a.organization_id, a.policy_id, p.name AS policy_name, a.entity_type, a.entity_id, "
+    "a.enabled, a.priority, a.metadata, a.created_by, a.created_at, a.updated_at"
+)
+ASSOCIATION_FROM = "policy_associations a JOIN policies p ON p.id = a.policy_id"
+
+
+# --- Models -------------------------------------------------------------------------------
+
+
+class PolicyCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    policy_content: str = Field(
+        min_length=1, max_length=MAX_REGO_CHARS, description="Rego; validated by the engine"
+    )
+    description: str | None = None
+    enabled: bool = True
+    tags: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class PolicyUpdate(PatchBody):
+    """PUT and PATCH alike: the fields sent change; every change increments `version`."""
+
+    required_if_sent = ("name", "policy_content", "enabled", "tags", "metadata")
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    policy_content: str | None = Field(None, min_length=1, max_length=MAX_REGO_CHARS)
+    description: str | None = None
+    enabled: bool | None = None
+    tags: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class PolicyOut(BaseModel):
+    id: uuid.UUID
+    organization_id: str
+    name: str
+    description: str | None
+    policy_content: str
+    policy_type: Literal["rego"] = "rego"
+    enabled: bool
+    tags: list[str]
+    metadata: dict[str, Any]
+    version: int
+    created_by: str | None
+    updated_by: str | None
+    created_at: datetime
+    updated_at: datetime
+    association_count: int
+
+
+class PolicyQuery(ListQuery):
+    page: int | None = Field(
+        None, ge=1, le=1_000_000, description="1-based page of `limit` rows (sets the offset)"
+    )
+    enabled: bool | None = None
+    search: str | None = Field(
+        None, max_length=200, description="Substring of the name or description"
+    )
+
+    @property
+    def start(self) -> int:
+        if self.page is not None:
+            return (self.page - 1) * self.limit
+        return super().start
+
+
+class PolicyValidateBody(BaseModel):
+    policy_content: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_REGO_CHARS,
+        description="A draft to check instead of the stored text",
+    )
+
+
+class PolicyValidation(BaseModel):
+    valid: bool
+    errors: list[str]
+    warnings: list[str]
+
+
+class PolicyEngineHealth(BaseModel):
+    status: Literal["healthy", "unhealthy"]
+    engine: Literal["regorus", "opa"]
+    opa_url: str | None
+    fail_open: bool
+    detail: str
+
+
+class AssociationCreate(BaseModel):
+    policy_id: uuid.UUID | None = Field(None, description="The policy (or give policy_name)")
+    policy_name: str | None = Field(None, min_length=1, max_length=200)
+    entity_type: EntityType
+    entity_id: str = Field(min_length=1, max_length=200, description="A uuid, or a role's name")
+    enabled: bool = True
+    priority: int | None = Field(
+        None,
+        ge=-1_000_000,
+        le=1_000_000,
+        description="Default by entity type: environment 300, team 200, agent 100, role 100",
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def names_a_policy(self) -> AssociationCreate:
+        if self.policy_id is None and self.policy_name is None:
+            raise ValueError("policy_id or policy_name is required")
+        return self
+
+
+class AssociationUpdate(PatchBody):
+    required_if_sent = ("enabled", "priority", "metadata")
+
+    enabled: bool | None = None
+    priority: int | None = Field(None, ge=-1_000_000, le=1_000_000)
+    metadata: dict[str, Any] | None = None
+
+
+class AssociationOut(BaseModel):
+    id: uuid.UUID
+    organization_id: str
+    policy_id: uuid.UUID
+    policy_name: str
+    entity_type: EntityType
+    entity_id: str
+    enabled: bool
+    priority: int
+    metadata: dict[str, Any]
+    created_by: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class AssociationQuery(ListQuery):
+    entity_type: EntityType | None = None
+    entity_id: str | None = Field(None, max_length=200)
+    policy_id: uuid.UUID | None = None
+    enabled: bool | None = None
+
+
+class ResolvedPolicy(BaseModel):
+    policy_id: uuid.UUID
+    policy_name: str
+    source_type: EntityType = Field(description="The layer the association belongs to")
+    source_id: str
+    priority: int
+    enabled: bool = Field(description="Whether the policy itself is enabled (evaluated)")
+    metadata: dict[str, Any] = Field(description="The association's metadata")
+    policy_details: PolicyOut | None = None
+
+
+class ResolvedPolicies(RootModel[list[ResolvedPolicy]]):
+    """The entity's policies, highest priority first."""
+
+
+class ResolvedQuery(BaseModel):
+    include_details: bool = False
+
+
+class PolicyOutcome(BaseModel):
+    policy_name: str
+    allow: bool
+    violations: list[str]
+    error: str | None = Field(None, description="The engine's error; the policy was not decided")
+
+
+class EvaluateBody(BaseModel):
+    input_data: dict[str, Any] = Field(default_factory=dict, description="The Rego `input`")
+    policy_ids: list[uuid.UUID] | None = Field(
+        None, description="Only these of the entity's resolved policies"
+    )
+
+
+class EvaluationOut(BaseModel):
+    allowed: bool
+    violations: list[str]
+    policy_results: dict[str, PolicyOutcome]
+    policies_evaluated: int
+    engine_error: str | None
+
+
+class AuthorizationBody(BaseModel):
+    action: str = Field(min_length=1, max_length=200)
+    resource: Any = None
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class AuthorizationOut(BaseModel):
+    authorized: bool
+    violations: list[str]
+    policies_evaluated: int
+    engine_error: str | None
+
+
+class EvaluateAnyBody(BaseModel):
+    """The official client's `POST /policies/evaluate`. Which policies: `policy_id` or
+    `policy_name` (that one policy, even when disabled); else `entity_type` + `entity_id`
+    (the entity's resolved, enabled policies); else every enabled policy of the organization."""
+
+    input: dict[str, Any] | None = Field(None, description="The Rego `input` (or `input_data`)")
+    input_data: dict[str, Any] | None = None
+    policy_id: uuid.UUID | None = None
+    policy_name: str | None = Field(None, min_length=1, max_length=200)
+    entity_type: EntityType | None = None
+    entity_id: str | None = Field(None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def entity_pair(self) -> EvaluateAnyBody:
+        if (self.entity_type is None) != (self.entity_id is None):
+            raise ValueError("entity_type and entity_id go together")
+        return self
+
+
+class EvaluateAnyOut(EvaluationOut):
+    allow: bool = Field(description="Same as `allowed` (the enforcer's name)")
+    decision: Literal["permit", "deny"]
+
+
+class AuthorizeBody(AuthorizationBody):
+    """The official client's `POST /policies/authorize`: like check-authorization, against the
+    entity's resolved policies when `entity_type` + `entity_id` are given, else against every
+    enabled policy of the organization."""
+
+    entity_type: EntityType | None = None
+    entity_id: str | None = Field(None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def entity_pair(self) -> AuthorizeBody:
+        if (self.entity_type is None) != (self.entity_id is None):
+            raise ValueError("entity_type and entity_id go together")
+        return self
+
+
+class AuthorizeOut(AuthorizationOut):
+    decision: Literal["permit", "deny"]
+
+
+class EnforceBody(BaseModel):
+    """What a worker asks before a tool call (action "tool_execution") and the API before an
+    execution starts (action "agent_execution")."""
+
+    input: dict[str, Any] = Field(description="The Rego `input`")
+    agent_id: str | None = Field(None, description="Its resolved policies apply")
+    environment_ids: list[str] = Field(
+        default_factory=list, description="Their policies apply too", max_length=100
+    )
+    team_id: str | None = None
+
+
+class EnforcementDecision(BaseModel):
+    allowed: bool
+    violations: list[str]
+    policies_evaluated: int
+    engine_error: str | None = Field(
+        None, description="Set when a policy could not be evaluated (denied unless fail-open)"
+    )
+
+
+# --- Queries ------------------------------------------------------------------------------
+
+
+def _policy_out(row: asyncpg.Record) -> PolicyOut:
+    return PolicyOut.model_validate(dict(row))
+
+
+def _source(row: asyncpg.Record) -> PolicySource:
+    return PolicySource(
+        id=str(row["id"]), version=row["version"], content=row["policy_content"], name=row["name"]
+    )
+
+
+def _as_uuid(raw: str, kind: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise not_found(kind, raw) from None
+
+
+def _canonical(ident: str) -> str:
+    """Associations store uuids in their canonical text form."""
+    try:
+        return str(uuid.UUID(ident))
+    except ValueError:
+        return ident
+
+
+async def _teams_table(db: Queryable) -> bool:
+    return bool(await db.fetchval("SELECT to_regclass('teams') IS NOT NULL"))
+
+
+async def _check_entity(db: Queryable, org: str, entity_type: str, entity_id: str) -> None:
+    """404 unless the entity is the organization's (roles are names: any will do)."""
+    if entity_type == "role":
+        return
+    kind = {"agent": "Agent", "environment": "Environment", "team": "Team"}[entity_type]
+    ident = _as_uuid(entity_id, kind)
+    if entity_type == "team" and not await _teams_table(db):
+        raise not_found(kind, entity_id)
+    table = {"agent": "agents", "environment": "environments", "team": "teams"}[entity_type]
+    found = await db.fetchval(
+        f"SELECT 1 FROM {table} WHERE id = $1 AND organization_id = $2", ident, org
+    )
+    if found is None:
+        raise not_found(kind, entity_id)
+
+
+async def _agent_layers(db: Queryable, org: str, agent_id: str) -> list[tuple[str, str]]:
+    """The agent's environments, its team (when a teams table exists) and itself."""
+    ident = _as_uuid(agent_id, "Agent")
+    row = await db.fetchrow(
+        "SELECT environment_ids, team_id, to_regclass('teams') IS NOT NULL AS has_teams "
+        "FROM agents WHERE id = $1 AND organization_id = $2",
+        ident,
+        org,
+    )
+    if row is None:
+        raise not_found("Agent", agent_id)
+    layers = [("environment", str(env)) for env in row["environment_ids"]]
+    if row["team_id"] is not None and row["has_teams"]:
+        layers.append(("team", str(row["team_id"])))
+    layers.append(("agent", str(ident)))
+    return layers
+
+
+async def _entity_layers(
+    db: Queryable, org: str, entity_type: str, entity_id: str
+) -> list[tuple[str, str]]:
+    if entity_type == "agent":
+        return await _agent_layers(db, org, entity_id)
+    await _check_entity(db, org, entity_type, entity_id)
+    ident = entity_id if entity_type == "role" else str(uuid.UUID(entity_id))
+    return [(entity_type, ident)]
+
+
+async def resolve_layers(
+    db: Queryable, org: str, layers: Sequence[tuple[str, str]]
+) -> list[asyncpg.Record]:
+    """The enabled associations of these (entity_type, entity_id) layers, one per policy at its
+    highest priority (ties: the broader layer), highest priority first. Associations of
+    environments that no longer exist are skipped."""
+    if not layers:
+        return []
+    types = [layer[0] for layer in layers]
+    ids = [layer[1] for layer in layers]
+    rows = await db.fetch(
+        "SELECT * FROM (SELECT DISTINCT ON (p.id) p.id, p.name, p.description, "
+        "p.policy_content, p.enabled AS policy_enabled, p.version, a.entity_type AS source_type, "
+        "a.entity_id AS source_id, a.priority, a.metadata AS association_metadata "
+        "FROM policy_associations a "
+        "JOIN policies p ON p.id = a.policy_id AND p.organization_id = a.organization_id "
+        "JOIN unnest($2::text[], $3::text[]) AS l(entity_type, entity_id) "
+        "ON l.entity_type = a.entity_type AND l.entity_id = a.entity_id "
+        "WHERE a.organization_id = $1 AND a.enabled AND (a.entity_type <> 'environment' "
+        "OR EXISTS (SELECT 1 FROM environments e WHERE e.organization_id = a.organization_id "
+        "AND e.id::text = a.entity_id)) "
+        "ORDER BY p.id, a.priority DESC, "
+        "array_position($4::text[], a.entity_type)) resolved "
+        "ORDER BY priority DESC, name, id",
+        org,
+        types,
+        ids,
+        sorted(LAYER_RANK, key=LAYER_RANK.__getitem__),
+    )
+    return list(rows)
+
+
+async def _policies_by_id(call: Call, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, PolicyOut]:
+    rows = await call.db.fetch(
+        f"SELECT {COLUMNS} FROM policies WHERE organization_id = $1 AND id = ANY($2::uuid[])",
+        call.org,
+        list(ids),
+    )
+    return {row["id"]: _policy_out(row) for row in rows}
+
+
+async def _evaluate(
+    engine: PolicyEngine,
+    policies: Sequence[PolicySource],
+    input: Mapping[str, Any],
+    *,
+    fail_open: bool,
+) -> EvaluationOut:
+    results: dict[str, PolicyResult] = await engine.evaluate(policies, input) if policies else {}
+    decision = decide(policies, results, fail_open=fail_open)
+    outcomes = {
+        policy.id: PolicyOutcome(
+            policy_name=policy.name,
+            allow=results[policy.id].allow,
+            violations=results[policy.id].violations,
+            error=results[policy.id].error,
+        )
+        for policy in policies
+    }
+    return EvaluationOut(
+        allowed=decision.allowed,
+        violations=decision.violations,
+        policy_results=outcomes,
+        policies_evaluated=len(policies),
+        engine_error=decision.engine_error,
+    )
+
+
+async def enforce(
+    db: Queryable,
+    engine: PolicyEngine,
+    org: str,
+    *,
+    input: dict[str, Any],
+    agent_id: str | None,
+    environment_ids: list[str],
+    team_id: str | None,
+    fail_open: bool,
+) -> EnforcementDecision:
+    """Evaluate every enabled policy resolved for the agent (its own, its environments', its
+    team's) plus those of `environment_ids` and `team_id`, against `input`. No policy: allowed.
+    A policy the engine could not evaluate denies with "Policy engine error: ..." unless
+    `fail_open`. An `agent_id` that is not the organization's agent raises 404."""
+    layers = await _agent_layers(db, org, agent_id) if agent_id is not None else []
+    layers = [("environment", _canonical(env)) for env in environment_ids] + layers
+    if team_id is not None:
+        layers.append(("team", _canonical(team_id)))
+    rows = await resolve_layers(db, org, list(dict.fromkeys(layers)))
+    policies = [_source(row) for row in rows if row["policy_enabled"]]
+    evaluation = await _evaluate(engine, policies, input, fail_open=fail_open)
+    return EnforcementDecision(
+        allowed=evaluation.allowed,
+        violations=evaluation.violations,
+        policies_evaluated=evaluation.policies_evaluated,
+        engine_error=evaluation.engine_error,
+    )
+
+
+def _authorization_input(call: Call, body: AuthorizationBody) -> dict[str, Any]:
+    """`context`'s keys at the top (so it may carry `user`, `tool`, ... as enforcement inputs
+    do), then `action`, `resource`, `context` and the organization."""
+    return {
+        **body.context,
+        "action": body.action,
+        "resource": body.resource,
+        "context": body.context,
+        "organization": {"id": call.org},
+    }
+
+
+async def _org_enabled_policies(call: Call) -> list[PolicySource]:
+    rows = await call.db.fetch(
+        "SELECT id, name, version, policy_content FROM policies "
+        "WHERE organization_id = $1 AND enabled ORDER BY created_at, id",
+        call.org,
+    )
+    return [_source(row) for row in rows]
+
+
+async def _entity_policies(call: Call, entity_type: str, entity_id: str) -> list[PolicySource]:
+    layers = await _entity_layers(call.db, call.org, entity_type, entity_id)
+    rows = await resolve_layers(call.db, call.org, layers)
+    return [_source(row) for row in rows if row["policy_enabled"]]
+
+
+def _engine(call: Call) -> PolicyEngine:
+    return get_engine(call.state.settings)
+
+
+async def _validated(call: Call, rego: str) -> None:
+    """422 carrying the engine's messages when the Rego does not compile."""
+    validation = await _engine(call).validate(rego)
+    if not validation.valid:
+        raise ApiError(
+            422,
+            f"Invalid Rego policy: {validation.errors[0]}",
+            details={
+                "errors": validation.errors,
+                "validation_errors": [
+                    {"field": "policy_content", "message": error, "type": "rego_error"}
+                    for error in validation.errors
+                ],
+            },
+        )
+
+
+async def _get_policy(call: Call, policy_id: uuid.UUID) -> PolicyOut:
+    row = await call.db.fetchrow(
+        f"SELECT {COLUMNS} FROM policies WHERE id = $1 AND organization_id = $2",
+        policy_id,
+        call.org,
+    )
+    if row is None:
+        raise not_found("Policy", policy_id)
+    return _policy_out(row)
+
+
+async def _get_association(call: Call, association_id: uuid.UUID) -> AssociationOut:
+    row = await call.db.fetchrow(
+        f"SELECT {ASSOCIATION_COLUMNS} FROM {ASSOCIATION_FROM} "
+        "WHERE a.id = $1 AND a.organization_id = $2",
+        association_id,
+        call.org,
+    )
+    if row is None:
+        raise not_found("Policy association", association_id)
+    return AssociationOut.model_validate(dict(row))
+
+
+# --- Routes: fixed paths first, so `/policies/{policy_id}` does not shadow them -------------
+
+
+@router.get("/api/v1/policies/health")
+async def policy_engine_health(call: Call) -> PolicyEngineHealth:
+    """The policy engine: regorus in process, or the OPA server named by OPA_URL."""
+    engine = _engine(call)
+    healthy, detail = await engine.health()
+    return PolicyEngineHealth(
+        status="healthy" if healthy else "unhealthy",
+        engine="opa" if engine.kind == "opa" else "regorus",
+        opa_url=call.state.settings.opa_url,
+        fail_open=call.state.settings.policy_fail_open,
+        detail=detail,
+    )
+
+
+@router.post("/api/v1/policies/enforce", role="worker")
+async def enforce_policies(call: Call, body: EnforceBody) -> EnforcementDecision:
+    """The check before a tool call or an execution: every enabled policy resolved for the
+    agent, the environments and the team, against `input`. Engine errors deny unless the
+    server runs with POLICY_FAIL_OPEN."""
+    return await enforce(
+        call.db,
+        _engine(call),
+        call.org,
+        input=body.input,
+        agent_id=body.agent_id,
+        environment_ids=body.environment_ids,
+        team_id=body.team_id,
+        fail_open=call.state.settings.policy_fail_open,
+    )
+
+
+@router.post("/api/v1/policies/evaluate", role="viewer")
+async def evaluate_any(call: Call, body: EvaluateAnyBody) -> EvaluateAnyOut:
+    """Evaluate one policy, an entity's policies, or all of the organization's (see the body)."""
+    policies: list[PolicySource]
+    if body.policy_id is not None or body.policy_name is not None:
+        row = await call.db.fetchrow(
+            "SELECT id, name, version, policy_content FROM policies WHERE organization_id = $1 "
+            "AND ($2::uuid IS NULL OR id = $2) AND ($3::text IS NULL OR name = $3)",
+            call.org,
+            body.policy_id,
+            body.policy_name,
+        )
+        if row is None:
+            raise not_found("Policy", body.policy_id or body.policy_name)
+        policies = [_source(row)]
+    elif body.entity_type is not None and body.entity_id is not None:
+        policies = await _entity_policies(call, body.entity_type, body.entity_id)
+    else:
+        policies = await _org_enabled_policies(call)
+    input = body.input if body.input is not None else (body.input_data or {})
+    result = await _evaluate(
+        _engine(call), policies, input, fail_open=call.state.settings.policy_fail_open
+    )
+    return EvaluateAnyOut(
+        **result.model_dump(),
+        allow=result.allowed,
+        decision="permit" if result.allowed else "deny",
+    )
+
+
+@router.post("/api/v1/policies/authorize", role="viewer")
+async def authorize(call: Call, body: AuthorizeBody) -> AuthorizeOut:
+    """May `action` on `resource` happen? Against an entity's policies or all of the
+    organization's enabled ones."""
+    if body.entity_type is not None and body.entity_id is not None:
+        policies = await _entity_policies(call, body.entity_type, body.entity_id)
+    else:
+        policies = await _org_enabled_policies(call)
+    result = await _evaluate(
+        _engine(call),
+        policies,
+        _authorization_input(call, body),
+        fail_open=call.state.settings.policy_fail_open,
+    )
+    return AuthorizeOut(
+        authorized=result.allowed,
+        violations=result.violations,
+        policies_evaluated=result.policies_evaluated,
+        engine_error=result.engine_error,
+        decision="permit" if result.allowed else "deny",
+    )
+
+
+@router.post("/api/v1/policies/associations", status=201)
+async def create_association(call: Call, body: AssociationCreate) -> AssociationOut:
+    """Attach a policy to an agent, team, environment or role; the entity must exist (404)."""
+    policy_id = await call.db.fetchval(
+        "SELECT id FROM policies WHERE organization_id = $1 "
+        "AND ($2::uuid IS NULL OR id = $2) AND ($3::text IS NULL OR name = $3)",
+        call.org,
+        body.policy_id,
+        body.policy_name,
+    )
+    if policy_id is None:
+        raise not_found("Policy", body.policy_id or body.policy_name)
+    await _check_entity(call.db, call.org, body.entity_type, body.entity_id)
+    entity_id = body.entity_id if body.entity_type == "role" else str(uuid.UUID(body.entity_id))
+    priority = body.priority if body.priority is not None else DEFAULT_PRIORITY[body.entity_type]
+    association_id = uuid.uuid4()
+    with conflict_on_duplicate(f"The policy is already attached to this {body.entity_type}"):
+        await call.db.execute(
+            "INSERT INTO policy_associations (id, organization_id, policy_id, entity_type, "
+            "entity_id, enabled, priority, metadata, created_by) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            association_id,
+            call.org,
+            policy_id,
+            body.entity_type,
+            entity_id,
+            body.enabled,
+            priority,
+            body.metadata,
+            call.principal.actor,
+        )
+    return await _get_association(call, association_id)
+
+
+@router.get("/api/v1/policies/associations")
+async def list_associations(call: Call, query: AssociationQuery) -> Page[AssociationOut]:
+    """The organization's policy associations, oldest first, filtered as asked."""
+    rows, total = await fetch_page(
+        call.db,
+        table=ASSOCIATION_FROM,
+        columns=ASSOCIATION_COLUMNS,
+        where="a.organization_id = $1",
+        args=[call.org],
+        query=query,
+        order="a.created_at, a.id",
+        filters={
+            "a.entity_type": query.entity_type,
+            "a.entity_id": query.entity_id,
+            "a.policy_id": query.policy_id,
+            "a.enabled": query.enabled,
+        },
+    )
+    items = [AssociationOut.model_validate(dict(row)) for row in rows]
+    return Page[AssociationOut](items=items, total=total, limit=query.limit, offset=query.start)
+
+
+@router.get("/api/v1/policies/associations/{association_id}")
+async def get_association(call: Call) -> AssociationOut:
+    """One association."""
+    return await _get_association(call, call.path_uuid("association_id", "Policy association"))
+
+
+@router.patch("/api/v1/policies/associations/{association_id}")
+async def update_association(call: Call, body: AssociationUpdate) -> AssociationOut:
+    """Change an association's enabled flag, priority or metadata."""
+    association_id = call.path_uuid("association_id", "Policy association")
+    assignments, values = patch_assignments(
+        body.changes(), ["enabled", "priority", "metadata"], first_param=3
+    )
+    updated = await call.db.fetchval(
+        f"UPDATE policy_associations SET {assignments} WHERE id = $1 AND organization_id = $2 "
+        "RETURNING id",
+        association_id,
+        call.org,
+        *values,
+    )
+    if updated is None:
+        raise not_found("Policy association", association_id)
+    return await _get_association(call, association_id)
+
+
+@router.delete("/api/v1/policies/associations/{association_id}")
+async def delete_association(call: Call) -> Deleted:
+    """Detach a policy."""
+    association_id = call.path_uuid("association_id", "Policy association")
+    deleted = await call.db.fetchval(
+        "DELETE FROM policy_associations WHERE id = $1 AND organization_id = $2 RETURNING id",
+        association_id,
+        call.org,
+    )
+    if deleted is None:
+        raise not_found("Policy association", association_id)
+    return Deleted(id=association_id)
+
+
+@router.get("/api/v1/policies/resolved/{entity_type}/{entity_id}")
+async def resolved_policies(call: Call, query: ResolvedQuery) -> ResolvedPolicies:
+    """The entity's policies with inheritance (an agent: its environments', its team's and its
+    own), one per policy at its highest priority, highest first."""
+    entity_type = _entity_type(call)
+    layers = await _entity_layers(call.db, call.org, entity_type, call.path["entity_id"])
+    rows = await resolve_layers(call.db, call.org, layers)
+    details = await _policies_by_id(call, [r["id"] for r in rows]) if query.include_details else {}
+    return ResolvedPolicies(
+        [
+            ResolvedPolicy(
+                policy_id=row["id"],
+                policy_name=row["name"],
+                source_type=row["source_type"],
+                source_id=row["source_id"],
+                priority=row["priority"],
+                enabled=row["policy_enabled"],
+                metadata=row["association_metadata"],
+                policy_details=details.get(row["id"]),
+            )
+            for row in rows
+        ]
+    )
+
+
+def _entity_type(call: Call) -> str:
+    raw = call.path["entity_type"]
+    if raw not in DEFAULT_PRIORITY:
+        raise ApiError(
+            400,
+            f"Unknown entity type '{raw}': one of agent, team, environment, role",
+            details={"entity_type": raw},
+        )
+    return raw
+
+
+@router.post("/api/v1/policies/evaluate/{entity_type}/{entity_id}", role="viewer")
+async def evaluate_for_entity(call: Call, body: EvaluateBody) -> EvaluationOut:
+    """Evaluate the entity's resolved, enabled policies (or the listed ones among them)
+    against `input_data`: allowed when every one allows."""
+    policies = await _entity_policies(call, _entity_type(call), call.path["entity_id"])
+    if body.policy_ids is not None:
+        wanted = {str(ident) for ident in body.policy_ids}
+        missing = sorted(wanted - {policy.id for policy in policies})
+        if missing:
+            raise ApiError(
+                400,
+                "Some policy_ids are not enabled policies resolved for this entity",
+                details={"policy_ids": missing},
+            )
+        policies = [policy for policy in policies if policy.id in wanted]
+    return await _evaluate(
+        _engine(call), policies, body.input_data, fail_open=call.state.settings.policy_fail_open
+    )
+
+
+@router.post("/api/v1/policies/check-authorization/{entity_type}/{entity_id}", role="viewer")
+async def check_authorization(call: Call, body: AuthorizationBody) -> AuthorizationOut:
+    """May the entity do `action` on `resource`? Input: `context`'s keys, `action`, `resource`,
+    `context` and `organization`."""
+    policies = await _entity_policies(call, _entity_type(call), call.path["entity_id"])
+    result = await _evaluate(
+        _engine(call),
+        policies,
+        _authorization_input(call, body),
+        fail_open=call.state.settings.policy_fail_open,
+    )
+    return AuthorizationOut(
+        authorized=result.allowed,
+        violations=result.violations,
+        policies_evaluated=result.policies_evaluated,
+        engine_error=result.engine_error,
+    )
+
+
+@router.post("/api/v1/policies", status=201)
+async def create_policy(call: Call, body: PolicyCreate) -> PolicyOut:
+    """Create a Rego policy; a text the engine refuses is a 422 carrying its message."""
+    await _validated(call, body.policy_content)
+    policy_id = uuid.uuid4()
+    with conflict_on_duplicate(f"A policy named '{body.name}' exists"):
+        row = await call.db.fetchrow(
+            "INSERT INTO policies (id, organization_id, name, description, policy_content, "
+            "enabled, tags, metadata, created_by, updated_by) "
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING {COLUMNS}",
+            policy_id,
+            call.org,
+            body.name,
+            body.description,
+            body.policy_content,
+            body.enabled,
+            body.tags,
+            body.metadata,
+            call.principal.actor,
+        )
+    assert row is not None
+    return _policy_out(row)
+
+
+@router.get("/api/v1/policies")
+async def list_policies(call: Call, query: PolicyQuery) -> Page[PolicyOut]:
+    """The organization's policies, oldest first; `enabled` and `search` narrow them."""
+    where, args = "organization_id = $1", [call.org]
+    if query.search:
+        pattern = query.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        args.append(f"%{pattern}%")
+        where += f" AND (name ILIKE ${len(args)} OR coalesce(description, '') ILIKE ${len(args)})"
+    rows, total = await fetch_page(
+        call.db,
+        table="policies",
+        columns=COLUMNS,
+        where=where,
+        args=args,
+        query=query,
+        filters={"enabled": query.enabled},
+    )
+    items = [_policy_out(row) for row in rows]
+    return Page[PolicyOut](items=items, total=total, limit=query.limit, offset=query.start)
+
+
+@router.get("/api/v1/policies/{policy_id}")
+async def get_policy(call: Call) -> PolicyOut:
+    """One policy."""
+    return await _get_policy(call, call.path_uuid("policy_id", "Policy"))
+
+
+async def _update(call: Call, body: PolicyUpdate) -> PolicyOut:
+    policy_id = call.path_uuid("policy_id", "Policy")
+    changes = body.changes()
+    await _get_policy(call, policy_id)  # 404 before a 422 about the text
+    if "policy_content" in changes:
+        await _validated(call, changes["policy_content"])
+    changes["updated_by"] = call.principal.actor
+    assignments, values = patch_assignments(
+        changes,
+        ["name", "description", "policy_content", "enabled", "tags", "metadata", "updated_by"],
+        first_param=3,
+    )
+    with conflict_on_duplicate("Another policy has that name"):
+        row = await call.db.fetchrow(
+            f"UPDATE policies SET {assignments}, version = version + 1 "
+            f"WHERE id = $1 AND organization_id = $2 RETURNING {COLUMNS}",
+            policy_id,
+            call.org,
+            *values,
+        )
+    if row is None:
+        raise not_found("Policy", policy_id)
+    return _policy_out(row)
+
+
+@router.put("/api/v1/policies/{policy_id}")
+async def replace_policy(call: Call, body: PolicyUpdate) -> PolicyOut:
+    """Update a policy (every field optional, as in Kubiya); a new text is validated."""
+    return await _update(call, body)
+
+
+@router.patch("/api/v1/policies/{policy_id}")
+async def update_policy(call: Call, body: PolicyUpdate) -> PolicyOut:
+    """Update the fields sent; a new text is validated; `version` grows by one."""
+    return await _update(call, body)
+
+
+@router.delete("/api/v1/policies/{policy_id}")
+async def delete_policy(call: Call) -> Deleted:
+    """Delete a policy and its associations."""
+    policy_id = call.path_uuid("policy_id", "Policy")
+    deleted = await call.db.fetchval(
+        "DELETE FROM policies WHERE id = $1 AND organization_id = $2 RETURNING id",
+        policy_id,
+        call.org,
+    )
+    if deleted is None:
+        raise not_found("Policy", policy_id)
+    await _engine(call).forget(str(policy_id))
+    return Deleted(id=policy_id)
+
+
+@router.post("/api/v1/policies/{policy_id}/validate", role="viewer")
+async def validate_policy(call: Call, body: PolicyValidateBody) -> PolicyValidation:
+    """Check the stored text (or a draft sent as `policy_content`) with the engine."""
+    policy = await _get_policy(call, call.path_uuid("policy_id", "Policy"))
+    validation = await _engine(call).validate(body.policy_content or policy.policy_content)
+    return PolicyValidation(
+        valid=validation.valid, errors=validation.errors, warnings=validation.warnings
+    )
