@@ -433,3 +433,53 @@ CREATE TABLE IF NOT EXISTS policy_associations (
 CREATE INDEX IF NOT EXISTS policy_associations_org ON policy_associations (organization_id, created_at, id);
 CREATE INDEX IF NOT EXISTS policy_associations_entity
     ON policy_associations (organization_id, entity_type, entity_id);
+
+-- ------------------------------------------------------------------------------------------------
+-- Secrets vault, its audit, and custom integrations (api/vault.py, api/routes/secrets.py,
+-- api/routes/integrations.py). Values are AES-256-GCM ciphertexts; the key never reaches the
+-- database. The associated data binds each ciphertext to (organization, name).
+CREATE TABLE IF NOT EXISTS secrets (
+    id              uuid PRIMARY KEY,
+    organization_id text NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    name            text NOT NULL CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_]*$'),
+    description     text,
+    ciphertext      bytea NOT NULL,
+    nonce           bytea NOT NULL,
+    key_version     integer NOT NULL DEFAULT 1,
+    created_by      text,
+    updated_by      text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (organization_id, name)
+);
+
+-- One row per secret value read: by whom (api_key:<id> or worker:<id>), for which execution, why.
+CREATE TABLE IF NOT EXISTS secret_access_log (
+    id              bigserial PRIMARY KEY,
+    organization_id text NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    secret_name     text NOT NULL,
+    accessor        text NOT NULL,
+    execution_id    uuid,
+    purpose         text NOT NULL,
+    at              timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS secret_access_log_org ON secret_access_log (organization_id, at, id);
+
+CREATE TABLE IF NOT EXISTS custom_integrations (
+    id               uuid PRIMARY KEY,
+    organization_id  text NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    name             text NOT NULL,
+    integration_type text NOT NULL,
+    description      text,
+    status           text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'inactive', 'deleted')),
+    config           jsonb NOT NULL DEFAULT '{}',
+    tags             jsonb NOT NULL DEFAULT '[]',
+    last_test        jsonb,
+    created_by       text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+-- A soft-deleted integration gives its name back.
+CREATE UNIQUE INDEX IF NOT EXISTS custom_integrations_name ON custom_integrations (organization_id, name)
+    WHERE status <> 'deleted';
+CREATE INDEX IF NOT EXISTS custom_integrations_org ON custom_integrations (organization_id, created_at, id);

@@ -29,12 +29,15 @@ from api.routes import (
     context,
     environments,
     execute,
+    execution_environment,
     executions,
     health,
+    integrations,
     models,
     policies,
     projects,
     runtimes,
+    secrets,
     skills,
     worker_queues,
     workers,
@@ -61,6 +64,9 @@ ROUTERS = [
     policies.router,
     skills.router,
     context.router,
+    secrets.router,
+    integrations.router,
+    execution_environment.router,
 ]
 PRUNE_EVERY_SECONDS = 60
 

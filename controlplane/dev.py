@@ -44,6 +44,11 @@ DEV_ORG = "default"
 DEV_ENVIRONMENT = "default"
 DEV_QUEUE = "default"
 KEY_FILE = "dev-api-key"
+# The vault key (CONTROLPLANE_SECRET_KEY), generated once; only the API process gets it.
+SECRET_KEY_FILE = "secret-key"
+SECRET_KEY_ENV = "CONTROLPLANE_SECRET_KEY"
+# What the worker (and the fake model server) must never inherit from this process.
+WORKER_HIDDEN_ENV = ("DATABASE_URL", "TEMPORAL_ADDRESS", SECRET_KEY_ENV)
 PIDS_FILE = "dev.pids"
 LOCK_FILE = "dev.lock"
 TEMPORAL_HEALTH_TIMEOUT = 20.0
@@ -142,6 +147,30 @@ def _write_secret(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         os.fchmod(handle.fileno(), 0o600)
         handle.write(text + "\n")
+
+
+def dev_secret_key(home: Path) -> str:
+    """CONTROLPLANE_SECRET_KEY if set, else the key kept in `$CONTROLPLANE_HOME/secret-key`,
+    generated (0600) on first use. Losing that file loses every stored secret."""
+    from api.vault import VaultKeyError, new_key, parse_key
+
+    given = os.environ.get(SECRET_KEY_ENV, "").strip()
+    if given:
+        return given
+    path = home / SECRET_KEY_FILE
+    if path.exists():
+        kept = path.read_text().strip()
+        try:
+            parse_key(kept)
+        except VaultKeyError:
+            raise DevError(
+                f"{path} does not hold a vault key; restore it (stored secrets need it) or "
+                "remove it to start a new vault"
+            ) from None
+        return kept
+    key = new_key()
+    _write_secret(path, key)
+    return key
 
 
 class DevRun:
@@ -457,6 +486,7 @@ class DevRun:
             TEMPORAL_ADDRESS=self.temporal_address,
             CONTROLPLANE_URL=self.options.api_url,
             CONTROLPLANE_HOME=str(self.home),
+            CONTROLPLANE_SECRET_KEY=dev_secret_key(self.home),
         )
         _say(f"starting the API on {self.options.api_url} ...")
         args = ["api", "--host", self.options.host, "--port", str(self.options.port)]
@@ -502,7 +532,7 @@ class DevRun:
         child = self._spawn(
             "fake Anthropic server",
             args,
-            dict(os.environ),
+            {name: value for name, value in os.environ.items() if name not in WORKER_HIDDEN_ENV},
             "fake-anthropic.log",
             stop_timeout=10,
             module="controlplane.fake_anthropic",
@@ -518,11 +548,7 @@ class DevRun:
     def start_worker(self, queue_id: str, key: str, extra_env: dict[str, str]) -> None:
         # The worker needs only the control-plane URL and a key; Temporal settings come from
         # the API, and it never sees the database.
-        env = {
-            name: value
-            for name, value in os.environ.items()
-            if name not in ("DATABASE_URL", "TEMPORAL_ADDRESS")
-        }
+        env = {name: value for name, value in os.environ.items() if name not in WORKER_HIDDEN_ENV}
         env.update(CONTROLPLANE_URL=self.options.api_url, CONTROLPLANE_API_KEY=key, **extra_env)
         _say(f"starting a worker on queue {DEV_QUEUE} ({queue_id}) ...")
         args = ["worker", "--queue-id", queue_id]

@@ -32,6 +32,19 @@ def _bool_env(name: str, default: bool) -> bool:
     raise SystemExit(f"{name} must be true or false, got {raw!r}")
 
 
+def _secret_key_env() -> str:
+    """CONTROLPLANE_SECRET_KEY, checked now so a malformed key stops the API at start-up."""
+    raw = os.environ.get("CONTROLPLANE_SECRET_KEY", "").strip()
+    if raw:
+        from api.vault import VaultKeyError, parse_key
+
+        try:
+            parse_key(raw)
+        except VaultKeyError as exc:
+            raise SystemExit(str(exc)) from None
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = ""
@@ -48,6 +61,8 @@ class Settings:
     opa_url: str | None = None
     # A policy engine error allows the action when true; by default it denies (fails closed).
     policy_fail_open: bool = False
+    # The vault key (base64 or hex of 32 bytes); empty: the secrets routes answer 503.
+    secret_key: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -64,5 +79,7 @@ class Settings:
             "opa_url": os.environ.get("OPA_URL") or None,
             "policy_fail_open": _bool_env("POLICY_FAIL_OPEN", False),
         }
+        if "secret_key" not in overrides:
+            values["secret_key"] = _secret_key_env()
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -117,6 +117,10 @@ ENDPOINT_GROUPS = {
     "skills": "/api/v1/skills",
     "toolsets": "/api/v1/toolsets",
     "context": "/api/v1/context",
+    "secrets": "/api/v1/secrets",
+    "integrations": "/api/v1/integrations",
+    "custom_integrations": "/api/v1/custom-integrations",
+    "execution_environment": "/api/v1/execution-environment",
 }
 
 

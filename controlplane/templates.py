@@ -1,0 +1,86 @@
+"""`{{.secret.NAME}}` and `{{.env.VAR}}` templates in system prompts, env var values and MCP
+server configs (reference §10).
+
+Pure functions, shared by the API and the worker's activities. Rules:
+
+- Whitespace inside the braces is allowed: `{{ .secret.NAME }}`.
+- One pass: a substituted value is never scanned again, so a secret whose value happens to
+  contain `{{.env.X}}` stays as it is.
+- Other `{{...}}` forms (`{{var}}`, `{{.graph.node}}`) are left untouched for whoever owns them.
+- An unknown name raises `TemplateError`, which names every missing variable (never a value):
+  a prompt or config silently missing a credential is worse than a clear failure. Callers that
+  prefer to go on catch it, or ask `missing()` first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+PATTERN = re.compile(r"\{\{\s*\.(secret|env)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+class TemplateError(ValueError):
+    """Templates name variables that are not available; `missing` holds `secret.X` / `env.X`."""
+
+    def __init__(self, missing: list[str]) -> None:
+        self.missing = missing
+        super().__init__("unknown template variable(s): " + ", ".join(missing))
+
+
+def variables(text: str) -> list[tuple[str, str]]:
+    """`(kind, name)` pairs the text refers to, in order, each once; kind is secret or env."""
+    return list(dict.fromkeys((m.group(1), m.group(2)) for m in PATTERN.finditer(text)))
+
+
+def missing(text: str, env: Mapping[str, str], secrets: Mapping[str, str]) -> list[str]:
+    """The variables `text` refers to that `env`/`secrets` do not hold, as `secret.X`/`env.X`."""
+    return [
+        f"{kind}.{name}"
+        for kind, name in variables(text)
+        if name not in (secrets if kind == "secret" else env)
+    ]
+
+
+def render(text: str, env: Mapping[str, str], secrets: Mapping[str, str]) -> str:
+    """`text` with every `{{.secret.NAME}}` and `{{.env.VAR}}` replaced by its value."""
+    absent = missing(text, env, secrets)
+    if absent:
+        raise TemplateError(absent)
+
+    def value(match: re.Match[str]) -> str:
+        source = secrets if match.group(1) == "secret" else env
+        return str(source[match.group(2)])
+
+    return PATTERN.sub(value, text)
+
+
+def render_config(value: Any, env: Mapping[str, str], secrets: Mapping[str, str]) -> Any:
+    """`value` with every string inside it rendered, through dicts (values, not keys), lists
+    and tuples; other values are returned as they are. The input is not modified."""
+    if isinstance(value, str):
+        return render(value, env, secrets)
+    if isinstance(value, Mapping):
+        absent: list[str] = []
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            try:
+                out[key] = render_config(item, env, secrets)
+            except TemplateError as error:
+                absent.extend(name for name in error.missing if name not in absent)
+        if absent:
+            raise TemplateError(absent)
+        return out
+    if isinstance(value, list | tuple):
+        absent = []
+        items = []
+        for item in value:
+            try:
+                items.append(render_config(item, env, secrets))
+            except TemplateError as error:
+                absent.extend(name for name in error.missing if name not in absent)
+        if absent:
+            raise TemplateError(absent)
+        return items if isinstance(value, list) else tuple(items)
+    return value

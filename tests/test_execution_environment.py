@@ -1,0 +1,397 @@
+"""Execution environments: the merge across environment → team → agent → run, the resolved
+routes, the worker route that hands a running execution its values, and templates."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from api.execution_environment import Layer, merge, token_env_names
+from controlplane.templates import TemplateError, missing, render, render_config, variables
+from tests.conftest import assert_error, client_for
+from tests.resource_helpers import MISSING, assert_all_not_found, create_environment
+from tests.test_secrets import (
+    SECRET_VALUE,
+    VaultTenant,
+    audit_rows,
+    execute,
+    make_agent,
+    other_vt,
+    put_secret,
+    queue_in_new_environment,
+    start_worker_token,
+    vault_app,
+    vt,
+)
+
+__all__ = ["other_vt", "vault_app", "vt"]
+
+# --- templates ---------------------------------------------------------------------------------
+
+
+def test_templates_render_secrets_and_env() -> None:
+    env, secrets = {"REGION": "eu-west-1"}, {"TOKEN": "t0k"}
+    text = "a={{.secret.TOKEN}} b={{ .env.REGION }} c={{  .secret.TOKEN}} keep={{var}} {{.graph.n}}"
+    assert render(text, env, secrets) == "a=t0k b=eu-west-1 c=t0k keep={{var}} {{.graph.n}}"
+    assert variables(text) == [("secret", "TOKEN"), ("env", "REGION")]
+    # One pass: a value that looks like a template is not rendered again.
+    assert render("{{.secret.X}}", {"Y": "no"}, {"X": "{{.env.Y}}"}) == "{{.env.Y}}"
+    with pytest.raises(TemplateError) as caught:
+        render("{{.secret.NOPE}} {{.env.TOKEN}} {{.secret.TOKEN}}", env, secrets)
+    assert caught.value.missing == ["secret.NOPE", "env.TOKEN"]
+    assert "t0k" not in str(caught.value)
+    assert missing("{{.env.REGION}}{{.env.ZONE}}", env, secrets) == ["env.ZONE"]
+
+
+def test_render_config_recurses_and_reports_every_missing_name() -> None:
+    config = {
+        "command": "server",
+        "args": ["--token", "{{.secret.TOKEN}}", 3],
+        "env": {"REGION": "{{.env.REGION}}"},
+        "{{.env.REGION}}": ("{{.secret.TOKEN}}", True),
+        "port": 8080,
+    }
+    out = render_config(config, {"REGION": "eu"}, {"TOKEN": "t"})
+    assert out == {
+        "command": "server",
+        "args": ["--token", "t", 3],
+        "env": {"REGION": "eu"},
+        "{{.env.REGION}}": ("t", True),  # keys are not rendered
+        "port": 8080,
+    }
+    assert config["args"] == ["--token", "{{.secret.TOKEN}}", 3]  # input untouched
+    with pytest.raises(TemplateError) as caught:
+        render_config({"a": ["{{.secret.A}}"], "b": {"c": "{{.env.B}}"}}, {}, {})
+    assert caught.value.missing == ["secret.A", "env.B"]
+
+
+# --- merging -----------------------------------------------------------------------------------
+
+
+def test_layers_merge_later_wins_for_dicts_and_union_for_lists() -> None:
+    layers = [
+        Layer(
+            "environment",
+            "e1",
+            "base",
+            env_vars={"A": "env", "SHARED": "env"},
+            secrets=["S1", "S2"],
+            integration_ids=["i1"],
+            mcp_servers={"fs": {"command": "fs-v1", "args": ["--ro"]}, "git": {"command": "g"}},
+        ),
+        Layer("team", "t1", "ops", env_vars={"SHARED": "team", "T": "team"}, secrets=["S3"]),
+        Layer(
+            "agent",
+            "a1",
+            "bot",
+            env_vars={"SHARED": "agent"},
+            secrets=["S2", "S4"],
+            integration_ids=["i2", "i1"],
+            mcp_servers={"fs": {"type": "http", "url": "http://fs"}},
+        ),
+        Layer("run", env_vars={"RUN": "1", "A": "run"}, secrets=["S1", "S5"]),
+    ]
+    resolved = merge(layers)
+    assert resolved.env_vars == {"A": "run", "SHARED": "agent", "T": "team", "RUN": "1"}
+    assert resolved.secrets == ["S1", "S2", "S3", "S4", "S5"]
+    assert resolved.integration_ids == ["i1", "i2"]
+    # An MCP server's config is replaced whole by the later layer, not merged key by key.
+    assert resolved.mcp_servers == {
+        "fs": {"type": "http", "url": "http://fs"},
+        "git": {"command": "g"},
+    }
+    assert resolved.sources["env_vars"] == {
+        "A": "run",
+        "SHARED": "agent:bot",
+        "T": "team:ops",
+        "RUN": "run",
+    }
+    assert resolved.sources["secrets"] == {
+        "S1": "environment:base",
+        "S2": "environment:base",
+        "S3": "team:ops",
+        "S4": "agent:bot",
+        "S5": "run",
+    }
+    assert resolved.sources["mcp_servers"] == {"fs": "agent:bot", "git": "environment:base"}
+    assert merge([]).env_vars == {} and merge([]).secrets == []
+
+
+def test_integration_types_map_to_env_vars() -> None:
+    assert token_env_names("github") == ["GH_TOKEN", "GITHUB_TOKEN"]
+    assert token_env_names("GitHub") == ["GH_TOKEN", "GITHUB_TOKEN"]
+    assert token_env_names("jira") == ["JIRA_TOKEN"]
+    assert token_env_names("slack") == ["SLACK_TOKEN", "SLACK_BOT_TOKEN"]
+    assert token_env_names("aws") == []  # its parts come as secrets of their own names
+    assert token_env_names("my-crm") == ["MY_CRM_TOKEN"]
+
+
+# --- the resolved route ------------------------------------------------------------------------
+
+
+async def test_resolved_for_agent_shows_layers_and_names_only(
+    vt: VaultTenant, other_vt: VaultTenant
+) -> None:
+    await put_secret(vt.admin, "S1")
+    base = await create_environment(
+        vt.member,
+        "base",
+        execution_environment={
+            "env_vars": {"A": "base", "SHARED": "base"},
+            "secrets": ["S1"],
+            "mcp_servers": {"fs": {"command": "fs-server", "args": ["/data"]}},
+        },
+    )
+    prod = await create_environment(
+        vt.member,
+        "prod",
+        execution_environment={"env_vars": {"SHARED": "prod", "P": "1"}, "secrets": ["S2", "S1"]},
+    )
+    agent = await make_agent(
+        vt.member,
+        environment_ids=[base["id"], prod["id"]],
+        execution_environment={
+            "env_vars": {"SHARED": "agent"},
+            "secrets": ["S3"],
+            "mcp_servers": {"fs": {"type": "http", "url": "http://fs.local/mcp"}},
+        },
+    )
+    r = await vt.member.get(f"/api/v1/execution-environment/agents/{agent['id']}/resolved")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert SECRET_VALUE not in r.text
+    assert body["agent_id"] == agent["id"] and body["agent_name"] == agent["name"]
+    assert body["env_vars"] == {"A": "base", "SHARED": "agent", "P": "1"}
+    assert body["secrets"] == ["S1", "S2", "S3"]
+    assert body["missing_secrets"] == ["S2", "S3"]
+    assert body["mcp_servers"]["fs"]["url"] == "http://fs.local/mcp"
+    assert "command" not in body["mcp_servers"]["fs"]
+    assert body["sources"]["env_vars"] == {
+        "A": "environment:base",
+        "SHARED": f"agent:{agent['name']}",
+        "P": "environment:prod",
+    }
+    assert body["sources"]["secrets"]["S2"] == "environment:prod"
+    assert [(layer["source"], layer["name"]) for layer in body["layers"]] == [
+        ("environment", "base"),
+        ("environment", "prod"),
+        ("agent", agent["name"]),
+    ]
+    assert body["layers"][1]["secrets"] == ["S2", "S1"]
+
+    assert_error(
+        await vt.viewer.get(f"/api/v1/execution-environment/agents/{agent['id']}/resolved"), 403
+    )
+    # An agent naming a team: the team slot stays empty while teams do not exist.
+    teamed = await make_agent(
+        vt.member, team_id=str(uuid.uuid4()), execution_environment={"env_vars": {"X": "1"}}
+    )
+    r = await vt.member.get(f"/api/v1/execution-environment/agents/{teamed['id']}/resolved")
+    assert [layer["source"] for layer in r.json()["layers"]] == ["agent"]
+    assert r.json()["env_vars"] == {"X": "1"}
+    theirs = await make_agent(other_vt.member)
+
+    async def resolved(ident: str) -> Any:
+        return await vt.member.get(f"/api/v1/execution-environment/agents/{ident}/resolved")
+
+    await assert_all_not_found(resolved, theirs["id"])
+    for ident in (MISSING, "x"):
+        error = assert_error(
+            await vt.member.get(f"/api/v1/execution-environment/teams/{ident}/resolved"), 404
+        )
+        assert error["message"] == f"Team '{ident}' not found"
+
+
+# --- the worker route --------------------------------------------------------------------------
+
+
+async def _integration(vt: VaultTenant, **config: Any) -> str:
+    r = await vt.member.post(
+        "/api/v1/custom-integrations",
+        json={"name": f"gh-{uuid.uuid4().hex[:6]}", "integration_type": "github", "config": config},
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+async def test_worker_gets_values_for_its_execution(
+    db: asyncpg.Pool[Any], vt: VaultTenant, other_vt: VaultTenant
+) -> None:
+    for name, value in [
+        ("API_KEY", "api-key-value"),
+        ("DB_PASSWORD", SECRET_VALUE),
+        ("GH_SECRET", "ghp_token_value"),
+        ("KUBE", "kubeconfig-yaml"),
+        ("RUN_ONLY", "run-only-value"),
+        ("NOT_USED", "never-read"),
+    ]:
+        await put_secret(vt.admin, name, value)
+    integration_id = await _integration(
+        vt,
+        env_vars={"GH_HOST": "github.example.com", "GH_URL": "https://{{.env.GH_HOST_BASE}}"},
+        secrets=["GH_SECRET"],
+        files=[
+            {"path": ".kube/config", "secret_ref": "KUBE", "mode": "0600"},
+            {"path": "notes.txt", "content": "hello"},
+        ],
+        context_prompt="Use the gh CLI for GitHub.",
+    )
+    inactive_id = await _integration(vt, secrets=["NOT_USED"])
+    await vt.member.patch(f"/api/v1/custom-integrations/{inactive_id}", json={"status": "inactive"})
+    env = await create_environment(
+        vt.member,
+        "shared",
+        execution_environment={
+            "env_vars": {"REGION": "us", "GH_HOST_BASE": "api.github.example.com"},
+            "secrets": ["DB_PASSWORD", "GONE"],
+            "integration_ids": [integration_id, inactive_id, MISSING],
+        },
+    )
+    agent = await make_agent(
+        vt.member,
+        environment_ids=[env["id"]],
+        execution_environment={
+            "env_vars": {"DSN": "postgres://app:{{.secret.DB_PASSWORD}}@db/{{.env.REGION}}"},
+            "secrets": ["API_KEY"],
+            "mcp_servers": {
+                "search": {
+                    "type": "http",
+                    "url": "https://search.example.com/{{ .env.REGION }}",
+                    "headers": {"Authorization": "Bearer {{.secret.API_KEY}}"},
+                },
+                "local": {"command": "tool", "env": {"TOKEN": "{{.env.GH_TOKEN}}"}},
+            },
+        },
+    )
+    queue_id = await queue_in_new_environment(vt.member)
+    execution_id = await execute(
+        vt.member,
+        agent["id"],
+        queue_id,
+        execution_environment={"env_vars": {"REGION": "eu"}, "secrets": ["RUN_ONLY"]},
+    )
+    worker_id, token = await start_worker_token(vt.member, queue_id)
+    worker = client_for(vt.app, token)
+    r = await worker.get(f"/api/v1/executions/{execution_id}/environment")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["execution_id"] == execution_id and body["agent_id"] == agent["id"]
+    assert body["env"] == {
+        "REGION": "eu",  # the run's override wins
+        "GH_HOST_BASE": "api.github.example.com",
+        "DSN": f"postgres://app:{SECRET_VALUE}@db/eu",
+    }
+    assert body["secrets"] == {
+        "DB_PASSWORD": SECRET_VALUE,
+        "API_KEY": "api-key-value",
+        "RUN_ONLY": "run-only-value",
+        "GH_SECRET": "ghp_token_value",
+    }
+    assert body["integration_env"] == {
+        "GH_HOST": "github.example.com",
+        "GH_URL": "https://api.github.example.com",
+        "GH_TOKEN": "ghp_token_value",
+        "GITHUB_TOKEN": "ghp_token_value",
+    }
+    assert body["mcp_servers"]["search"]["url"] == "https://search.example.com/eu"
+    assert body["mcp_servers"]["search"]["headers"] == {"Authorization": "Bearer api-key-value"}
+    assert body["mcp_servers"]["local"]["env"] == {"TOKEN": "ghp_token_value"}
+    assert body["files"] == [
+        {
+            "integration_id": integration_id,
+            "path": ".kube/config",
+            "mode": "0600",
+            "content": "kubeconfig-yaml",
+        },
+        {"integration_id": integration_id, "path": "notes.txt", "mode": "0644", "content": "hello"},
+    ]
+    assert body["context_prompts"] == [
+        {
+            "integration_id": integration_id,
+            "name": body["context_prompts"][0]["name"],
+            "context_prompt": "Use the gh CLI for GitHub.",
+        }
+    ]
+    assert body["missing_secrets"] == ["GONE"]
+    assert body["skipped_integrations"] == [
+        {"id": inactive_id, "reason": "inactive"},
+        {"id": MISSING, "reason": "not found"},
+    ]
+    assert "never-read" not in r.text
+    # Every value read is audited against the execution, by this worker.
+    rows = await audit_rows(db, vt.id)
+    assert sorted(row["secret_name"] for row in rows) == [
+        "API_KEY",
+        "DB_PASSWORD",
+        "GH_SECRET",
+        "KUBE",
+        "RUN_ONLY",
+    ]
+    assert {(row["accessor"], row["execution_id"], row["purpose"]) for row in rows} == {
+        (f"worker:{worker_id}", uuid.UUID(execution_id), "execution_environment")
+    }
+
+    # Admin keys may read it too; member and viewer keys may not.
+    assert (await vt.admin.get(f"/api/v1/executions/{execution_id}/environment")).status_code == 200
+    assert_error(await vt.member.get(f"/api/v1/executions/{execution_id}/environment"), 403)
+    assert_error(await vt.viewer.get(f"/api/v1/executions/{execution_id}/environment"), 403)
+
+    # A worker of another queue, another tenant's admin: 404 like a missing execution.
+    other_queue = await queue_in_new_environment(vt.member)
+    _, other_token = await start_worker_token(vt.member, other_queue)
+    other_worker = client_for(vt.app, other_token)
+    before = len(await audit_rows(db, vt.id))
+
+    async def fetch_as_other_worker(ident: str) -> Any:
+        return await other_worker.get(f"/api/v1/executions/{ident}/environment")
+
+    async def fetch_as_other_tenant(ident: str) -> Any:
+        return await other_vt.admin.get(f"/api/v1/executions/{ident}/environment")
+
+    await assert_all_not_found(fetch_as_other_worker, execution_id)
+    await assert_all_not_found(fetch_as_other_tenant, execution_id)
+    assert len(await audit_rows(db, vt.id)) == before
+    await vt.member.delete(f"/api/v1/executions/{execution_id}")
+
+
+async def test_unresolvable_environments_fail_clearly(vt: VaultTenant) -> None:
+    await put_secret(vt.admin, "PRESENT")
+    agent = await make_agent(
+        vt.member,
+        execution_environment={
+            "secrets": ["PRESENT"],
+            "mcp_servers": {"svc": {"command": "svc", "args": ["{{.secret.ABSENT}}"]}},
+        },
+    )
+    queue_id = await queue_in_new_environment(vt.member)
+    _, token = await start_worker_token(vt.member, queue_id)
+    worker = client_for(vt.app, token)
+    execution_id = await execute(vt.member, agent["id"], queue_id)
+    error = assert_error(
+        await worker.get(f"/api/v1/executions/{execution_id}/environment"), 422, "VALIDATION_ERROR"
+    )
+    assert error["details"] == {"where": "mcp_servers.svc", "missing": ["secret.ABSENT"]}
+    assert SECRET_VALUE not in str(error)
+    # A run override that is not an execution environment.
+    bad_run = await execute(
+        vt.member, agent["id"], queue_id, execution_environment={"env_vars": ["not", "a", "map"]}
+    )
+    error = assert_error(await worker.get(f"/api/v1/executions/{bad_run}/environment"), 422)
+    assert error["details"]["layer"] == "run"
+    for ident in (execution_id, bad_run):
+        await vt.member.delete(f"/api/v1/executions/{ident}")
+
+
+async def test_no_secrets_no_vault_needed(tenant: Any) -> None:
+    """On an API without a vault key, an execution that names no secret still gets its
+    environment."""
+    agent = await make_agent(tenant.member, execution_environment={"env_vars": {"A": "1"}})
+    queue_id = await queue_in_new_environment(tenant.member)
+    execution_id = await execute(tenant.member, agent["id"], queue_id)
+    r = await tenant.admin.get(f"/api/v1/executions/{execution_id}/environment")
+    assert r.status_code == 200, r.text
+    assert r.json()["env"] == {"A": "1"} and r.json()["secrets"] == {}
+    await tenant.member.delete(f"/api/v1/executions/{execution_id}")
