@@ -626,3 +626,10 @@ async def test_sleep_caps_and_heartbeats(ws: Path) -> None:
 
     assert (await environment.run(in_activity)).output == "Slept 1.2 seconds"
     assert len(beats) == 2  # at 0 s and 1 s
+
+
+async def test_python_source_is_utf8_whatever_the_locale(ws: Path) -> None:
+    result = await tool(
+        "python", "run_python", {"code": "print('héllo ✓')"}, workspace=ws, env={"LANG": "C"}
+    )
+    assert result.output == "héllo ✓\n", result.output

@@ -55,7 +55,7 @@ def _install_guard(blocked, allowed):
 
 _install_guard(frozenset({blocked!r}), frozenset({allowed!r}))
 del _install_guard
-_source = sys.stdin.read()
+_source = sys.stdin.buffer.read()  # bytes: compiled as UTF-8 whatever the locale
 exec(compile(_source, "<code>", "exec"), {{"__name__": "__main__", "__builtins__": __builtins__}})
 """
 
