@@ -10,15 +10,18 @@ from pydantic import BaseModel, Field
 from starlette.responses import StreamingResponse
 from temporalio.common import WorkflowIDReusePolicy
 
+from api.context import context_prompt, resolve_context
 from api.errors import ApiError, not_found
 from api.event_stream import stream_events
 from api.model_catalogue import compatibility_errors, default_model_row, model_info, resolve_model
 from api.routes.executions import COLUMNS
 from api.routing import Call, Router
+from api.skills import tools_for_agent
 from workflows.execution_types import (
     AGENT_EXECUTION_WORKFLOW,
     AgentExecutionInput,
     ModelSpec,
+    PolicyContext,
     workflow_id_for,
 )
 
@@ -76,12 +79,19 @@ async def _model_for(call: Call, agent: Any) -> ModelSpec:
     )
 
 
+def _with_context(system_prompt: str | None, context: str | None) -> str | None:
+    if context is None:
+        return system_prompt
+    return f"{system_prompt}\n\n{context}" if system_prompt else context
+
+
 @router.post("/api/v1/agents/{agent_id}/execute")
 async def execute_agent(call: Call, body: ExecuteIn) -> ExecuteOut:
     """Start an execution of the agent on a worker queue; watch it on `stream_url`."""
     agent_id = call.path_uuid("agent_id", "Agent")
     agent = await call.db.fetchrow(
-        "SELECT id, name, configuration, model_id, runtime, llm_config FROM agents "
+        "SELECT id, name, configuration, model_id, runtime, llm_config, team_id, environment_ids "
+        "FROM agents "
         "WHERE id = $1 AND organization_id = $2",
         agent_id,
         call.org,
@@ -99,9 +109,15 @@ async def execute_agent(call: Call, body: ExecuteIn) -> ExecuteOut:
         raise ApiError(400, f"Worker queue '{queue['name']}' is {queue['status']}, not active")
     model = await _model_for(call, agent)
     configuration = agent["configuration"] or {}
-    system_prompt = body.system_prompt or configuration.get("system_prompt")
     user = body.user_metadata.model_copy()
     user.user_id = user.user_id or call.principal.actor
+    tools = await tools_for_agent(call.db, call.org, agent_id)
+    # Templates such as {{.secret.X}} stay unrendered here: the worker renders them inside its
+    # activities, so secret values never enter Temporal history.
+    system_prompt = _with_context(
+        body.system_prompt or configuration.get("system_prompt"),
+        context_prompt(await resolve_context(call.db, call.org, "agent", agent_id)),
+    )
     execution_id = uuid.uuid4()
     workflow_id = workflow_id_for(str(execution_id))
     metadata = {
@@ -162,6 +178,16 @@ async def execute_agent(call: Call, body: ExecuteIn) -> ExecuteOut:
         one_shot=bool(configuration.get("one_shot", False)),
         max_tokens=int((agent["llm_config"] or {}).get("max_tokens", 4096)),
         user_metadata=user.model_dump(),
+        tools=tools,
+        policy=PolicyContext(
+            organization_id=call.org,
+            execution_id=str(execution_id),
+            agent_id=str(agent_id),
+            agent_name=agent["name"],
+            team_id=str(agent["team_id"]) if agent["team_id"] else None,
+            environment_ids=[str(e) for e in agent["environment_ids"] or []],
+            user=user.model_dump(),
+        ),
     )
     try:
         client = await call.state.temporal.client()
