@@ -22,6 +22,7 @@ from temporalio.client import Client
 from api.app import create_app
 from api.principal import KeyRole
 from api.tenancy import create_key, create_org
+from api.vault import new_key
 from controlplane.services import EmbeddedPostgres, free_port, start_temporal, stop_process
 from controlplane.settings import Settings
 
@@ -93,6 +94,7 @@ def settings(database_url: str, temporal_address: str, service_dir: Path) -> Set
         temporal_address=temporal_address,
         home=service_dir / "home",
         max_body_bytes=64 * 1024,
+        secret_key=new_key(),
     )
 
 

@@ -16,16 +16,20 @@ import platform
 import signal
 import socket
 import sys
+import tempfile
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.mcp_client import McpActivities
 from activities.queue_probe import answer_probe
 from activities.reporting import ControlPlane, ReportingActivities
 from activities.runtime import RuntimeActivities
+from activities.tool_runner import ToolActivities
 from controlplane import VERSION
 from controlplane.logs import configure_logging
 from worker.task_counter import TaskCounter
@@ -51,6 +55,16 @@ def system_info() -> dict[str, Any]:
         "sdk_version": VERSION,
         "supported_runtimes": ["default", "claude_code"],
     }
+
+
+def workspace_root() -> Path:
+    """Where tools work: one directory per execution below this (env CONTROLPLANE_WORKSPACES)."""
+    configured = os.environ.get("CONTROLPLANE_WORKSPACES")
+    root = (
+        Path(configured) if configured else Path(tempfile.gettempdir()) / "controlplane-workspaces"
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    return root
 
 
 def activity_methods(instance: object) -> list[Any]:
@@ -120,6 +134,8 @@ async def run(queue_id: str, control_plane_url: str, api_key: str, stop: asyncio
                     answer_probe,
                     *activity_methods(ReportingActivities(control_plane)),
                     *activity_methods(RuntimeActivities(control_plane)),
+                    *activity_methods(ToolActivities(control_plane, workspace_root())),
+                    *activity_methods(McpActivities(control_plane)),
                 ],
                 identity=f"{socket.gethostname()}:{os.getpid()}:{worker_id}",
                 graceful_shutdown_timeout=timedelta(seconds=DRAIN_SECONDS),

@@ -14,7 +14,9 @@ from api.context import context_prompt, resolve_context
 from api.errors import ApiError, not_found
 from api.event_stream import stream_events
 from api.model_catalogue import compatibility_errors, default_model_row, model_info, resolve_model
+from api.policy_engine import get_engine
 from api.routes.executions import COLUMNS
+from api.routes.policies import enforce
 from api.routing import Call, Router
 from api.skills import tools_for_agent
 from workflows.execution_types import (
@@ -79,6 +81,42 @@ async def _model_for(call: Call, agent: Any) -> ModelSpec:
     )
 
 
+async def _check_execution_policy(
+    call: Call, agent: Any, model: str, user: UserMetadata, prompt: str
+) -> None:
+    """`action: agent_execution` against the agent's policies; a deny creates nothing."""
+    environment_ids = [str(e) for e in agent["environment_ids"] or []]
+    team_id = str(agent["team_id"]) if agent["team_id"] else None
+    decision = await enforce(
+        call.db,
+        get_engine(call.state.settings),
+        call.org,
+        input={
+            "action": "agent_execution",
+            "agent": {
+                "id": str(agent["id"]),
+                "name": agent["name"],
+                "runtime": agent["runtime"],
+                "model": model,
+            },
+            "user": user.model_dump(),
+            "organization": {"id": call.org},
+            "team": {"id": team_id} if team_id else None,
+            "execution": {"prompt": prompt, "environment_ids": environment_ids},
+        },
+        agent_id=str(agent["id"]),
+        environment_ids=environment_ids,
+        team_id=team_id,
+        fail_open=call.state.settings.policy_fail_open,
+    )
+    if not decision.allowed:
+        raise ApiError(
+            403,
+            "A policy denies this execution",
+            details={"violations": decision.violations, "engine_error": decision.engine_error},
+        )
+
+
 def _with_context(system_prompt: str | None, context: str | None) -> str | None:
     if context is None:
         return system_prompt
@@ -111,6 +149,7 @@ async def execute_agent(call: Call, body: ExecuteIn) -> ExecuteOut:
     configuration = agent["configuration"] or {}
     user = body.user_metadata.model_copy()
     user.user_id = user.user_id or call.principal.actor
+    await _check_execution_policy(call, agent, model.value, user, body.prompt)
     tools = await tools_for_agent(call.db, call.org, agent_id)
     # Templates such as {{.secret.X}} stay unrendered here: the worker renders them inside its
     # activities, so secret values never enter Temporal history.
