@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import re
+import threading
 import uuid
 import weakref
 from abc import ABC, abstractmethod
@@ -238,8 +239,19 @@ class PolicyEngine(ABC):
     kind: ClassVar[str]
 
     def __init__(self) -> None:
-        # (policy id, version) -> the compiled text; a version's text never changes.
-        self._compiled: _Lru[tuple[str, int], CompiledPolicy | RegoError] = _Lru(_CACHE_SIZE)
+        # regorus engines may only be used on the thread that made them (pyo3 "unsendable"),
+        # so each thread keeps its own cache; an API process serves from one thread anyway.
+        self._local = threading.local()
+
+    @property
+    def _compiled(self) -> _Lru[tuple[str, int], CompiledPolicy | RegoError]:
+        """(policy id, version) -> the compiled text; a version's text never changes."""
+        cache: _Lru[tuple[str, int], CompiledPolicy | RegoError] | None = getattr(
+            self._local, "compiled", None
+        )
+        if cache is None:
+            cache = self._local.compiled = _Lru(_CACHE_SIZE)
+        return cache
 
     def compiled(self, policy: PolicySource) -> CompiledPolicy:
         key = (policy.id, policy.version)
