@@ -40,8 +40,8 @@ from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
+from activities.execution_environment import Redactor, fetch_execution_environment
 from activities.reporting import ControlPlane
 from workflows.execution_types import LIST_MCP_TOOLS, ToolSpec
 
@@ -53,7 +53,6 @@ MAX_CALL_TIMEOUT = 540.0  # below the run_tool activity's 10-minute bound
 OUTPUT_LIMIT = 100_000  # characters of tool output kept for the model
 MAX_PAGES = 50  # tools/list pages read per server
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|AUTH|CREDENTIAL|COOKIE", re.I)
-REDACTED = "***"
 
 Transport = Literal["stdio", "http", "sse"]
 
@@ -69,37 +68,6 @@ class McpToolListing:
 
     tools: list[ToolSpec] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class ExecutionEnvironment:
-    """What `GET /api/v1/executions/{id}/environment` answers a worker: plain env vars,
-    secret values by name, integration env vars, and MCP server configs already rendered."""
-
-    env: dict[str, str] = field(default_factory=dict)
-    secrets: dict[str, str] = field(default_factory=dict)
-    integration_env: dict[str, str] = field(default_factory=dict)
-    mcp_servers: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> ExecutionEnvironment:
-        def strings(value: Any) -> dict[str, str]:
-            return {str(k): str(v) for k, v in (value or {}).items() if v is not None}
-
-        servers = body.get("mcp_servers") or {}
-        return cls(
-            env=strings(body.get("env")),
-            secrets=strings(body.get("secrets")),
-            integration_env=strings(body.get("integration_env")),
-            mcp_servers={str(k): dict(v) for k, v in servers.items() if isinstance(v, Mapping)},
-        )
-
-    def process_env(self) -> dict[str, str]:
-        """What tools see: env, then secrets, then integration env, later winning."""
-        return {**self.env, **self.secrets, **self.integration_env}
-
-    def secret_values(self) -> list[str]:
-        return [*self.secrets.values(), *self.integration_env.values()]
 
 
 # --- configs, names, redaction ------------------------------------------------------------------
@@ -129,19 +97,6 @@ def tool_name(server: str, tool: str, taken: Iterable[str] = ()) -> str:
         digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
         name = f"{name[:55]}_{digest}"
     return name
-
-
-class Redactor:
-    """Replaces known secret values in text."""
-
-    def __init__(self, values: Iterable[str]) -> None:
-        # Longest first, so a secret containing another is replaced whole.
-        self.values = sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for value in self.values:
-            text = text.replace(value, REDACTED)
-        return text
 
 
 def _redactor(config: Mapping[str, Any], secrets: Iterable[str]) -> Redactor:
@@ -411,20 +366,6 @@ async def call_tool(
 
 
 # --- activities ---------------------------------------------------------------------------------
-
-
-async def fetch_execution_environment(
-    control_plane: ControlPlane, execution_id: str
-) -> ExecutionEnvironment:
-    """The execution's resolved environment, as its worker token may read it."""
-    path = f"/api/v1/executions/{execution_id}/environment"
-    response = await control_plane.http.get(path)
-    if 400 <= response.status_code < 500 and response.status_code != 429:
-        raise ApplicationError(
-            f"control plane refused GET {path}: {response.status_code}", non_retryable=True
-        )
-    response.raise_for_status()
-    return ExecutionEnvironment.from_json(response.json())
 
 
 class McpActivities:

@@ -30,7 +30,10 @@ class ControlPlane:
             timeout=15,
         )
 
-    async def send(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def get(self, path: str) -> dict[str, Any]:
+        return await self.send("GET", path, None)
+
+    async def send(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         response = await self.http.request(method, path, json=body)
         if response.status_code in (404, 401, 403, 400, 422):
             # The execution is gone or the report is malformed: retrying cannot help.

@@ -24,90 +24,26 @@ import asyncio
 import contextlib
 import os
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
+from activities.execution_environment import (
+    ExecutionEnvironment,
+    Redactor,
+    fetch_execution_environment,
+)
 from activities.reporting import ControlPlane
 from activities.tools import TRUNCATED, ToolRefused, cap_text, run_builtin
 from activities.tools.file_system import Jail
 from workflows.execution_types import RUN_TOOL, ToolCall, ToolOutcome
 
-REDACTED = "[REDACTED]"
-MIN_SECRET_LENGTH = 4
 EVENT_OUTPUT_BYTES = 4096
 HEARTBEAT_SECONDS = 5.0
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-class Redactor:
-    """Replaces secret values in text and in JSON-like values, longest first (so a secret that
-    contains another is replaced whole)."""
-
-    def __init__(self, values: Iterable[str]) -> None:
-        found = {v for v in values if len(v) >= MIN_SECRET_LENGTH}
-        found |= {v.strip() for v in found if len(v.strip()) >= MIN_SECRET_LENGTH}
-        self.values = sorted(found, key=len, reverse=True)
-
-    def text(self, text: str) -> str:
-        for value in self.values:
-            if value in text:
-                text = text.replace(value, REDACTED)
-        return text
-
-    def value(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, Mapping):
-            return {self.text(str(k)): self.value(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.value(v) for v in value]
-        return value
-
-
-@dataclass
-class Environment:
-    """`GET /api/v1/executions/{id}/environment`, the parts tool runs use."""
-
-    env: dict[str, str] = field(default_factory=dict)
-    secrets: dict[str, str] = field(default_factory=dict)
-    integration_env: dict[str, str] = field(default_factory=dict)
-    mcp_servers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    files: list[dict[str, str]] = field(default_factory=list)
-
-    @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> Environment:
-        def strings(value: Any) -> dict[str, str]:
-            if not isinstance(value, Mapping):
-                return {}
-            return {str(k): str(v) for k, v in value.items() if v is not None}
-
-        servers = body.get("mcp_servers")
-        files = body.get("files")
-        return cls(
-            env=strings(body.get("env")),
-            secrets=strings(body.get("secrets")),
-            integration_env=strings(body.get("integration_env")),
-            mcp_servers={
-                str(k): dict(v)
-                for k, v in (servers.items() if isinstance(servers, Mapping) else [])
-                if isinstance(v, Mapping)
-            },
-            files=[strings(f) for f in (files if isinstance(files, list) else [])],
-        )
-
-    def process_env(self) -> dict[str, str]:
-        """What tools see: env vars, then secrets, then integration env, later winning."""
-        return {**self.env, **self.secrets, **self.integration_env}
-
-    def secret_values(self) -> list[str]:
-        values = [*self.secrets.values(), *self.integration_env.values()]
-        return values + [f.get("content", "") for f in self.files]
 
 
 class ToolActivities:
@@ -117,7 +53,7 @@ class ToolActivities:
 
     @activity.defn(name=RUN_TOOL)
     async def run_tool(self, call: ToolCall) -> ToolOutcome:
-        environment = await self._environment(call.execution_id)
+        environment = await fetch_execution_environment(self.control_plane, call.execution_id)
         redactor = Redactor(environment.secret_values())
         arguments = redactor.value(call.arguments)
         name = call.tool.name
@@ -161,17 +97,6 @@ class ToolActivities:
 
     # --- steps -------------------------------------------------------------------------------
 
-    async def _environment(self, execution_id: str) -> Environment:
-        path = f"/api/v1/executions/{execution_id}/environment"
-        response = await self.control_plane.http.get(path)
-        if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
-            raise ApplicationError(
-                f"control plane refused GET {path}: {response.status_code}",
-                non_retryable=True,
-            )
-        response.raise_for_status()  # 5xx and 429: Temporal retries
-        return Environment.from_json(response.json())
-
     async def _enforce(self, call: ToolCall, arguments: dict[str, Any]) -> dict[str, Any]:
         policy = call.policy
         tool = call.tool
@@ -206,7 +131,7 @@ class ToolActivities:
             },
         )
 
-    async def _execute(self, call: ToolCall, environment: Environment) -> ToolOutcome:
+    async def _execute(self, call: ToolCall, environment: ExecutionEnvironment) -> ToolOutcome:
         tool = call.tool
         if tool.source == "mcp":
             return await self._call_mcp(call, environment)
@@ -226,7 +151,7 @@ class ToolActivities:
             status="error" if result.is_error else "success",
         )
 
-    async def _call_mcp(self, call: ToolCall, environment: Environment) -> ToolOutcome:
+    async def _call_mcp(self, call: ToolCall, environment: ExecutionEnvironment) -> ToolOutcome:
         server = call.tool.mcp_server or ""
         config = environment.mcp_servers.get(server)
         if config is None:

@@ -25,6 +25,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from temporalio.testing import ActivityEnvironment
 
+from activities.execution_environment import REDACTED
 from activities.mcp_client import (
     McpActivities,
     McpToolListing,
@@ -194,9 +195,11 @@ async def test_secret_values_are_redacted_from_outputs_and_errors() -> None:
         call_tool("crash", crash, "anything", {}, {}, secrets=[secret]),
         list_tools_report({"crash": crash}, {"TOKEN": secret}, secrets=[secret]),
     )
-    assert echoed == ("key=***", False)
-    assert crashed[1] and "bad token ***" in crashed[0] and secret not in crashed[0]
-    assert "bad token ***" in listing.errors["crash"] and secret not in listing.errors["crash"]
+    assert echoed == (f"key={REDACTED}", False)
+    assert crashed[1] and f"bad token {REDACTED}" in crashed[0] and secret not in crashed[0]
+    assert (
+        f"bad token {REDACTED}" in listing.errors["crash"] and secret not in listing.errors["crash"]
+    )
 
 
 # --- remote servers -----------------------------------------------------------------------------
@@ -356,7 +359,7 @@ async def test_list_mcp_tools_activity_reads_the_execution_environment(
     assert len(rows) == 2  # each failing server reported once, though listed twice
     assert "FileNotFoundError" in events["broken"]
     # The leaky server's stderr is in its error, with the secret (both copies) masked.
-    assert "*** ***" in events["leaky"]
+    assert f"{REDACTED} {REDACTED}" in events["leaky"]
     assert secret not in json.dumps(events) and secret not in repr(tools)
 
 

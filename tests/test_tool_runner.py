@@ -23,8 +23,9 @@ import uvicorn
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from activities.execution_environment import REDACTED
 from activities.reporting import ControlPlane
-from activities.tool_runner import REDACTED, ToolActivities
+from activities.tool_runner import ToolActivities
 from api.app import create_app
 from controlplane.services import free_port
 from controlplane.settings import Settings
