@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from dataclasses import replace
 from typing import Any
 
 import anthropic
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.execution_environment import Redactor, fetch_execution_environment
 from activities.reporting import ControlPlane
+from controlplane.templates import TemplateError, render, variables
 from workflows.execution_types import (
     EXECUTE_WITH_RUNTIME,
     RuntimeTurnInput,
@@ -67,13 +70,20 @@ class RuntimeActivities:
             raise _fatal(f"Unknown runtime '{turn.runtime_type}'")
         beating = asyncio.create_task(self._heartbeat_forever())
         try:
+            turn, redactor = await self._render_templates(turn)
+            control_plane = RedactingControlPlane(self.control_plane, redactor)
             if turn.runtime_type == "claude_code":
                 # Imported on first use: the SDK takes about a second to import, and most
                 # workers only ever run the default runtime.
                 from activities.claude_code import run_claude_code_turn
 
-                return await run_claude_code_turn(self.control_plane, turn)
-            return await self._call_model(turn)
+                result = await run_claude_code_turn(control_plane, turn)
+            else:
+                result = await self._call_model(control_plane, turn)
+            # What returns lands in Temporal history: no secret value may be in it.
+            result.text = redactor.text(result.text)
+            result.content = redactor.value(result.content)
+            return result
         except anthropic.APIStatusError as error:
             if error.status_code in (408, 409, 429) or error.status_code >= 500:
                 raise  # retryable: Temporal retries with backoff
@@ -89,7 +99,23 @@ class RuntimeActivities:
             activity.heartbeat()
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
-    async def _call_model(self, turn: RuntimeTurnInput) -> RuntimeTurnResult:
+    async def _render_templates(self, turn: RuntimeTurnInput) -> tuple[RuntimeTurnInput, Redactor]:
+        """`{{.secret.X}}` / `{{.env.X}}` in the system prompt are rendered here, at run time,
+        so the values never enter Temporal history; the values are redacted from what the
+        model's answer streams and returns."""
+        prompt = turn.system_prompt
+        if not prompt or not variables(prompt):
+            return turn, Redactor(())
+        environment = await fetch_execution_environment(self.control_plane, turn.execution_id)
+        try:
+            rendered = render(prompt, environment.process_env(), environment.secrets)
+        except TemplateError as error:
+            raise _fatal(f"The system prompt names unknown values: {error}") from None
+        return replace(turn, system_prompt=rendered), Redactor(environment.secret_values())
+
+    async def _call_model(
+        self, control_plane: ControlPlane, turn: RuntimeTurnInput
+    ) -> RuntimeTurnResult:
         attempt = activity.info().attempt
         message_id = f"{turn.execution_id}_assistant_{turn.turn}"
         chunk_index = 0
@@ -105,7 +131,7 @@ class RuntimeActivities:
             buffered.clear()
             last_flush = loop.time()
             chunk_index += 1
-            await self.control_plane.publish(
+            await control_plane.publish(
                 turn.execution_id,
                 "message_chunk",
                 {
@@ -149,6 +175,19 @@ class RuntimeActivities:
         return RuntimeTurnResult(
             content=content, stop_reason=final.stop_reason or "end_turn", usage=usage, text=text
         )
+
+
+class RedactingControlPlane(ControlPlane):
+    """The worker's control-plane client, with secret values redacted from published events."""
+
+    def __init__(self, inner: ControlPlane, redactor: Redactor) -> None:
+        self.http = inner.http
+        self._redactor = redactor
+
+    async def publish(
+        self, execution_id: str, event_type: str, data: dict[str, Any], key: str
+    ) -> None:
+        await super().publish(execution_id, event_type, self._redactor.value(data), key)
 
 
 def _message_of(error: anthropic.APIStatusError) -> str:

@@ -199,3 +199,39 @@ async def test_secrets_reach_the_tool_but_not_history_events_or_the_model(
     assert stored and all(secret_value not in row["data"] for row in stored)
     audit = await tenant.admin.get("/api/v1/secrets/access-log")
     assert execution_id in audit.text
+
+
+async def test_system_prompt_templates_are_rendered_on_the_worker_only(
+    tenant: Tenant,
+    running_queue: dict[str, Any],
+    fake_llm: FakeAnthropicServer,
+    temporal_address: str,
+) -> None:
+    token = uuid.uuid4().hex
+    secret_value = f"tmpl-{uuid.uuid4().hex}"
+    await tenant.admin.post("/api/v1/secrets", json={"name": "API_PASS", "value": secret_value})
+    fake = AsyncFakeAnthropicClient(fake_llm.base_url)
+    # The model repeats the secret: what is stored and streamed must not.
+    await fake.script(token, [text_reply(f"The pass is {secret_value}.")])
+    response = await tenant.member.post(
+        "/api/v1/agents",
+        json={
+            "name": f"agent-{uuid.uuid4().hex[:6]}",
+            "model_id": "anthropic/claude-sonnet-4-5",
+            "system_prompt": f"[{token}] Region {{{{.env.REGION}}}}, pass {{{{.secret.API_PASS}}}}",
+            "configuration": {"one_shot": True},
+            "execution_environment": {"env_vars": {"REGION": "eu-west"}, "secrets": ["API_PASS"]},
+        },
+    )
+    assert response.status_code == 201, response.text
+    execution_id = await execute(tenant, str(response.json()["id"]), running_queue["id"])
+    final = await wait_status(tenant, execution_id, "completed", "failed")
+    assert final["status"] == "completed", final
+    system = str((await fake.bodies(token))[0]["system"])
+    assert f"Region eu-west, pass {secret_value}" in system
+    assert secret_value not in final["response"] and "[REDACTED]" in final["response"]
+    events = await events_of(tenant, execution_id)
+    assert all(secret_value not in str(data) for _, data in events)
+    client = await Client.connect(temporal_address)
+    history = await client.get_workflow_handle(f"agent-execution-{execution_id}").fetch_history()
+    assert secret_value not in history.to_json()
