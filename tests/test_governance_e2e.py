@@ -3,6 +3,7 @@ and secrets that reach the tool but never Temporal history nor the stream."""
 
 from __future__ import annotations
 
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -235,3 +236,35 @@ async def test_system_prompt_templates_are_rendered_on_the_worker_only(
     client = await Client.connect(temporal_address)
     history = await client.get_workflow_handle(f"agent-execution-{execution_id}").fetch_history()
     assert secret_value not in history.to_json()
+
+
+async def test_mcp_server_tools_are_listed_and_called_in_an_execution(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+) -> None:
+    token = uuid.uuid4().hex
+    fake = AsyncFakeAnthropicClient(fake_llm.base_url)
+    await fake.script(
+        token,
+        [tool_reply("mcp__toolbox__echo", {"text": "through MCP"}), text_reply("Echoed.")],
+    )
+    server = Path(__file__).parent / "mcp_servers" / "stdio_server.py"
+    response = await tenant.member.post(
+        "/api/v1/agents",
+        json={
+            "name": f"agent-{uuid.uuid4().hex[:6]}",
+            "model_id": "anthropic/claude-sonnet-4-5",
+            "system_prompt": f"[{token}]",
+            "configuration": {"one_shot": True},
+            "execution_environment": {
+                "mcp_servers": {"toolbox": {"command": sys.executable, "args": [str(server)]}}
+            },
+        },
+    )
+    assert response.status_code == 201, response.text
+    execution_id = await execute(tenant, str(response.json()["id"]), running_queue["id"])
+    final = await wait_status(tenant, execution_id, "completed", "failed", timeout=60)
+    assert final["status"] == "completed", final
+    bodies = await fake.bodies(token)
+    assert "mcp__toolbox__echo" in [tool["name"] for tool in bodies[0]["tools"]]
+    tool_result = bodies[1]["messages"][-1]["content"][0]
+    assert tool_result["is_error"] is False and "through MCP" in str(tool_result["content"])

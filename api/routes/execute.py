@@ -13,6 +13,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from api.context import context_prompt, resolve_context
 from api.errors import ApiError, not_found
 from api.event_stream import stream_events
+from api.execution_environment import resolve_for_agent
 from api.model_catalogue import compatibility_errors, default_model_row, model_info, resolve_model
 from api.policy_engine import get_engine
 from api.routes.executions import COLUMNS
@@ -151,6 +152,7 @@ async def execute_agent(call: Call, body: ExecuteIn) -> ExecuteOut:
     user.user_id = user.user_id or call.principal.actor
     await _check_execution_policy(call, agent, model.value, user, body.prompt)
     tools = await tools_for_agent(call.db, call.org, agent_id)
+    environment = await resolve_for_agent(call.db, call.org, agent_id, body.execution_environment)
     # Templates such as {{.secret.X}} stay unrendered here: the worker renders them inside its
     # activities, so secret values never enter Temporal history.
     system_prompt = _with_context(
@@ -218,6 +220,8 @@ async def execute_agent(call: Call, body: ExecuteIn) -> ExecuteOut:
         max_tokens=int((agent["llm_config"] or {}).get("max_tokens", 4096)),
         user_metadata=user.model_dump(),
         tools=tools,
+        # The worker lists the servers' tools: it can reach them, the control plane may not.
+        has_mcp_servers=bool(environment.mcp_servers),
         policy=PolicyContext(
             organization_id=call.org,
             execution_id=str(execution_id),
