@@ -260,6 +260,7 @@ class AgentExecutionWorkflow:
                     max_tokens=inp.max_tokens,
                     runtime_type=inp.runtime_type,
                     tools=[tool.model_definition() for tool in self._tools.values()],
+                    **self._in_call_tools(inp),
                 ),
                 result_type=RuntimeTurnResult,
                 **MODEL_CALL_OPTIONS,
@@ -274,6 +275,16 @@ class AgentExecutionWorkflow:
             results = [await self._run_tool(inp, call) for call in tool_calls]
             self._model_messages.append({"role": "user", "content": results})
         await self._answer(inp, "Stopped: the model kept calling tools past the step limit.")
+
+    def _in_call_tools(self, inp: AgentExecutionInput) -> dict[str, Any]:
+        """claude_code runs its tools inside the model call; the default runtime returns the
+        calls to us, and each becomes its own run_tool activity."""
+        if inp.runtime_type != "claude_code" or not self._tools:
+            return {}
+        return {
+            "tool_specs": list(self._tools.values()),
+            "policy": inp.policy or PolicyContext(inp.organization_id, inp.execution_id),
+        }
 
     async def _run_tool(self, inp: AgentExecutionInput, call: dict[str, Any]) -> dict[str, Any]:
         """Run one tool call (policy-checked inside the activity) and answer it as a

@@ -131,6 +131,10 @@ class RuntimeTurnInput:
     runtime_type: str = "default"
     # Step within the turn (model call number), so chunk event keys stay unique.
     step: int = 0
+    # For runtimes that run tools inside the model call (claude_code): the tools themselves
+    # and who they act for, so each call is policy-checked and run like a run_tool activity.
+    tool_specs: list[ToolSpec] = field(default_factory=list)
+    policy: PolicyContext | None = None
 
 
 @dataclass
