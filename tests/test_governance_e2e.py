@@ -268,3 +268,24 @@ async def test_mcp_server_tools_are_listed_and_called_in_an_execution(
     assert "mcp__toolbox__echo" in [tool["name"] for tool in bodies[0]["tools"]]
     tool_result = bodies[1]["messages"][-1]["content"][0]
     assert tool_result["is_error"] is False and "through MCP" in str(tool_result["content"])
+
+
+async def test_resolved_context_reaches_the_system_prompt(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+) -> None:
+    token = uuid.uuid4().hex
+    agent_id = await make_tooled_agent(tenant, token, [])
+    knowledge = f"kb-{uuid.uuid4().hex[:8]}"
+    org_resource = f"res-{uuid.uuid4().hex[:8]}"
+    put = await tenant.member.put(
+        f"/api/v1/context/agent/{agent_id}", json={"knowledge_uuids": [knowledge]}
+    )
+    assert put.status_code == 200, put.text
+    put = await tenant.member.put(
+        f"/api/v1/context/organization/{tenant.id}", json={"resource_ids": [org_resource]}
+    )
+    assert put.status_code == 200, put.text
+    execution_id = await execute(tenant, agent_id, running_queue["id"])
+    await wait_status(tenant, execution_id, "completed")
+    system = str((await AsyncFakeAnthropicClient(fake_llm.base_url).bodies(token))[0]["system"])
+    assert knowledge in system and org_resource in system
