@@ -7,6 +7,13 @@ already carries the conversation: the prompt is the newest user message, and the
 (at most MAX_HISTORY_MESSAGES) go into the system prompt. Nothing lives on the worker between
 turns, so a retried attempt, or the next turn, may run on any worker.
 
+Tools: the agent's tools (skills and MCP servers) are offered to the CLI as one in-process SDK
+MCP server, TOOL_SERVER, so the model calls `mcp__controlplane__<tool>`. Each call goes through
+ToolActivities.run_tool in this activity, the same path as the default runtime's run_tool
+activity: policy check, tool_started / policy_violation / tool_completed events, secret
+redaction. The CLI's own tools (Bash, Read, ...) stay off, and only the agent's tools are
+pre-approved.
+
 Errors: a model call refused for good (400, 401, 403, 404, ...) fails the execution at once
 with the CLI's message; rate limits, 5xx, timeouts and connection errors raise a retryable
 error, and Temporal retries the turn. The CLI itself retries once (CLAUDE_CODE_MAX_RETRIES).
@@ -17,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,10 +38,17 @@ from claude_agent_sdk import (
     ClaudeAgentOptions,
     ClaudeSDKError,
     CLINotFoundError,
+    HookContext,
+    HookInput,
+    HookJSONOutput,
+    HookMatcher,
     Message,
     ResultMessage,
+    SdkMcpTool,
     StreamEvent,
     TextBlock,
+    ToolAnnotations,
+    create_sdk_mcp_server,
     query,
 )
 from temporalio import activity
@@ -40,7 +56,16 @@ from temporalio.exceptions import ApplicationError
 
 from activities.reporting import ControlPlane
 from activities.runtime import FLUSH_SECONDS, cost_of
-from workflows.execution_types import ModelSpec, RuntimeTurnInput, RuntimeTurnResult, Usage
+from activities.tool_runner import ToolActivities
+from worker.main import workspace_root
+from workflows.execution_types import (
+    ModelSpec,
+    RuntimeTurnInput,
+    RuntimeTurnResult,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
 
 # Reference §7.1: the claude_code runtime keeps up to 200 messages of history.
 MAX_HISTORY_MESSAGES = 200
@@ -53,6 +78,13 @@ DEFAULT_API_TIMEOUT_MS = "120000"
 CACHE_WRITE_FACTOR = 1.25
 CACHE_READ_FACTOR = 0.1
 STDERR_LINES = 20
+# The in-process MCP server that carries the agent's tools: the CLI names them
+# mcp__controlplane__<tool>.
+TOOL_SERVER = "controlplane"
+# Results up to this size stay inline; a larger one the CLI would save to a file the model has
+# no tool to read.
+MAX_RESULT_CHARS = 200_000
+_NOT_CLI_SAFE = re.compile(r"[^a-zA-Z0-9_-]")
 
 
 def _fatal(message: str) -> ApplicationError:
@@ -194,6 +226,108 @@ def _text_delta(message: StreamEvent) -> str | None:
     return str(delta.get("text", ""))
 
 
+def cli_tool_name(tool: str, server: str = TOOL_SERVER) -> str:
+    """The name the CLI gives an MCP server's tool (it replaces what an API tool name cannot
+    hold)."""
+    return f"mcp__{_NOT_CLI_SAFE.sub('_', server)}__{_NOT_CLI_SAFE.sub('_', tool)}"
+
+
+def _canonical(arguments: Any) -> str:
+    return json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=str)
+
+
+class _Tools:
+    """The turn's tools as an in-process MCP server for the CLI. Every call is a ToolCall run
+    by ToolActivities.run_tool here, inside this activity: policy check, events, redaction.
+
+    A tool call is named by the CLI's tool_use id, which the MCP handler is not given: a
+    PreToolUse hook notes it under the tool and its arguments just before the CLI calls the
+    tool, and the handler takes it from there (falling back to an id of turn, step, attempt
+    and call number)."""
+
+    def __init__(self, control_plane: ControlPlane, turn: RuntimeTurnInput, attempt: int) -> None:
+        self.runner = ToolActivities(control_plane, workspace_root())
+        self.turn = turn
+        self.attempt = attempt
+        self.policy = turn.policy
+        self.calls = 0
+        # The first call that could not be reported to (or policy-checked by) the control
+        # plane: the model gets an error result, and the turn then fails and is retried.
+        self.failure: Exception | None = None
+        self.noted: dict[tuple[str, str], collections.deque[str]] = collections.defaultdict(
+            collections.deque
+        )
+        self.specs: dict[str, ToolSpec] = {}
+        for spec in turn.tool_specs:
+            self.specs.setdefault(cli_tool_name(spec.name), spec)
+
+    def configure(self, options: ClaudeAgentOptions) -> None:
+        if not self.specs:
+            return
+        if self.policy is None:
+            raise _fatal("Claude Code runtime: tools were given without a policy context")
+        tools = [
+            SdkMcpTool(
+                name=spec.name,
+                description=spec.description,
+                input_schema=_object_schema(spec.input_schema),
+                handler=self._handler(name, spec),
+                annotations=ToolAnnotations(maxResultSizeChars=MAX_RESULT_CHARS),
+            )
+            for name, spec in self.specs.items()
+        ]
+        options.mcp_servers = {TOOL_SERVER: create_sdk_mcp_server(TOOL_SERVER, tools=tools)}
+        options.allowed_tools = list(self.specs)
+        options.hooks = {"PreToolUse": [HookMatcher(hooks=[self._note_tool_use_id])]}
+
+    async def _note_tool_use_id(
+        self, hook_input: HookInput, tool_use_id: str | None, context: HookContext
+    ) -> HookJSONOutput:
+        if hook_input["hook_event_name"] == "PreToolUse" and tool_use_id:
+            key = (hook_input["tool_name"], _canonical(hook_input["tool_input"]))
+            self.noted[key].append(tool_use_id)
+        return {}
+
+    def _tool_use_id(self, name: str, arguments: dict[str, Any]) -> str:
+        self.calls += 1
+        noted = self.noted.get((name, _canonical(arguments)))
+        if noted:
+            return noted.popleft()
+        turn = self.turn
+        return f"cc_{turn.turn}_{turn.step}_{self.attempt}_{self.calls}"
+
+    def _handler(
+        self, name: str, spec: ToolSpec
+    ) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+        async def handle(arguments: dict[str, Any]) -> dict[str, Any]:
+            assert self.policy is not None  # configure() offers no tools without one
+            call = ToolCall(
+                execution_id=self.turn.execution_id,
+                turn=self.turn.turn,
+                tool_use_id=self._tool_use_id(name, arguments),
+                tool=spec,
+                arguments=arguments,
+                policy=self.policy,
+            )
+            try:
+                outcome = await self.runner.run_tool(call)
+            except Exception as error:  # run_tool raises only when the control plane fails
+                self.failure = self.failure or error
+                raise  # the SDK answers the CLI with an error result
+            return {
+                "content": [{"type": "text", "text": outcome.output}],
+                "is_error": outcome.is_error,
+            }
+
+        return handle
+
+
+def _object_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON Schema the SDK takes as one: it reads a dict without `type` and `properties` as a
+    map of parameter names to Python types."""
+    return {"type": "object", "properties": {}, **schema}
+
+
 def _make_workspace(execution_id: str) -> Path:
     root = Path(tempfile.mkdtemp(prefix=f"claude-code-{execution_id}-"))
     (root / "home").mkdir()
@@ -213,8 +347,8 @@ async def run_claude_code_turn(
         options = ClaudeAgentOptions(
             model=turn.model.api_model,
             system_prompt=system_prompt_for(turn.system_prompt, messages[:-1]),
-            # Tools and policies come later: no built-in tools are offered and none is
-            # pre-approved. bypassPermissions is refused when the worker runs as root.
+            # No built-in tools; the agent's own are added below, as an MCP server, and only
+            # they are pre-approved. bypassPermissions is refused when the worker runs as root.
             tools=[],
             allowed_tools=[],
             permission_mode="dontAsk",
@@ -230,7 +364,14 @@ async def run_claude_code_turn(
             thinking={"type": "disabled"},
             include_partial_messages=True,
         )
-        return await _query(control_plane, turn, text_of(messages[-1].get("content")), options)
+        tools = _Tools(control_plane, turn, activity.info().attempt)
+        tools.configure(options)
+        result = await _query(control_plane, turn, text_of(messages[-1].get("content")), options)
+        if tools.failure is not None:
+            raise ApplicationError(
+                f"A tool call could not be checked or reported: {tools.failure}"
+            ) from None
+        return result
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

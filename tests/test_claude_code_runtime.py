@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 from controlplane.fake_anthropic import (
@@ -13,9 +14,11 @@ from controlplane.fake_anthropic import (
     FakeAnthropicServer,
     error_reply,
     text_reply,
+    tool_reply,
 )
 from tests.conftest import Tenant
 from tests.execution_helpers import read_stream, wait_status
+from tests.test_governance_e2e import DENY_SHELL, attach_policy
 
 
 async def make_claude_code_agent(tenant: Tenant, token: str, **configuration: Any) -> str:
@@ -147,3 +150,113 @@ async def test_rate_limit_is_retried_by_temporal(
     final = await wait_status(tenant, execution_id, "completed", "failed")
     assert final["status"] == "completed" and final["response"] == "Made it."
     assert [r["status"] for r in await fake.requests(token)] == [429, 429, 200]
+
+
+# --- tools ------------------------------------------------------------------------------------
+
+SHELL_CLI_NAME = "mcp__controlplane__shell"
+
+
+async def make_shell_agent(tenant: Tenant, token: str) -> str:
+    skill = await tenant.member.post(
+        "/api/v1/skills",
+        json={"name": f"shell-{uuid.uuid4().hex[:6]}", "type": "shell", "configuration": {}},
+    )
+    assert skill.status_code == 201, skill.text
+    response = await tenant.member.post(
+        "/api/v1/agents",
+        json={
+            "name": f"cc-{uuid.uuid4().hex[:6]}",
+            "model_id": "anthropic/claude-sonnet-4-5",
+            "runtime": "claude_code",
+            "system_prompt": f"You use tools. [{token}]",
+            "configuration": {"one_shot": True},
+            "skill_ids": [skill.json()["id"]],
+        },
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def tool_result_of(body: dict[str, Any]) -> dict[str, Any]:
+    """The tool_result the CLI sent back in its next request."""
+    [result] = [
+        block
+        for message in body["messages"]
+        if message["role"] == "user" and isinstance(message["content"], list)
+        for block in message["content"]
+        if block.get("type") == "tool_result"
+    ]
+    return dict(result)
+
+
+async def test_agent_tools_run_through_the_cli_on_the_worker(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+) -> None:
+    token = uuid.uuid4().hex
+    fake = AsyncFakeAnthropicClient(fake_llm.base_url)
+    await fake.script(
+        token,
+        [tool_reply(SHELL_CLI_NAME, {"command": "echo home=$HOME"}), text_reply("It said so.")],
+    )
+    agent_id = await make_shell_agent(tenant, token)
+    execution_id = await execute(tenant, agent_id, running_queue["id"], "Where is home?")
+    final = await wait_status(tenant, execution_id, "completed", "failed")
+    assert final["status"] == "completed", final
+    assert final["response"] == "It said so."
+
+    # The CLI offered exactly the agent's tool, under its MCP name, and none of its own.
+    first, second = await fake.bodies(token)
+    [offered] = first["tools"]
+    assert offered["name"] == SHELL_CLI_NAME
+    assert offered["input_schema"]["properties"]["command"]
+    # The tool ran on the worker, in the execution's workspace (its HOME).
+    result = tool_result_of(second)
+    assert result.get("is_error") is not True, result
+    assert "home=" in str(result["content"]) and execution_id in str(result["content"])
+    [tool_use] = [
+        block
+        for message in second["messages"]
+        if message["role"] == "assistant" and isinstance(message["content"], list)
+        for block in message["content"]
+        if block.get("type") == "tool_use"
+    ]
+    assert tool_use["name"] == SHELL_CLI_NAME and result["tool_use_id"] == tool_use["id"]
+
+    events = await read_stream(tenant.viewer, execution_id)
+    kinds = [kind for _, kind, _ in events]
+    assert kinds.index("tool_started") < kinds.index("tool_completed") < kinds.index("done")
+    started = next(data["data"] for _, kind, data in events if kind == "tool_started")
+    # Events name the tool as the agent knows it, under the model's tool_use id.
+    assert started["tool_name"] == "shell"
+    assert started["tool_execution_id"] == result["tool_use_id"]
+    assert not any(kind == "policy_violation" for kind in kinds)
+
+
+async def test_a_denying_policy_stops_a_cli_tool_call(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    token = uuid.uuid4().hex
+    marker = tmp_path / "should-not-exist"
+    fake = AsyncFakeAnthropicClient(fake_llm.base_url)
+    await fake.script(
+        token,
+        [tool_reply(SHELL_CLI_NAME, {"command": f"touch {marker}"}), text_reply("No shell then.")],
+    )
+    agent_id = await make_shell_agent(tenant, token)
+    await attach_policy(tenant, agent_id, DENY_SHELL)
+    execution_id = await execute(tenant, agent_id, running_queue["id"], "Touch the marker.")
+    final = await wait_status(tenant, execution_id, "completed", "failed")
+    assert final["status"] == "completed", final
+    assert final["response"] == "No shell then."
+    assert not marker.exists()
+
+    result = tool_result_of((await fake.bodies(token))[1])
+    assert result["is_error"] is True
+    assert "shell is not allowed for this agent" in str(result["content"])
+    events = await read_stream(tenant.viewer, execution_id)
+    [violation] = [data["data"] for _, kind, data in events if kind == "policy_violation"]
+    assert violation["tool_name"] == "shell"
+    assert violation["violations"] == ["shell is not allowed for this agent"]
+    completed = [data["data"] for _, kind, data in events if kind == "tool_completed"]
+    assert [c["tool_status"] for c in completed] == ["denied"]
