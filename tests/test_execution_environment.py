@@ -8,17 +8,20 @@ from typing import Any
 
 import asyncpg
 import pytest
+from starlette.applications import Starlette
 
 from api.execution_environment import Layer, merge, token_env_names
 from controlplane.templates import TemplateError, missing, render, render_config, variables
-from tests.conftest import assert_error, client_for
+from tests.conftest import Tenant, assert_error, client_for
 from tests.resource_helpers import MISSING, assert_all_not_found, create_environment
 from tests.test_secrets import (
     SECRET_VALUE,
     VaultTenant,
     audit_rows,
     execute,
+    keyless_app,
     make_agent,
+    on_vault,
     other_vt,
     put_secret,
     queue_in_new_environment,
@@ -27,7 +30,7 @@ from tests.test_secrets import (
     vt,
 )
 
-__all__ = ["other_vt", "vault_app", "vt"]
+__all__ = ["keyless_app", "other_vt", "vault_app", "vt"]
 
 # --- templates ---------------------------------------------------------------------------------
 
@@ -357,7 +360,9 @@ async def test_worker_gets_values_for_its_execution(
     await vt.member.delete(f"/api/v1/executions/{execution_id}")
 
 
-async def test_unresolvable_environments_fail_clearly(vt: VaultTenant) -> None:
+async def test_unresolvable_environments_fail_clearly(
+    db: asyncpg.Pool[Any], vt: VaultTenant
+) -> None:
     await put_secret(vt.admin, "PRESENT")
     agent = await make_agent(
         vt.member,
@@ -375,9 +380,13 @@ async def test_unresolvable_environments_fail_clearly(vt: VaultTenant) -> None:
     )
     assert error["details"] == {"where": "mcp_servers.svc", "missing": ["secret.ABSENT"]}
     assert SECRET_VALUE not in str(error)
-    # A run override that is not an execution environment.
-    bad_run = await execute(
-        vt.member, agent["id"], queue_id, execution_environment={"env_vars": ["not", "a", "map"]}
+    # A stored run override that is not an execution environment (the execute route refuses
+    # one now; rows written before it did are still answered clearly).
+    bad_run = await execute(vt.member, agent["id"], queue_id)
+    await db.execute(
+        "UPDATE executions SET execution_environment = $2 WHERE id = $1",
+        uuid.UUID(bad_run),
+        {"env_vars": ["not", "a", "map"]},
     )
     error = assert_error(await worker.get(f"/api/v1/executions/{bad_run}/environment"), 422)
     assert error["details"]["layer"] == "run"
@@ -385,13 +394,23 @@ async def test_unresolvable_environments_fail_clearly(vt: VaultTenant) -> None:
         await vt.member.delete(f"/api/v1/executions/{ident}")
 
 
-async def test_no_secrets_no_vault_needed(tenant: Any) -> None:
+async def test_no_secrets_no_vault_needed(keyless_app: Starlette, tenant: Tenant) -> None:
     """On an API without a vault key, an execution that names no secret still gets its
-    environment."""
-    agent = await make_agent(tenant.member, execution_environment={"env_vars": {"A": "1"}})
-    queue_id = await queue_in_new_environment(tenant.member)
-    execution_id = await execute(tenant.member, agent["id"], queue_id)
-    r = await tenant.admin.get(f"/api/v1/executions/{execution_id}/environment")
+    environment, and one that names a secret gets a clear 503."""
+    keyless = on_vault(keyless_app, tenant)
+    agent = await make_agent(keyless.member, execution_environment={"env_vars": {"A": "1"}})
+    queue_id = await queue_in_new_environment(keyless.member)
+    execution_id = await execute(keyless.member, agent["id"], queue_id)
+    r = await keyless.admin.get(f"/api/v1/executions/{execution_id}/environment")
     assert r.status_code == 200, r.text
     assert r.json()["env"] == {"A": "1"} and r.json()["secrets"] == {}
-    await tenant.member.delete(f"/api/v1/executions/{execution_id}")
+    needs = await make_agent(keyless.member, execution_environment={"secrets": ["S"]})
+    needing = await execute(keyless.member, needs["id"], queue_id)
+    error = assert_error(
+        await keyless.admin.get(f"/api/v1/executions/{needing}/environment"),
+        503,
+        "CONFIGURATION_ERROR",
+    )
+    assert "CONTROLPLANE_SECRET_KEY" in error["message"]
+    for ident in (execution_id, needing):
+        await keyless.member.delete(f"/api/v1/executions/{ident}")

@@ -51,6 +51,14 @@ async def vault_app(settings: Settings, app: Starlette) -> AsyncIterator[Starlet
         yield application
 
 
+@pytest.fixture(scope="module")
+async def keyless_app(settings: Settings, app: Starlette) -> AsyncIterator[Starlette]:
+    """The API without CONTROLPLANE_SECRET_KEY."""
+    application = create_app(dataclasses.replace(settings, secret_key=""))
+    async with application.router.lifespan_context(application):
+        yield application
+
+
 def on_vault(vault_app: Starlette, tenant: Tenant) -> VaultTenant:
     return VaultTenant(
         tenant.id,
@@ -346,16 +354,19 @@ async def test_another_tenants_secret_is_not_found(
     assert await audit_rows(db, other_vt.id) == []
 
 
-async def test_without_a_key_secrets_answer_503_and_the_rest_works(tenant: Tenant) -> None:
+async def test_without_a_key_secrets_answer_503_and_the_rest_works(
+    keyless_app: Starlette, tenant: Tenant
+) -> None:
+    keyless = on_vault(keyless_app, tenant)
     error = assert_error(
-        await tenant.admin.post("/api/v1/secrets", json={"name": "X", "value": "y"}),
+        await keyless.admin.post("/api/v1/secrets", json={"name": "X", "value": "y"}),
         503,
         "CONFIGURATION_ERROR",
     )
     assert "CONTROLPLANE_SECRET_KEY" in error["message"]
-    assert_error(await tenant.admin.get("/api/v1/secrets/value/X"), 503, "CONFIGURATION_ERROR")
-    assert (await tenant.viewer.get("/api/v1/secrets")).status_code == 200
-    assert (await tenant.viewer.get("/api/v1/projects")).status_code == 200
+    assert_error(await keyless.admin.get("/api/v1/secrets/value/X"), 503, "CONFIGURATION_ERROR")
+    assert (await keyless.viewer.get("/api/v1/secrets")).status_code == 200
+    assert (await keyless.viewer.get("/api/v1/projects")).status_code == 200
 
 
 async def test_admins_read_values_and_every_read_is_audited(
