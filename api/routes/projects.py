@@ -280,3 +280,86 @@ async def delete_project(call: Call) -> Deleted:
     if deleted is None:
         raise not_found("Project", project_id)
     return Deleted(id=project_id)
+
+
+# --- project membership of agents (reference §3.8) ---------------------------------------------
+
+
+class ProjectAgentIn(BaseModel):
+    agent_id: uuid.UUID
+    role: str | None = Field(None, max_length=100)
+
+
+class ProjectAgentOut(BaseModel):
+    id: uuid.UUID
+    project_id: uuid.UUID
+    agent_id: uuid.UUID
+    agent_name: str
+    role: str | None
+    added_by: str | None
+    added_at: datetime
+
+
+MEMBER_COLUMNS = (
+    "pa.id, pa.project_id, pa.agent_id, a.name AS agent_name, pa.role, pa.added_by, pa.added_at"
+)
+
+
+@router.post("/api/v1/projects/{project_id}/agents", status=201)
+async def add_project_agent(call: Call, body: ProjectAgentIn) -> ProjectAgentOut:
+    """Add an agent of the organization to the project (once)."""
+    project = await _get(call, call.path_uuid("project_id", "Project"))
+    agent = await call.db.fetchval(
+        "SELECT id FROM agents WHERE id = $1 AND organization_id = $2", body.agent_id, call.org
+    )
+    if agent is None:
+        raise not_found("Agent", body.agent_id)
+    with conflict_on_duplicate("The agent is already in this project"):
+        await call.db.execute(
+            "INSERT INTO project_agents (id, project_id, agent_id, role, added_by) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            uuid.uuid4(),
+            project.id,
+            body.agent_id,
+            body.role,
+            call.principal.actor,
+        )
+    row = await call.db.fetchrow(
+        f"SELECT {MEMBER_COLUMNS} FROM project_agents pa JOIN agents a ON a.id = pa.agent_id "
+        "WHERE pa.project_id = $1 AND pa.agent_id = $2",
+        project.id,
+        body.agent_id,
+    )
+    return ProjectAgentOut.model_validate(dict(row or {}))
+
+
+@router.get("/api/v1/projects/{project_id}/agents")
+async def list_project_agents(call: Call, query: ListQuery) -> Page[ProjectAgentOut]:
+    """The project's agents, in the order they joined."""
+    project = await _get(call, call.path_uuid("project_id", "Project"))
+    rows, total = await fetch_page(
+        call.db,
+        table="project_agents pa JOIN agents a ON a.id = pa.agent_id",
+        columns=MEMBER_COLUMNS,
+        where="pa.project_id = $1 AND a.organization_id = $2",
+        args=[project.id, call.org],
+        query=query,
+        order="pa.added_at, pa.id",
+    )
+    items = [ProjectAgentOut.model_validate(dict(row)) for row in rows]
+    return Page[ProjectAgentOut](items=items, total=total, limit=query.limit, offset=query.start)
+
+
+@router.delete("/api/v1/projects/{project_id}/agents/{agent_id}")
+async def remove_project_agent(call: Call) -> Deleted:
+    """Take an agent out of the project."""
+    project = await _get(call, call.path_uuid("project_id", "Project"))
+    agent_id = call.path_uuid("agent_id", "Agent")
+    removed = await call.db.fetchval(
+        "DELETE FROM project_agents WHERE project_id = $1 AND agent_id = $2 RETURNING id",
+        project.id,
+        agent_id,
+    )
+    if removed is None:
+        raise not_found("Agent in project", agent_id)
+    return Deleted(id=agent_id)
