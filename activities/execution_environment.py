@@ -79,8 +79,9 @@ class ExecutionEnvironment:
         )
 
     def process_env(self) -> dict[str, str]:
-        """What tools see: env vars, then secrets, then integration env, later winning."""
-        return {**self.env, **self.secrets, **self.integration_env}
+        """What tools see: integration env, then secrets, then the env vars the agent's layers
+        set, later winning (the control plane resolves in the same order)."""
+        return {**self.integration_env, **self.secrets, **self.env}
 
     def secret_values(self) -> list[str]:
         values = [*self.secrets.values(), *self.integration_env.values()]

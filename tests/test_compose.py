@@ -24,6 +24,7 @@ OPERATOR_ENV = {
     "ANTHROPIC_API_KEY": "sk-ant-test",
     "DEFAULT_WORKER_QUEUE_ID": "11111111-2222-3333-4444-555555555555",
     "CONTROLPLANE_API_KEY": "cpk_test",
+    "CONTROLPLANE_SECRET_KEY": "a" * 64,
 }
 _VARIABLE = re.compile(
     r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
@@ -232,6 +233,7 @@ def test_workers_serve_one_queue_without_database_credentials(worker: str) -> No
     assert {"CONTROLPLANE_URL", "CONTROLPLANE_API_KEY", "ANTHROPIC_API_KEY"} <= set(variables)
     assert urlsplit(variables["CONTROLPLANE_URL"] or "").netloc == "api:8001"
     assert "DATABASE_URL" not in variables
+    assert "CONTROLPLANE_SECRET_KEY" not in variables
     for key, value in variables.items():
         assert "POSTGRES" not in key and "postgres" not in str(value).lower(), (key, value)
     assert "env_file" not in SERVICES[worker], "an env file could hand workers DB credentials"
