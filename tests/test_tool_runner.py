@@ -4,14 +4,11 @@ in Postgres. Tools really run; a denied one never does."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import sys
-import threading
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,21 +16,16 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.execution_environment import REDACTED
 from activities.reporting import ControlPlane
 from activities.tool_runner import ToolActivities
-from api.app import create_app
-from controlplane.services import free_port
-from controlplane.settings import Settings
 from controlplane.tool_catalogue import tool_specs
 from tests.conftest import Tenant
 from workflows.execution_types import PolicyContext, ToolCall, ToolOutcome, ToolSpec
 
-KEY = base64.b64encode(bytes(range(32, 64))).decode()
 SECRET = "s3cr3t-value-4242"
 MCP_SERVER = Path(__file__).parent / "mcp_servers" / "stdio_server.py"
 NO_TOUCH = """package kubiya.tools
@@ -49,31 +41,6 @@ violations contains msg if {
     msg := sprintf("'touch' is not allowed (agent %s)", [input.execution.agent_name])
 }
 """
-
-
-@pytest.fixture(scope="module")
-def keyed_api(settings: Settings) -> Iterator[str]:
-    """The API on a real port with a vault key (the session's live API has none)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    config = uvicorn.Config(
-        create_app(dataclasses.replace(settings, secret_key=KEY, public_url=url)),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("keyed API did not start")
-        time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 @dataclass
@@ -166,9 +133,9 @@ async def worker_activities(
 
 
 @pytest.fixture
-async def rig(tenant: Tenant, keyed_api: str, tmp_path: Path) -> AsyncIterator[Rig]:
-    admin = api_client(keyed_api, tenant.keys["admin"])
-    member = api_client(keyed_api, tenant.keys["member"])
+async def rig(tenant: Tenant, live_api: str, tmp_path: Path) -> AsyncIterator[Rig]:
+    admin = api_client(live_api, tenant.keys["admin"])
+    member = api_client(live_api, tenant.keys["member"])
     await ok(
         await admin.post("/api/v1/secrets", json={"name": "TOOL_SECRET", "value": SECRET}), 201
     )
@@ -179,7 +146,7 @@ async def rig(tenant: Tenant, keyed_api: str, tmp_path: Path) -> AsyncIterator[R
         mcp_servers={"box": {"command": sys.executable, "args": [str(MCP_SERVER)]}},
     )
     workspaces = tmp_path / "workspaces"
-    activities = await worker_activities(member, keyed_api, queue_id, workspaces)
+    activities = await worker_activities(member, live_api, queue_id, workspaces)
     yield Rig(
         tenant,
         admin,
@@ -356,20 +323,20 @@ async def test_environment_policies_are_enforced(rig: Rig) -> None:
 
 
 async def test_another_executions_environment_is_out_of_reach(
-    rig: Rig, keyed_api: str, other_tenant: Tenant, tmp_path: Path
+    rig: Rig, live_api: str, other_tenant: Tenant, tmp_path: Path
 ) -> None:
     # A worker of another queue of the same organization.
     _, _, other_queue, _ = await new_execution(rig.member)
-    intruder = await worker_activities(rig.member, keyed_api, other_queue, tmp_path / "other")
+    intruder = await worker_activities(rig.member, live_api, other_queue, tmp_path / "other")
     call = rig.call(builtin("shell", "shell"), {"command": "touch marker; echo $TOOL_SECRET"})
     with pytest.raises(ApplicationError) as refused:
         await run(rig, call, intruder)
     assert refused.value.non_retryable and "404" in str(refused.value)
     assert not (tmp_path / "other" / rig.execution_id).exists()
     # A worker of another organization.
-    stranger_member = api_client(keyed_api, other_tenant.keys["member"])
+    stranger_member = api_client(live_api, other_tenant.keys["member"])
     _, _, stranger_queue, _ = await new_execution(stranger_member)
-    stranger = await worker_activities(stranger_member, keyed_api, stranger_queue, tmp_path / "x")
+    stranger = await worker_activities(stranger_member, live_api, stranger_queue, tmp_path / "x")
     with pytest.raises(ApplicationError):
         await run(rig, call, stranger)
     assert not (tmp_path / "x").exists()
