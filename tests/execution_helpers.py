@@ -34,16 +34,25 @@ async def running_queue(
     tenant: Tenant, live_api: str, fake_llm: FakeAnthropicServer
 ) -> AsyncIterator[dict[str, Any]]:
     """A queue of the tenant with one real worker process serving it."""
-    env_id = (await tenant.member.post("/api/v1/environments", json={"name": "prod"})).json()["id"]
-    queue = (
-        await tenant.member.post(f"/api/v1/environments/{env_id}/worker-queues", json={"name": "q"})
-    ).json()
+    queue = await make_queue(tenant, "prod")
     process = start_worker_process(queue["id"], tenant.keys["member"], live_api, fake_llm)
     queue["process"] = process
     yield queue
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         await asyncio.to_thread(process.wait, 30)
+
+
+async def make_queue(tenant: Tenant, environment: str) -> dict[str, Any]:
+    """A new environment with one worker queue `q` in it (no worker serves it)."""
+    env = await tenant.member.post("/api/v1/environments", json={"name": environment})
+    assert env.status_code == 201, env.text
+    queue = await tenant.member.post(
+        f"/api/v1/environments/{env.json()['id']}/worker-queues", json={"name": "q"}
+    )
+    assert queue.status_code == 201, queue.text
+    body: dict[str, Any] = queue.json()
+    return body
 
 
 def start_worker_process(

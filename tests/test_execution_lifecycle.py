@@ -17,6 +17,7 @@ from tests.conftest import Tenant, assert_error, client_for
 from tests.execution_helpers import (
     execute,
     make_agent,
+    make_queue,
     read_stream,
     record_history,
     start_worker_process,
@@ -206,12 +207,7 @@ async def test_execution_routes_refuse_other_tenants_viewers_and_bad_input(
     assert await events_of(db, execution_id) == before
 
     # A worker token reaches only the executions of its own queue.
-    env_id = (await tenant.member.post("/api/v1/environments", json={"name": "other"})).json()["id"]
-    other_queue = (
-        await tenant.member.post(
-            f"/api/v1/environments/{env_id}/worker-queues", json={"name": "q2"}
-        )
-    ).json()
+    other_queue = await make_queue(tenant, "other")
     started = await tenant.member.post(f"/api/v1/worker-queues/{other_queue['id']}/start", json={})
     stranger = client_for(app, started.json()["worker_token"])
     assert_error(await stranger.patch(base, json={"status": "failed"}), 404)
@@ -290,10 +286,7 @@ async def test_live_stream_resumes_after_a_disconnect_without_gap_or_duplicate(
 async def test_without_an_api_key_the_execution_fails_at_once(
     tenant: Tenant, live_api: str, fake_llm: FakeAnthropicServer
 ) -> None:
-    env_id = (await tenant.member.post("/api/v1/environments", json={"name": "e"})).json()["id"]
-    queue = (
-        await tenant.member.post(f"/api/v1/environments/{env_id}/worker-queues", json={"name": "q"})
-    ).json()
+    queue = await make_queue(tenant, "e")
     worker = start_worker_process(
         queue["id"], tenant.keys["member"], live_api, fake_llm, anthropic_api_key=None
     )
@@ -373,10 +366,7 @@ async def test_sigterm_lets_the_running_model_call_finish(
 async def test_quiet_stream_sends_keepalive_comments(
     app: Starlette, tenant: Tenant, db: Any
 ) -> None:
-    env_id = (await tenant.member.post("/api/v1/environments", json={"name": "k"})).json()["id"]
-    queue = (
-        await tenant.member.post(f"/api/v1/environments/{env_id}/worker-queues", json={"name": "q"})
-    ).json()
+    queue = await make_queue(tenant, "k")
     # No worker serves this queue, so the execution stays pending and its stream stays quiet.
     execution_id = await execute(tenant, await make_agent(tenant, "quiet"), queue["id"])
     row = await db.fetchrow("SELECT * FROM executions WHERE id = $1", uuid.UUID(execution_id))
@@ -410,10 +400,7 @@ async def test_retried_reports_are_stored_once(
     assert ended.status_code == 200 and ended.json()["status"] == "completed"  # ended stays ended
 
     # On a queue no worker serves, we play the worker: an older report is ignored.
-    env_id = (await tenant.member.post("/api/v1/environments", json={"name": "r"})).json()["id"]
-    idle = (
-        await tenant.member.post(f"/api/v1/environments/{env_id}/worker-queues", json={"name": "q"})
-    ).json()
+    idle = await make_queue(tenant, "r")
     pending = await execute(tenant, await make_agent(tenant, "reports2"), idle["id"])
     url = f"/api/v1/executions/{pending}"
     newer = await tenant.member.patch(url, json={"status": "running", "version": 5})
