@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from api.errors import ApiError, error_response, not_found
 from api.principal import Principal, Role
+from api.schemas import Deleted
 
 if TYPE_CHECKING:
     import asyncpg
@@ -56,6 +57,19 @@ class Call:
     @property
     def org(self) -> str:
         return self.principal.organization_id
+
+    async def delete_owned(self, table: str, param: str, kind: str) -> Deleted:
+        """Delete the row of `table` named by path parameter `param` if this organization owns
+        it; another organization's id is 404 like a missing one. `table` is code, not input."""
+        ident = self.path_uuid(param, kind)
+        deleted = await self.db.fetchval(
+            f"DELETE FROM {table} WHERE id = $1 AND organization_id = $2 RETURNING id",
+            ident,
+            self.org,
+        )
+        if deleted is None:
+            raise not_found(kind, ident)
+        return Deleted(id=ident)
 
     def path_uuid(self, name: str, kind: str) -> uuid.UUID:
         """A path id that is not a UUID names nothing: 404, like any missing id."""

@@ -221,15 +221,7 @@ async def update_environment(call: Call, body: EnvironmentUpdate) -> Environment
 @router.delete("/api/v1/environments/{environment_id}")
 async def delete_environment(call: Call) -> Deleted:
     """Delete an environment with its worker queues and their workers."""
-    environment_id = call.path_uuid("environment_id", "Environment")
-    deleted = await call.db.fetchval(
-        "DELETE FROM environments WHERE id = $1 AND organization_id = $2 RETURNING id",
-        environment_id,
-        call.org,
-    )
-    if deleted is None:
-        raise not_found("Environment", environment_id)
-    return Deleted(id=environment_id)
+    return await call.delete_owned("environments", "environment_id", "Environment")
 
 
 @router.get("/api/v1/environments/{environment_id}/worker-command")

@@ -722,15 +722,7 @@ async def update_association(call: Call, body: AssociationUpdate) -> Association
 @router.delete("/api/v1/policies/associations/{association_id}")
 async def delete_association(call: Call) -> Deleted:
     """Detach a policy."""
-    association_id = call.path_uuid("association_id", "Policy association")
-    deleted = await call.db.fetchval(
-        "DELETE FROM policy_associations WHERE id = $1 AND organization_id = $2 RETURNING id",
-        association_id,
-        call.org,
-    )
-    if deleted is None:
-        raise not_found("Policy association", association_id)
-    return Deleted(id=association_id)
+    return await call.delete_owned("policy_associations", "association_id", "Policy association")
 
 
 @router.get("/api/v1/policies/resolved/{entity_type}/{entity_id}")
@@ -899,16 +891,9 @@ async def update_policy(call: Call, body: PolicyUpdate) -> PolicyOut:
 @router.delete("/api/v1/policies/{policy_id}")
 async def delete_policy(call: Call) -> Deleted:
     """Delete a policy and its associations."""
-    policy_id = call.path_uuid("policy_id", "Policy")
-    deleted = await call.db.fetchval(
-        "DELETE FROM policies WHERE id = $1 AND organization_id = $2 RETURNING id",
-        policy_id,
-        call.org,
-    )
-    if deleted is None:
-        raise not_found("Policy", policy_id)
-    await _engine(call).forget(str(policy_id))
-    return Deleted(id=policy_id)
+    deleted = await call.delete_owned("policies", "policy_id", "Policy")
+    await _engine(call).forget(str(deleted.id))
+    return deleted
 
 
 @router.post("/api/v1/policies/{policy_id}/validate", role="viewer")

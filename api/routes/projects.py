@@ -271,15 +271,7 @@ async def update_project(call: Call, body: ProjectUpdate) -> ProjectOut:
 @router.delete("/api/v1/projects/{project_id}")
 async def delete_project(call: Call) -> Deleted:
     """Delete a project and its agent and team associations."""
-    project_id = call.path_uuid("project_id", "Project")
-    deleted = await call.db.fetchval(
-        "DELETE FROM projects WHERE id = $1 AND organization_id = $2 RETURNING id",
-        project_id,
-        call.org,
-    )
-    if deleted is None:
-        raise not_found("Project", project_id)
-    return Deleted(id=project_id)
+    return await call.delete_owned("projects", "project_id", "Project")
 
 
 # --- project membership of agents (reference §3.8) ---------------------------------------------

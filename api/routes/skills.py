@@ -572,12 +572,4 @@ async def update_skill(call: Call, body: SkillUpdate) -> SkillOut:
 @route("DELETE", "/api/v1/skills/{skill_id}")
 async def delete_skill(call: Call) -> Deleted:
     """Delete a skill and its associations."""
-    skill_id = call.path_uuid("skill_id", "Skill")
-    deleted = await call.db.fetchval(
-        "DELETE FROM skills WHERE id = $1 AND organization_id = $2 RETURNING id",
-        skill_id,
-        call.org,
-    )
-    if deleted is None:
-        raise not_found("Skill", skill_id)
-    return Deleted(id=skill_id)
+    return await call.delete_owned("skills", "skill_id", "Skill")

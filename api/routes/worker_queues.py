@@ -254,15 +254,7 @@ async def update_worker_queue(call: Call, body: WorkerQueueUpdate) -> WorkerQueu
 @router.delete("/api/v1/worker-queues/{queue_id}")
 async def delete_worker_queue(call: Call) -> Deleted:
     """Delete a queue and its worker records."""
-    queue_id = call.path_uuid("queue_id", "Worker queue")
-    deleted = await call.db.fetchval(
-        "DELETE FROM worker_queues WHERE id = $1 AND organization_id = $2 RETURNING id",
-        queue_id,
-        call.org,
-    )
-    if deleted is None:
-        raise not_found("Worker queue", queue_id)
-    return Deleted(id=queue_id)
+    return await call.delete_owned("worker_queues", "queue_id", "Worker queue")
 
 
 @router.get("/api/v1/worker-queues/{queue_id}/worker-command")
