@@ -22,6 +22,7 @@ from api.event_stream import EventHub
 from api.idempotency import IdempotencyMiddleware, prune_idempotency_keys
 from api.metrics import Metrics
 from api.openapi import build_openapi
+from api.reconciler import reconcile_executions
 from api.request_context import RequestContextMiddleware
 from api.routes import (
     agents,
@@ -68,21 +69,22 @@ ROUTERS = [
     integrations.router,
     execution_environment.router,
 ]
-PRUNE_EVERY_SECONDS = 60
+HOUSEKEEPING_EVERY_SECONDS = 60
 
 
 def all_endpoints() -> list[Endpoint]:
     return [endpoint for router in ROUTERS for endpoint in router.endpoints]
 
 
-async def _prune_forever(state: AppState) -> None:
+async def _housekeeping_forever(state: AppState) -> None:
     while True:
-        await asyncio.sleep(PRUNE_EVERY_SECONDS)
+        await asyncio.sleep(HOUSEKEEPING_EVERY_SECONDS)
         try:
             await prune_rate_limit_counters(state)
             await prune_idempotency_keys(state)
+            await reconcile_executions(state)
         except Exception:
-            log.exception("pruning rate-limit and idempotency records failed")
+            log.exception("housekeeping failed (pruning, reconciling executions)")
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
@@ -132,7 +134,7 @@ def create_app(settings: Settings) -> Starlette:
         state.pool_or_none = await create_pool(
             settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
         )
-        pruner = asyncio.create_task(_prune_forever(state))
+        pruner = asyncio.create_task(_housekeeping_forever(state))
         try:
             yield
         finally:

@@ -162,3 +162,12 @@ async def record_history(temporal_address: str, execution_id: str, name: str) ->
     history = await client.get_workflow_handle(f"agent-execution-{execution_id}").fetch_history()
     HISTORIES.mkdir(exist_ok=True)
     (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+async def events_of(db: Any, execution_id: str) -> list[dict[str, Any]]:
+    rows = await db.fetch(
+        "SELECT seq, event_type, data, event_key FROM execution_events "
+        "WHERE execution_id = $1 ORDER BY seq",
+        uuid.UUID(execution_id),
+    )
+    return [dict(row) for row in rows]

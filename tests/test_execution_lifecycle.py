@@ -15,6 +15,7 @@ from api.event_stream import stream_events
 from controlplane.fake_anthropic import AsyncFakeAnthropicClient, FakeAnthropicServer, text_reply
 from tests.conftest import Tenant, assert_error, client_for
 from tests.execution_helpers import (
+    events_of,
     execute,
     make_agent,
     make_queue,
@@ -27,15 +28,6 @@ from tests.execution_helpers import (
 from workflows.agent_execution import MAX_TURNS_PER_RUN
 
 LONG_TEXT = " ".join(f"word{i}" for i in range(120))  # ~60 chunks from the fake
-
-
-async def events_of(db: Any, execution_id: str) -> list[dict[str, Any]]:
-    rows = await db.fetch(
-        "SELECT seq, event_type, data, event_key FROM execution_events "
-        "WHERE execution_id = $1 ORDER BY seq",
-        uuid.UUID(execution_id),
-    )
-    return [dict(row) for row in rows]
 
 
 async def wait_for_event(db: Any, execution_id: str, event_type: str, timeout: float = 20) -> None:

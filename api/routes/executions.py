@@ -263,12 +263,12 @@ async def report_status(call: Call, body: StatusReport) -> ExecutionOut:
             "SELECT status_version FROM executions WHERE id = $1", execution_id
         )
         if not stale:
-            await _apply_report(conn, current, body)
+            await apply_report(conn, current, body)
         row = await load_execution(call, conn)
     return await execution_out(call, row)
 
 
-async def _apply_report(conn: Conn, current: asyncpg.Record, body: StatusReport) -> None:
+async def apply_report(conn: Conn, current: asyncpg.Record, body: StatusReport) -> None:
     execution_id = current["id"]
     new_status = body.status or current["status"]
     if current["status"] in TERMINAL_STATES and new_status != current["status"]:

@@ -1,0 +1,86 @@
+"""Executions whose workflow ended without telling us (terminated from the Temporal UI, timed
+out, or its last report lost for good) would stay `running` in the read model forever. Every
+API process looks, now and then, at executions that have been quiet for a while and whose
+workflow is closed, and records how they ended."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.routes.executions import COLUMNS, StatusReport, apply_report
+from api.state import AppState
+from workflows.execution_types import TERMINAL_STATES, workflow_id_for
+
+log = logging.getLogger("controlplane.api.reconciler")
+
+# Only executions quiet this long: a live workflow reports more often than this.
+QUIET_SECONDS = 120
+BATCH = 100
+
+_ENDINGS: dict[WorkflowExecutionStatus, tuple[str, str]] = {
+    WorkflowExecutionStatus.TERMINATED: (
+        "failed",
+        "The workflow was terminated outside the control plane",
+    ),
+    WorkflowExecutionStatus.TIMED_OUT: ("failed", "The workflow timed out"),
+    WorkflowExecutionStatus.FAILED: ("failed", "The workflow failed"),
+    WorkflowExecutionStatus.CANCELED: ("cancelled", "The workflow was cancelled"),
+    WorkflowExecutionStatus.COMPLETED: ("completed", "The workflow completed"),
+}
+
+
+async def reconcile_executions(state: AppState, quiet_seconds: int = QUIET_SECONDS) -> int:
+    """Record the ending of quiet executions whose workflow is closed; returns how many."""
+    rows = await state.pool.fetch(
+        "SELECT id, temporal_workflow_id FROM executions WHERE status <> ALL($1::text[]) "
+        "AND updated_at < now() - make_interval(secs => $2) ORDER BY updated_at LIMIT $3",
+        list(TERMINAL_STATES),
+        quiet_seconds,
+        BATCH,
+    )
+    if not rows:
+        return 0
+    client = await state.temporal.client()
+    settled = 0
+    for row in rows:
+        workflow_id = row["temporal_workflow_id"] or workflow_id_for(str(row["id"]))
+        try:
+            description = await client.get_workflow_handle(workflow_id).describe()
+            ending = _ENDINGS.get(description.status) if description.status else None
+        except RPCError as error:
+            if error.status != RPCStatusCode.NOT_FOUND:
+                state.metrics.temporal_errors.labels(operation="describe").inc()
+                continue
+            ending = ("failed", "The execution's workflow no longer exists")
+        if ending is None:
+            continue  # still running: just quiet (waiting for input, or a long tool)
+        settled += await _settle(state, row["id"], *ending)
+    return settled
+
+
+async def _settle(state: AppState, execution_id: Any, status: str, reason: str) -> int:
+    async with state.pool.acquire() as conn, conn.transaction():
+        current = await conn.fetchrow(
+            f"SELECT {COLUMNS} FROM executions WHERE id = $1 FOR UPDATE", execution_id
+        )
+        if current is None or current["status"] in TERMINAL_STATES:
+            return 0  # another API process, or the workflow's own report, got there first
+        await apply_report(
+            conn,
+            current,
+            StatusReport(
+                status=status,
+                error_message=None if status == "completed" else reason,
+                reason=reason,
+                mark_completed=True,
+            ),
+        )
+    log.warning(
+        "execution settled from its workflow",
+        extra={"execution_id": str(execution_id), "status": status},
+    )
+    return 1
