@@ -57,7 +57,7 @@ from temporalio.exceptions import ApplicationError
 from activities.reporting import ControlPlane
 from activities.runtime import FLUSH_SECONDS, cost_of
 from activities.tool_runner import ToolActivities
-from worker.main import workspace_root
+from worker.workspaces import workspace_root
 from workflows.execution_types import (
     ModelSpec,
     RuntimeTurnInput,

@@ -16,9 +16,7 @@ import platform
 import signal
 import socket
 import sys
-import tempfile
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,6 +31,7 @@ from activities.tool_runner import ToolActivities
 from controlplane import VERSION
 from controlplane.logs import configure_logging
 from worker.task_counter import TaskCounter
+from worker.workspaces import sweep_forever, workspace_root
 from workflows.registry import WORKFLOWS
 
 log = logging.getLogger("controlplane.worker")
@@ -55,16 +54,6 @@ def system_info() -> dict[str, Any]:
         "sdk_version": VERSION,
         "supported_runtimes": ["default", "claude_code"],
     }
-
-
-def workspace_root() -> Path:
-    """Where tools work: one directory per execution below this (env CONTROLPLANE_WORKSPACES)."""
-    configured = os.environ.get("CONTROLPLANE_WORKSPACES")
-    root = (
-        Path(configured) if configured else Path(tempfile.gettempdir()) / "controlplane-workspaces"
-    )
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def activity_methods(instance: object) -> list[Any]:
@@ -120,6 +109,7 @@ async def run(queue_id: str, control_plane_url: str, api_key: str, stop: asyncio
         worker_http = control_plane.http
         exit_code, error = 0, None
         heartbeats: asyncio.Task[None] | None = None
+        sweeper: asyncio.Task[None] | None = None
         try:
             client = await Client.connect(
                 config["temporal_host"], namespace=config["temporal_namespace"]
@@ -146,6 +136,7 @@ async def run(queue_id: str, control_plane_url: str, api_key: str, stop: asyncio
             heartbeats = asyncio.create_task(
                 heartbeat_forever(worker_http, worker_id, config["heartbeat_interval"], tasks)
             )
+            sweeper = asyncio.create_task(sweep_forever(workspace_root()))
             async with worker:
                 await stop.wait()
                 log.info("draining in-flight work before stopping")
@@ -153,10 +144,11 @@ async def run(queue_id: str, control_plane_url: str, api_key: str, stop: asyncio
             exit_code, error = 1, str(exc)
             log.exception("worker failed")
         finally:
-            if heartbeats is not None:
-                heartbeats.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeats
+            for task in (heartbeats, sweeper):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             with contextlib.suppress(httpx.HTTPError):
                 await worker_http.post(
                     f"/api/v1/workers/{worker_id}/disconnect",
