@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, ValidationInfo, field_validator
 
 
 class Deleted(BaseModel):
@@ -21,12 +21,13 @@ class PatchBody(BaseModel):
 
     required_if_sent: ClassVar[tuple[str, ...]] = ()
 
-    @model_validator(mode="after")
-    def refuse_nulls(self) -> Any:
-        for name in self.required_if_sent:
-            if name in self.model_fields_set and getattr(self, name) is None:
-                raise ValueError(f"'{name}' cannot be null")
-        return self
+    @field_validator("*")
+    @classmethod
+    def refuse_null(cls, value: Any, info: ValidationInfo) -> Any:
+        # A field validator, so the 422 names the field itself.
+        if value is None and info.field_name in cls.required_if_sent:
+            raise ValueError("cannot be null")
+        return value
 
     def changes(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True)

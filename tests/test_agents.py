@@ -348,11 +348,11 @@ async def test_patch_refusals_change_nothing(db: asyncpg.Pool[Any], tenant: Tena
         error = assert_error(await tenant.member.patch(url, json=body), 400, "BAD_REQUEST")
         assert error["details"]["errors"], error
     for body, field in [
-        ({"name": None}, "body"),
+        ({"name": None}, "name"),
         ({"status": "sleeping"}, "status"),
-        ({"state": None}, "body"),
-        ({"runtime": None}, "body"),
-        ({"model_id": None}, "body"),
+        ({"state": None}, "state"),
+        ({"runtime": None}, "runtime"),
+        ({"model_id": None}, "model_id"),
         ({"configuration": {"one_shot": 3}}, "configuration.one_shot"),
     ]:
         assert_validation(await tenant.member.patch(url, json=body), field)

@@ -336,8 +336,8 @@ async def test_patch_refusals_change_nothing(db: asyncpg.Pool[Any], tenant: Tena
     before = await skill_rows(db, tenant.id)
     url = f"/api/v1/skills/{skill['id']}"
     for body, field in [
-        ({"name": None}, "body"),
-        ({"enabled": None}, "body"),
+        ({"name": None}, "name"),
+        ({"enabled": None}, "enabled"),
         ({"type": "docker"}, "type"),
         ({"configuration": {"max_seconds": 0}}, "configuration.max_seconds"),
         ({"configuration": "x"}, "configuration"),
