@@ -80,6 +80,14 @@ class Run:
         return self.err.read_text()
 
 
+def diagnostics(dev: Dev, run: Run) -> str:
+    """What dev and its children said, for a failure message."""
+    parts = [f"dev exit code: {run.process.poll()}", "dev stderr:", run.stderr()[-3000:]]
+    for log in sorted((dev.home / "logs").glob("*.log")):
+        parts += [f"--- {log.name} (tail)", "\n".join(log.read_text().splitlines()[-15:])]
+    return "\n".join(parts)
+
+
 def start(dev: Dev, name: str, *extra: str) -> Run:
     out, err = dev.home.parent / f"{name}.out", dev.home.parent / f"{name}.err"
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
@@ -210,7 +218,10 @@ def test_dev_starts_restarts_and_stops(tmp_path: Path) -> None:
     with client(dev, key) as http:
         queue = default_queue(http)
         assert queue["active_workers"] == 1
-        execution = run_agent(http, queue["id"], "Say hello")
+        try:
+            execution = run_agent(http, queue["id"], "Say hello")
+        except httpx.HTTPError as error:
+            raise AssertionError(diagnostics(dev, run)) from error
         assert execution["status"] == "completed", execution
         assert execution["response"] == "Fake reply to: Say hello"
         keys = http.get("/api/v1/api-keys").json()["items"]
