@@ -22,9 +22,13 @@ ENV PATH=/opt/controlplane/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/controlplane \
     CONTROLPLANE_HOME=/home/controlplane/.controlplane
+# Workers run as this unprivileged user too, and mark themselves non-dumpable, so the tools
+# they start (same user) cannot read their memory or /proc environment. /certs is where the
+# compose `certs` service writes Temporal's CA and certificate (a volume takes its owner).
 RUN groupadd --system --gid 10001 controlplane \
     && useradd --system --uid 10001 --gid controlplane --create-home \
-       --home-dir /home/controlplane --shell /usr/sbin/nologin controlplane
+       --home-dir /home/controlplane --shell /usr/sbin/nologin controlplane \
+    && mkdir /certs && chown controlplane:controlplane /certs
 COPY --from=build /opt/controlplane /opt/controlplane
 USER controlplane:controlplane
 WORKDIR /home/controlplane

@@ -8,13 +8,16 @@ CREATE TABLE IF NOT EXISTS organizations (
     created_at            timestamptz NOT NULL DEFAULT now()
 );
 
+-- The Temporal namespace registered for the organization (NULL: not yet, the API registers it).
+ALTER TABLE organizations ADD COLUMN IF NOT EXISTS temporal_namespace text;
+
 CREATE TABLE IF NOT EXISTS api_keys (
     id              uuid PRIMARY KEY,
     organization_id text NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
     name            text NOT NULL,
     prefix          text NOT NULL,
     key_hash        text NOT NULL UNIQUE,
-    role            text NOT NULL CHECK (role IN ('admin', 'member', 'viewer')),
+    role            text NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
     created_by      text,
     revoked_at      timestamptz
@@ -30,16 +33,31 @@ CREATE UNLOGGED TABLE IF NOT EXISTS rate_limit_counters (
 );
 
 -- Idempotency-Key records: the first request's fingerprint and, once finished, its response.
+-- Keyed by the credential too, so one key's response is never replayed to another key.
+-- A response that carried a credential is not stored (replayable = false).
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     organization_id text NOT NULL,
+    credential      text NOT NULL DEFAULT '',
     idempotency_key text NOT NULL,
     request_hash    text NOT NULL,
     status_code     integer,
     content_type    text,
     response_body   bytea,
+    replayable      boolean NOT NULL DEFAULT true,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (organization_id, idempotency_key)
+    PRIMARY KEY (organization_id, credential, idempotency_key)
 );
+ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS credential text NOT NULL DEFAULT '';
+ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS replayable boolean NOT NULL DEFAULT true;
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid
+                   AND a.attnum = ANY(i.indkey)
+                   WHERE i.indrelid = 'idempotency_keys'::regclass AND i.indisprimary
+                   AND a.attname = 'credential') THEN
+        ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_pkey;
+        ALTER TABLE idempotency_keys ADD PRIMARY KEY (organization_id, credential, idempotency_key);
+    END IF;
+END $$;
 
 CREATE TABLE IF NOT EXISTS projects (
     id              uuid PRIMARY KEY,
@@ -141,6 +159,30 @@ CREATE TABLE IF NOT EXISTS workers (
     updated_at        timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS workers_queue ON workers (worker_queue_id, last_heartbeat);
+
+-- Worker keys: API keys of role `worker`, bound to one queue; they may only start workers there.
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS worker_queue_id uuid
+    REFERENCES worker_queues(id) ON DELETE CASCADE;
+ALTER TABLE api_keys DROP CONSTRAINT IF EXISTS api_keys_role_check;
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'api_keys_role_scope') THEN
+        ALTER TABLE api_keys ADD CONSTRAINT api_keys_role_scope CHECK (
+            role IN ('admin', 'member', 'viewer', 'worker')
+            AND (role = 'worker') = (worker_queue_id IS NOT NULL));
+    END IF;
+END $$;
+
+-- The key pairs that sign the JWTs Temporal's authorizer checks (JWKS at /.well-known/jwks.json).
+-- The private key is sealed with the vault key when the API has one.
+CREATE TABLE IF NOT EXISTS signing_keys (
+    kid          text PRIMARY KEY,
+    algorithm    text NOT NULL,
+    public_jwk   jsonb NOT NULL,
+    private_pem  bytea NOT NULL,
+    nonce        bytea,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    retired_at   timestamptz
+);
 
 -- ---------------------------------------------------------------------------------------------
 -- Executions: the read model of agent/team executions. The Temporal workflow is the source of
@@ -346,6 +388,10 @@ CREATE INDEX IF NOT EXISTS project_agents_agent ON project_agents (agent_id);
 
 -- The run's own execution_environment override (env_vars, secrets, integration_ids, mcp_servers).
 ALTER TABLE executions ADD COLUMN IF NOT EXISTS execution_environment jsonb NOT NULL DEFAULT '{}';
+-- What the control plane decided at start and checks every worker claim against: the tools the
+-- run offers, and the role of the key that started it (for `role` policy associations).
+ALTER TABLE executions ADD COLUMN IF NOT EXISTS tools jsonb NOT NULL DEFAULT '[]';
+ALTER TABLE executions ADD COLUMN IF NOT EXISTS user_role text;
 
 -- Skills (reference §3.10; 0.3 "toolsets"; controlplane/tool_catalogue.py has the types) and
 -- their associations with agents, teams and environments (api/skills.py resolves them).

@@ -123,12 +123,12 @@ def system_prompt_for(system_prompt: str | None, history: list[dict[str, Any]]) 
 WORKER_CREDENTIALS = ("CONTROLPLANE_API_KEY", "DATABASE_URL", "CONTROLPLANE_SECRET_KEY")
 
 
-def cli_env(home: Path, max_tokens: int) -> dict[str, str]:
+def cli_env(home: Path, max_tokens: int, api_key: str) -> dict[str, str]:
     """Environment for the CLI, merged by the SDK over the worker's own (DESIGN §4)."""
     env = {
         "HOME": str(home),
         "CLAUDE_CONFIG_DIR": str(home / ".claude"),
-        "ANTHROPIC_API_KEY": os.environ.get("ANTHROPIC_API_KEY", ""),
+        "ANTHROPIC_API_KEY": api_key,
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_TELEMETRY": "1",
         "DISABLE_AUTOUPDATER": "1",
@@ -336,7 +336,7 @@ def _make_workspace(execution_id: str) -> Path:
 
 
 async def run_claude_code_turn(
-    control_plane: ControlPlane, turn: RuntimeTurnInput
+    control_plane: ControlPlane, turn: RuntimeTurnInput, api_key: str
 ) -> RuntimeTurnResult:
     """One turn through the Claude Code CLI; the caller checks the API key and heartbeats."""
     messages = turn.model_messages
@@ -354,7 +354,7 @@ async def run_claude_code_turn(
             permission_mode="dontAsk",
             max_turns=MAX_AGENT_TURNS,
             cwd=str(root / "work"),
-            env=cli_env(root / "home", turn.max_tokens),
+            env=cli_env(root / "home", turn.max_tokens, api_key),
             # Nothing from the worker's disk: no settings, CLAUDE.md or hooks.
             setting_sources=[],
             # The prompt is sent as written: no @file expansion, no slash commands.

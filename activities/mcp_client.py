@@ -57,6 +57,10 @@ SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|AUTH|CREDENTIAL|COOK
 Transport = Literal["stdio", "http", "sse"]
 
 
+# The name a server's tool listing is policy-checked under (with `mcp_server` set).
+LIST_TOOLS_CALL = "list_tools"
+
+
 class McpConfigError(ValueError):
     """A server config that names no usable transport."""
 
@@ -374,13 +378,44 @@ class McpActivities:
 
     @activity.defn(name=LIST_MCP_TOOLS)
     async def list_mcp_tools(self, execution_id: str) -> list[ToolSpec]:
-        """The MCP tools of the execution's environment. A server that fails is left out and
-        reported as an `mcp_server_error` event (keyed per server, so a retry reports once)."""
+        """The MCP tools of the execution's environment. Listing starts the servers (a stdio
+        server is a process on this worker), so each server is policy-checked first, like a
+        tool call named `list_tools`; a denied server is left out with a `policy_violation`
+        event. A server that fails is left out and reported as an `mcp_server_error` event
+        (keyed per server, so a retry reports once)."""
         environment = await fetch_execution_environment(self.control_plane, execution_id)
         if not environment.mcp_servers:
             return []
+        servers: dict[str, dict[str, Any]] = {}
+        for server, config in environment.mcp_servers.items():
+            decision = await self.control_plane.send(
+                "POST",
+                "/api/v1/policies/enforce",
+                {
+                    "execution_id": execution_id,
+                    "tool_name": LIST_TOOLS_CALL,
+                    "arguments": {},
+                    "mcp_server": server,
+                },
+            )
+            if decision.get("allowed"):
+                servers[server] = config
+                continue
+            await self.control_plane.publish(
+                execution_id,
+                "policy_violation",
+                {
+                    "tool_name": LIST_TOOLS_CALL,
+                    "mcp_server": server,
+                    "violations": decision.get("violations") or [],
+                    "engine_error": decision.get("engine_error"),
+                },
+                key=f"policy_violation:mcp-list:{server}",
+            )
+        if not servers:
+            return []
         listing = await list_tools_report(
-            environment.mcp_servers,
+            servers,
             environment.process_env(),
             secrets=environment.secret_values(),
         )

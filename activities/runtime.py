@@ -47,8 +47,11 @@ def cost_of(usage: Usage, input_per_million: float, output_per_million: float) -
 
 
 class RuntimeActivities:
-    def __init__(self, control_plane: ControlPlane) -> None:
+    def __init__(self, control_plane: ControlPlane, api_key: str | None = None) -> None:
         self.control_plane = control_plane
+        # The worker hands its model key over in memory (worker/credentials.py); a process
+        # that constructs this without one (tests, benches) may use its environment's.
+        self.api_key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
         self._anthropic: anthropic.AsyncAnthropic | None = None
 
     @property
@@ -56,12 +59,14 @@ class RuntimeActivities:
         """One client per worker: building one costs ~40 ms of CPU (TLS context), which
         halved throughput when done per call (bench/execution_latency.py)."""
         if self._anthropic is None:
-            self._anthropic = anthropic.AsyncAnthropic(max_retries=0, timeout=120)
+            self._anthropic = anthropic.AsyncAnthropic(
+                api_key=self.api_key, max_retries=0, timeout=120
+            )
         return self._anthropic
 
     @activity.defn(name=EXECUTE_WITH_RUNTIME)
     async def execute_with_runtime(self, turn: RuntimeTurnInput) -> RuntimeTurnResult:
-        if not os.environ.get("ANTHROPIC_API_KEY"):
+        if not self.api_key:
             raise _fatal(
                 "ANTHROPIC_API_KEY is not set on the worker: the model cannot be called "
                 "(set it, or run `controlplane dev --fake-llm`)"
@@ -77,7 +82,7 @@ class RuntimeActivities:
                 # workers only ever run the default runtime.
                 from activities.claude_code import run_claude_code_turn
 
-                result = await run_claude_code_turn(control_plane, turn)
+                result = await run_claude_code_turn(control_plane, turn, self.api_key)
             else:
                 result = await self._call_model(control_plane, turn)
             # What returns lands in Temporal history: no secret value may be in it.

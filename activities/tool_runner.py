@@ -2,8 +2,10 @@
 
 Steps: read the execution's environment from the control plane (env vars, secret values,
 integration credentials, MCP server configs), stream `tool_started`, ask the control plane's
-policy check (`POST /api/v1/policies/enforce`, action `tool_execution`), then run the tool
-(a built-in from activities/tools, or an MCP server's tool) and stream `tool_completed`.
+policy check (`POST /api/v1/policies/enforce`: the control plane builds the `tool_execution`
+policy input from its own rows; the worker names only the execution, the tool and the
+arguments), then run the tool (a built-in from activities/tools, or an MCP server's tool) and
+stream `tool_completed`.
 
 Invariants:
 - A denied call never runs: the model gets the violation text, `policy_violation` and
@@ -25,7 +27,6 @@ import contextlib
 import os
 import re
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,36 +99,16 @@ class ToolActivities:
     # --- steps -------------------------------------------------------------------------------
 
     async def _enforce(self, call: ToolCall, arguments: dict[str, Any]) -> dict[str, Any]:
-        policy = call.policy
-        tool = call.tool
-        policy_input = {
-            "action": "tool_execution",
-            "tool": {
-                "name": tool.name,
-                "arguments": arguments,
-                "source": tool.source,
-                "category": tool.category,
-                "risk_level": tool.risk_level,
-            },
-            "user": policy.user,
-            "organization": {"id": policy.organization_id},
-            "team": {"id": policy.team_id} if policy.team_id else None,
-            "execution": {
-                "execution_id": call.execution_id,
-                "agent_id": policy.agent_id,
-                "agent_name": policy.agent_name,
-                "environment_ids": policy.environment_ids,
-                "timestamp": datetime.now(UTC).isoformat(),
-            },
-        }
+        """Ask the control plane. It builds the policy input itself from its own rows (who,
+        which agent, team, environments, what the tool is); we say only which call this is."""
         return await self.control_plane.send(
             "POST",
             "/api/v1/policies/enforce",
             {
-                "input": policy_input,
-                "agent_id": policy.agent_id,
-                "environment_ids": policy.environment_ids,
-                "team_id": policy.team_id,
+                "execution_id": call.execution_id,
+                "tool_name": call.tool.name,
+                "arguments": arguments,
+                "mcp_server": call.tool.mcp_server if call.tool.source == "mcp" else None,
             },
         )
 

@@ -46,7 +46,9 @@ from api.routes import (
 from api.routing import Endpoint, starlette_routes
 from api.state import AppState
 from api.temporal_gateway import TemporalGateway
+from api.vault import vault_from_key
 from controlplane.settings import Settings
+from controlplane.temporal_auth import CONTROL_PLANE_PERMISSIONS, load_signing_key, mint
 
 log = logging.getLogger("controlplane.api")
 
@@ -87,6 +89,56 @@ async def _housekeeping_forever(state: AppState) -> None:
             log.exception("housekeeping failed (pruning, reconciling executions)")
 
 
+async def _load_signing_key(state: AppState) -> None:
+    """The key that signs Temporal JWTs; the gateway's own connection carries one."""
+    settings = state.settings
+    vault = vault_from_key(settings.secret_key) if settings.secret_key else None
+    async with state.pool.acquire() as conn:
+        key = await load_signing_key(conn, vault)
+    state.signing_key = key
+    state.temporal.token_source = lambda: mint(
+        key,
+        subject="controlplane",
+        permissions=CONTROL_PLANE_PERMISSIONS,
+        ttl_seconds=settings.temporal_token_ttl_seconds,
+        issuer=settings.public_url,
+    )
+
+
+def _record_namespaces(state: AppState) -> None:
+    """The gateway notes each organization's namespace once it exists."""
+
+    async def record(organization_id: str, namespace: str) -> None:
+        await state.pool.execute(
+            "UPDATE organizations SET temporal_namespace = $2 WHERE id = $1 "
+            "AND temporal_namespace IS DISTINCT FROM $2",
+            organization_id,
+            namespace,
+        )
+
+    state.temporal.namespace_ready = record
+
+
+async def _ensure_namespaces(state: AppState) -> None:
+    """Organizations whose namespace is not known to exist (created before this release, or
+    while Temporal was down) get it now; retried until Temporal answers."""
+    while True:
+        try:
+            orgs = [
+                row["id"]
+                for row in await state.pool.fetch(
+                    "SELECT id FROM organizations WHERE temporal_namespace IS DISTINCT FROM "
+                    "$1 || id",
+                    state.settings.temporal_namespace_prefix,
+                )
+            ]
+            await state.temporal.ensure_namespaces(orgs)
+            return
+        except Exception as exc:
+            log.warning("could not ensure the organizations' Temporal namespaces: %s", exc)
+            await asyncio.sleep(HOUSEKEEPING_EVERY_SECONDS / 4)
+
+
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = {
@@ -107,7 +159,7 @@ def create_app(settings: Settings) -> Starlette:
     state = AppState(
         settings=settings,
         metrics=metrics,
-        temporal=TemporalGateway(settings.temporal_address, settings.temporal_namespace, metrics),
+        temporal=TemporalGateway(settings, metrics),
         events=EventHub(settings.database_url),
     )
     endpoints = all_endpoints()
@@ -134,13 +186,19 @@ def create_app(settings: Settings) -> Starlette:
         state.pool_or_none = await create_pool(
             settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
         )
-        pruner = asyncio.create_task(_housekeeping_forever(state))
+        await _load_signing_key(state)
+        _record_namespaces(state)
+        background = [
+            asyncio.create_task(_housekeeping_forever(state)),
+            asyncio.create_task(_ensure_namespaces(state)),
+        ]
         try:
             yield
         finally:
-            pruner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pruner
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await state.events.close()
             await state.pool.close()
 

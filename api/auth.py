@@ -22,7 +22,7 @@ WORKER_TOKEN_PREFIX = "worker_"
 
 _AUTHENTICATE = """
 WITH key AS (
-    SELECT k.id, k.organization_id, k.role, o.rate_limit_per_minute
+    SELECT k.id, k.organization_id, k.role, k.worker_queue_id, o.rate_limit_per_minute
     FROM api_keys k JOIN organizations o ON o.id = k.organization_id
     WHERE k.key_hash = $1 AND k.revoked_at IS NULL
 ), hit AS (
@@ -32,15 +32,26 @@ WITH key AS (
     DO UPDATE SET count = rate_limit_counters.count + 1
     RETURNING count
 )
-SELECT key.id, key.organization_id, key.role, key.rate_limit_per_minute, hit.count
+SELECT key.id, key.organization_id, key.role, key.worker_queue_id, key.rate_limit_per_minute,
+       hit.count
 FROM key, hit
 """
 
-# Worker tokens are not rate limited: they belong to the platform's own processes, and a
-# heartbeat refused for rate would make a healthy worker look dead.
+# Worker tokens have their own, generous limit per token (WORKER_RATE_LIMIT_PER_MINUTE): a
+# runaway worker cannot flood the API, and a healthy one is never refused a heartbeat.
 _AUTHENTICATE_WORKER = """
-SELECT id, organization_id FROM workers
-WHERE worker_token_hash = $1 AND status <> 'disconnected'
+WITH worker AS (
+    SELECT id, organization_id, worker_queue_id FROM workers
+    WHERE worker_token_hash = $1 AND status <> 'disconnected'
+), hit AS (
+    INSERT INTO rate_limit_counters (api_key_id, window_start, count)
+    SELECT id, $2, 1 FROM worker
+    ON CONFLICT (api_key_id, window_start)
+    DO UPDATE SET count = rate_limit_counters.count + 1
+    RETURNING count
+)
+SELECT worker.id, worker.organization_id, worker.worker_queue_id, hit.count
+FROM worker, hit
 """
 
 
@@ -69,24 +80,32 @@ class AuthMiddleware:
                 scope, receive, send, "Missing API key: send 'Authorization: Bearer <key>'"
             )
             return
+        now = time.time()
+        window = int(now) // WINDOW_SECONDS * WINDOW_SECONDS
         if token.startswith(WORKER_TOKEN_PREFIX):
-            worker = await state.pool.fetchrow(_AUTHENTICATE_WORKER, hash_key(token))
-            if worker is None:
+            row = await state.pool.fetchrow(_AUTHENTICATE_WORKER, hash_key(token), window)
+            if row is None:
                 await self._reject(scope, receive, send, "Invalid or disconnected worker token")
                 return
             scope["principal"] = Principal(
-                worker["organization_id"], "worker", worker_id=worker["id"]
+                row["organization_id"],
+                "worker_token",
+                worker_id=row["id"],
+                worker_queue_id=row["worker_queue_id"],
             )
-            await self.app(scope, receive, send)
-            return
-        now = time.time()
-        window = int(now) // WINDOW_SECONDS * WINDOW_SECONDS
-        row = await state.pool.fetchrow(_AUTHENTICATE, hash_key(token), window)
-        if row is None:
-            await self._reject(scope, receive, send, "Invalid or revoked API key")
-            return
-        scope["principal"] = Principal(row["organization_id"], row["role"], row["id"])
-        limit: int = row["rate_limit_per_minute"]
+            limit: int = state.settings.worker_rate_limit_per_minute
+        else:
+            row = await state.pool.fetchrow(_AUTHENTICATE, hash_key(token), window)
+            if row is None:
+                await self._reject(scope, receive, send, "Invalid or revoked API key")
+                return
+            scope["principal"] = Principal(
+                row["organization_id"],
+                row["role"],
+                api_key_id=row["id"],
+                worker_queue_id=row["worker_queue_id"],
+            )
+            limit = row["rate_limit_per_minute"]
         reset = window + WINDOW_SECONDS
         headers = {
             "X-RateLimit-Limit": str(limit),

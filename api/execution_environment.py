@@ -28,6 +28,8 @@ from pydantic import ValidationError
 from api.db import Queryable
 from api.errors import ApiError, not_found
 from api.routes.environments import ExecutionEnvironment
+from api.skills import resolve_agent_skills
+from controlplane.tool_catalogue import SkillConfigError, mcp_servers_of
 
 # The env vars an integration's token is given as, by integration type. Types whose credential
 # has several parts (aws, azure, gcp) or is a file (kubernetes, gcp) get none: their parts come
@@ -79,7 +81,7 @@ class InvalidEnvironment(ApiError):
 class Layer:
     """What one layer contributed."""
 
-    source: str  # environment | team | agent | run
+    source: str  # environment | team | agent | skill | run
     id: str | None = None
     name: str | None = None
     env_vars: dict[str, str] = field(default_factory=dict)
@@ -145,9 +147,29 @@ def parse_layer(raw: Any, label: str) -> ExecutionEnvironment:
         raise InvalidEnvironment(label, error) from None
 
 
+def stdio_servers(mcp_servers: Any) -> list[str]:
+    """The names of servers in an `mcp_servers` mapping that would run a command on the
+    worker (stdio); those come only from skills of type mcp_server."""
+    if not isinstance(mcp_servers, dict):
+        return []
+    return [
+        str(name)
+        for name, config in mcp_servers.items()
+        if isinstance(config, dict) and (config.get("command") or config.get("type") == "stdio")
+    ]
+
+
 def make_layer(raw: Any, source: str, ident: str | None = None, name: str | None = None) -> Layer:
+    """One layer of an agent's, team's, environment's or run's own settings. Stdio MCP servers
+    stored before they were refused at write are dropped: only skills may start a command."""
     label = f"{source}:{name}" if name else source
     parsed = parse_layer(raw, label)
+    servers = {
+        server: config.model_dump(exclude_none=True)
+        for server, config in parsed.mcp_servers.items()
+    }
+    for server in stdio_servers(servers):
+        del servers[server]
     return Layer(
         source=source,
         id=ident,
@@ -155,11 +177,25 @@ def make_layer(raw: Any, source: str, ident: str | None = None, name: str | None
         env_vars=dict(parsed.env_vars),
         secrets=list(dict.fromkeys(parsed.secrets)),
         integration_ids=list(dict.fromkeys(parsed.integration_ids)),
-        mcp_servers={
-            server: config.model_dump(exclude_none=True)
-            for server, config in parsed.mcp_servers.items()
-        },
+        mcp_servers=servers,
     )
+
+
+async def _skill_layers(db: Queryable, org: str, agent_id: uuid.UUID) -> list[Layer]:
+    """The MCP servers of the agent's resolved skills of type mcp_server (admins write skills,
+    so this is where a server that runs a command on the worker may come from)."""
+    skills = [
+        skill
+        for skill in await resolve_agent_skills(db, org, agent_id)
+        if skill.type == "mcp_server"
+    ]
+    if not skills:
+        return []
+    try:
+        servers = mcp_servers_of((s.name, s.type, s.configuration) for s in skills)
+    except SkillConfigError as error:
+        raise ApiError(400, f"An mcp_server skill is not valid: {error}") from None
+    return [Layer(source="skill", mcp_servers=servers)]
 
 
 def merge(layers: list[Layer]) -> ResolvedEnvironment:
@@ -230,6 +266,7 @@ async def _agent_layers(db: Queryable, org: str, agent_id: uuid.UUID) -> tuple[A
     ]
     layers += await _team_layers(db, org, agent["team_id"])
     layers.append(make_layer(agent["execution_environment"], "agent", str(agent_id), agent["name"]))
+    layers += await _skill_layers(db, org, agent_id)
     return agent, layers
 
 

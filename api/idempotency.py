@@ -4,6 +4,11 @@ again; the same key with another body is a 409.
 The key is claimed with an INSERT before the route runs, so two concurrent requests with one key
 cannot both create: the second sees the claim and gets a 409 until the first has finished.
 A first request that ends in a server error releases its claim, so the client may retry.
+
+Records belong to the credential (API key or worker token) that made the request: another key
+of the organization, of whatever role, never sees its response. A response that carried a
+credential (`Cache-Control: no-store`: a new API key, a worker token) is not stored: its repeat
+answers 409 instead of handing the credential out again.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, error_response
 from api.principal import Principal
+from api.routing import NO_STORE
 from api.state import AppState
 
 HEADER = b"idempotency-key"
@@ -75,17 +81,17 @@ class IdempotencyMiddleware:
         fingerprint = hashlib.sha256(
             scope["method"].encode() + b" " + scope["path"].encode() + b"\n" + body
         ).hexdigest()
-        org = principal.organization_id
+        owner = (principal.organization_id, _credential(principal))
 
         claimed = await state.pool.fetchval(
-            "INSERT INTO idempotency_keys (organization_id, idempotency_key, request_hash) "
-            "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
-            org,
+            "INSERT INTO idempotency_keys (organization_id, credential, idempotency_key, "
+            "request_hash) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
+            *owner,
             key,
             fingerprint,
         )
         if not claimed:
-            await self._answer_repeat(scope, receive, send, state, org, key, fingerprint)
+            await self._answer_repeat(scope, receive, send, state, owner, key, fingerprint)
             return
 
         replay = iter(messages)
@@ -107,20 +113,24 @@ class IdempotencyMiddleware:
         try:
             await self.app(scope, replay_receive, capture_send)
         finally:
-            await self._record(state, org, key, start, b"".join(parts))
+            await self._record(state, owner, key, start, b"".join(parts))
 
     @staticmethod
     async def _record(
-        state: AppState, org: str, key: str, start: dict[str, Any], body: bytes
+        state: AppState, owner: tuple[str, str], key: str, start: dict[str, Any], body: bytes
     ) -> None:
         status = start.get("status", 500)
         if status >= 500:
             await state.pool.execute(
-                "DELETE FROM idempotency_keys WHERE organization_id = $1 AND idempotency_key = $2",
-                org,
+                "DELETE FROM idempotency_keys WHERE organization_id = $1 AND credential = $2 "
+                "AND idempotency_key = $3",
+                *owner,
                 key,
             )
             return
+        replayable = _header_of(start, b"cache-control") != NO_STORE
+        if not replayable:
+            body = b""
         content_type = _header_of(start, b"content-type") or "application/json"
         if _is_stream(start):
             # A stream is not stored; its replay says where to reconnect.
@@ -135,13 +145,15 @@ class IdempotencyMiddleware:
             ).encode()
             content_type = "application/json"
         await state.pool.execute(
-            "UPDATE idempotency_keys SET status_code = $3, content_type = $4, response_body = $5 "
-            "WHERE organization_id = $1 AND idempotency_key = $2",
-            org,
+            "UPDATE idempotency_keys SET status_code = $4, content_type = $5, response_body = $6, "
+            "replayable = $7 WHERE organization_id = $1 AND credential = $2 "
+            "AND idempotency_key = $3",
+            *owner,
             key,
             status,
             content_type,
             body,
+            replayable,
         )
 
     @staticmethod
@@ -150,14 +162,15 @@ class IdempotencyMiddleware:
         receive: Receive,
         send: Send,
         state: AppState,
-        org: str,
+        owner: tuple[str, str],
         key: str,
         fingerprint: str,
     ) -> None:
         row = await state.pool.fetchrow(
-            "SELECT request_hash, status_code, content_type, response_body FROM idempotency_keys "
-            "WHERE organization_id = $1 AND idempotency_key = $2",
-            org,
+            "SELECT request_hash, status_code, content_type, response_body, replayable "
+            "FROM idempotency_keys WHERE organization_id = $1 AND credential = $2 "
+            "AND idempotency_key = $3",
+            *owner,
             key,
         )
         if row is None:  # released by a failed first attempt between our two statements
@@ -170,6 +183,13 @@ class IdempotencyMiddleware:
             )
         elif row["status_code"] is None:
             error = ApiError(409, "A request with this Idempotency-Key is still in progress")
+        elif not row["replayable"]:
+            error = ApiError(
+                409,
+                "This request was already carried out; its response held a credential, which "
+                "is shown only once and not replayed",
+                details={"idempotency_key": key, "first_status": row["status_code"]},
+            )
         else:
             await send(
                 {
@@ -185,6 +205,10 @@ class IdempotencyMiddleware:
             await send({"type": "http.response.body", "body": row["response_body"]})
             return
         await error_response(error)(scope, receive, send)
+
+
+def _credential(principal: Principal) -> str:
+    return str(principal.api_key_id or principal.worker_id or "")
 
 
 async def prune_idempotency_keys(state: AppState) -> None:

@@ -36,7 +36,8 @@ _ENDINGS: dict[WorkflowExecutionStatus, tuple[str, str]] = {
 async def reconcile_executions(state: AppState, quiet_seconds: int = QUIET_SECONDS) -> int:
     """Record the ending of quiet executions whose workflow is closed; returns how many."""
     rows = await state.pool.fetch(
-        "SELECT id, temporal_workflow_id FROM executions WHERE status <> ALL($1::text[]) "
+        "SELECT id, organization_id, temporal_workflow_id FROM executions "
+        "WHERE status <> ALL($1::text[]) "
         "AND updated_at < now() - make_interval(secs => $2) ORDER BY updated_at LIMIT $3",
         list(TERMINAL_STATES),
         quiet_seconds,
@@ -44,11 +45,11 @@ async def reconcile_executions(state: AppState, quiet_seconds: int = QUIET_SECON
     )
     if not rows:
         return 0
-    client = await state.temporal.client()
     settled = 0
     for row in rows:
         workflow_id = row["temporal_workflow_id"] or workflow_id_for(str(row["id"]))
         try:
+            client = await state.temporal.client(row["organization_id"])
             description = await client.get_workflow_handle(workflow_id).describe()
             ending = _ENDINGS.get(description.status) if description.status else None
         except RPCError as error:

@@ -12,7 +12,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.errors import ApiError, error_response, not_found
-from api.principal import Principal, Role
+from api.principal import ACCESS_DESCRIPTION, Access, Principal
 from api.schemas import Deleted
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from api.state import AppState
 
 Handler = Callable[..., Awaitable[Any]]
+NO_STORE = "no-store"
 
 
 class Call:
@@ -99,13 +100,15 @@ class Endpoint:
     path: str
     handler: Handler
     status_code: int
-    role: Role | None
+    role: Access | None
     summary: str
     tag: str
     body_model: type[BaseModel] | None = None
     query_model: type[BaseModel] | None = None
     response_model: Any = None
     extra_responses: dict[int, str] = field(default_factory=dict)
+    # The response carries a credential: never cached, never replayed for an Idempotency-Key.
+    carries_secret: bool = False
 
     def __post_init__(self) -> None:
         hints = get_type_hints(self.handler)
@@ -129,7 +132,9 @@ class Endpoint:
         call = Call(request)
         if self.role is not None and not call.principal.allows(self.role):
             raise ApiError(
-                403, f"This action needs the {self.role} role; your key has {call.principal.role}"
+                403,
+                f"This action needs {ACCESS_DESCRIPTION[self.role]}; "
+                f"your credential is {_credential(call.principal)}",
             )
         kwargs: dict[str, Any] = {}
         if self.query_model is not None:
@@ -144,7 +149,8 @@ class Endpoint:
             return result
         if isinstance(result, BaseModel):
             result = result.model_dump(mode="json")
-        return JSONResponse(result, status_code=self.status_code)
+        headers = {"Cache-Control": NO_STORE} if self.carries_secret else None
+        return JSONResponse(result, status_code=self.status_code, headers=headers)
 
     @staticmethod
     async def _parse_body(request: Request, model: type[BaseModel]) -> BaseModel:
@@ -162,6 +168,14 @@ class Endpoint:
             raise validation_error(exc, "body") from None
 
 
+def _credential(principal: Principal) -> str:
+    if principal.is_worker_token:
+        return "a worker token"
+    if principal.role == "worker":
+        return "a worker key"
+    return f"a {principal.role} key"
+
+
 class Router:
     """Collects the endpoints of one resource module."""
 
@@ -175,20 +189,32 @@ class Router:
         path: str,
         *,
         status: int = 200,
-        role: Role | str | None = "default",
+        role: Access | Literal["default"] | None = "default",
         summary: str = "",
+        carries_secret: bool = False,
     ) -> Callable[[Handler], Handler]:
-        """`role` is the least role allowed; by default reads need viewer and writes member.
-        `role=None` marks a route that needs no key."""
-        needed: Role | None
+        """`role` is what the caller needs (api/principal.py `Access`); by default reads need a
+        viewer key and writes a member key. `role=None` marks a route that needs no key."""
+        needed: Access | None
         if role == "default":
             needed = "viewer" if method == "GET" else "member"
         else:
-            needed = role  # type: ignore[assignment]
+            needed = role
 
         def register(handler: Handler) -> Handler:
             doc = summary or (inspect.getdoc(handler) or "").split("\n")[0]
-            self.endpoints.append(Endpoint(method, path, handler, status, needed, doc, self.tag))
+            self.endpoints.append(
+                Endpoint(
+                    method,
+                    path,
+                    handler,
+                    status,
+                    needed,
+                    doc,
+                    self.tag,
+                    carries_secret=carries_secret,
+                )
+            )
             return handler
 
         return register

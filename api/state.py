@@ -11,6 +11,7 @@ from api.event_stream import EventHub
 from api.metrics import Metrics
 from api.temporal_gateway import TemporalGateway
 from controlplane.settings import Settings
+from controlplane.temporal_auth import SigningKey
 
 
 @dataclass
@@ -20,6 +21,7 @@ class AppState:
     temporal: TemporalGateway
     events: EventHub
     pool_or_none: asyncpg.Pool[Any] | None = None
+    signing_key: SigningKey | None = None
 
     @property
     def pool(self) -> asyncpg.Pool[Any]:

@@ -16,6 +16,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, NoReturn, TypeVar
 
@@ -24,8 +25,8 @@ import asyncpg
 from controlplane import VERSION
 
 T = TypeVar("T")
-CliRole = Literal["viewer", "member", "admin"]
-ROLES: tuple[CliRole, ...] = ("admin", "member", "viewer")
+CliRole = Literal["viewer", "member", "admin", "worker"]
+ROLES: tuple[CliRole, ...] = ("admin", "member", "viewer", "worker")
 
 
 class CliError(Exception):
@@ -110,17 +111,51 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_orgs_create(args: argparse.Namespace) -> int:
     from api.tenancy import OrgExists, create_org
 
-    async def work(conn: asyncpg.Connection[Any]) -> None:
+    async def work(conn: asyncpg.Connection[Any]) -> str:
         try:
             await create_org(conn, args.slug, name=args.name, rate_limit_per_minute=args.rate_limit)
         except OrgExists:
             raise CliError(f"organization '{args.slug}' already exists") from None
         except ValueError as exc:
             raise CliError(str(exc)) from None
+        return await _register_namespace(conn, args.slug)
 
-    _with_connection(work)
+    namespace_note = _with_connection(work)
     print(f"created organization {args.slug} ({args.rate_limit} requests/min per key)")
+    print(namespace_note)
     return 0
+
+
+async def _register_namespace(conn: asyncpg.Connection[Any], organization_id: str) -> str:
+    """The organization's Temporal namespace, registered now when Temporal answers (else the
+    API registers it when it starts or first needs it); returns a line saying which."""
+    from api.errors import ApiError
+    from api.metrics import Metrics
+    from api.temporal_gateway import TemporalGateway
+    from api.vault import vault_from_key
+    from controlplane.settings import Settings
+    from controlplane.temporal_auth import CONTROL_PLANE_PERMISSIONS, load_signing_key, mint
+
+    settings = Settings.from_env()
+    namespace = settings.namespace_for(organization_id)
+    vault = vault_from_key(settings.secret_key) if settings.secret_key else None
+    key = await load_signing_key(conn, vault)
+    gateway = TemporalGateway(settings, Metrics(lambda: None))
+    gateway.token_source = lambda: mint(
+        key,
+        subject="controlplane-cli",
+        permissions=CONTROL_PLANE_PERMISSIONS,
+        ttl_seconds=settings.temporal_token_ttl_seconds,
+        issuer=settings.public_url,
+    )
+    try:
+        await gateway.client(organization_id)
+    except ApiError as exc:
+        return (
+            f"Temporal namespace {namespace} not registered yet ({exc.message}); the API "
+            "registers it when it starts or first needs it"
+        )
+    return f"Temporal namespace {namespace} is ready"
 
 
 def cmd_orgs_list(args: argparse.Namespace) -> int:
@@ -151,16 +186,26 @@ def cmd_orgs_update(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from api.tenancy import UnknownOrg, create_key
+    from api.tenancy import UnknownOrg, UnknownQueue, create_key
 
     role: CliRole = args.role
     name: str = args.name or f"{role} key"
+    if (role == "worker") != (args.queue is not None):
+        raise CliError("--role worker needs --queue QUEUE_ID, and only a worker key takes one")
+    try:
+        queue = uuid.UUID(args.queue) if args.queue else None
+    except ValueError:
+        raise CliError(f"'{args.queue}' is not a worker queue id") from None
 
     async def work(conn: asyncpg.Connection[Any]) -> Any:
         try:
-            return await create_key(conn, args.org, role=role, name=name, created_by="cli")
+            return await create_key(
+                conn, args.org, role=role, name=name, created_by="cli", worker_queue_id=queue
+            )
         except UnknownOrg:
             raise CliError(f"unknown organization '{args.org}'") from None
+        except UnknownQueue:
+            raise CliError(f"organization '{args.org}' has no worker queue {queue}") from None
 
     new = _with_connection(work)
     # The key alone on stdout, so `KEY=$(controlplane keys create ...)` works.
@@ -274,6 +319,15 @@ def cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
     return worker_main(rest)
 
 
+def cmd_tls_certs(args: argparse.Namespace) -> int:
+    from controlplane.tls_certs import generate
+
+    certs = generate(Path(args.out), args.host)
+    state = "created" if certs.created else "kept the existing"
+    print(f"{state} CA {certs.ca} and certificate {certs.certificate} for {', '.join(args.host)}")
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from controlplane.dev import DevOptions, run_dev
 
@@ -306,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Everything after `worker` goes to the worker's own parser (see `controlplane worker -h`).
     commands.add_parser(
         "worker",
-        help="run a worker on a queue: --queue-id ID [--control-plane-url URL] [--api-key KEY]",
+        help="run a worker on a queue: --queue-id ID [--control-plane-url URL] "
+        "[--api-key-file FILE | --api-key-stdin]",
         add_help=False,
     )
 
@@ -330,12 +385,23 @@ def build_parser() -> argparse.ArgumentParser:
     kcreate = keys.add_parser("create", help="create a key (printed once)")
     kcreate.add_argument("--org", required=True)
     kcreate.add_argument("--role", required=True, choices=ROLES)
+    kcreate.add_argument(
+        "--queue", help="for --role worker: the worker queue the key may start workers on"
+    )
     kcreate.add_argument("--name")
     klist = keys.add_parser("list", help="list an organization's keys")
     klist.add_argument("--org", required=True)
     krevoke = keys.add_parser("revoke", help="revoke a key")
     krevoke.add_argument("--org", required=True)
     krevoke.add_argument("key_id")
+
+    certs = commands.add_parser(
+        "tls-certs", help="a private CA and a server certificate for Temporal's frontend"
+    )
+    certs.add_argument("--out", required=True, help="directory for ca.pem, temporal.pem/.key")
+    certs.add_argument(
+        "--host", action="append", required=True, help="a name or IP the certificate is for"
+    )
 
     dev = commands.add_parser("dev", help="run everything locally on embedded defaults")
     dev.add_argument("--host", default="127.0.0.1", help="address the API listens on")
@@ -363,9 +429,10 @@ HANDLERS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     ("keys", "list"): cmd_keys_list,
     ("keys", "revoke"): cmd_keys_revoke,
     ("dev", None): cmd_dev,
+    ("tls-certs", None): cmd_tls_certs,
 }
 # Long-running commands that own their process and may have made a Temporal client.
-HARD_EXIT = {"api", "worker", "dev"}
+HARD_EXIT = {"api", "worker", "dev", "orgs"}
 
 
 def main(argv: list[str] | None = None) -> int:

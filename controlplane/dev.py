@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,11 +40,14 @@ from controlplane.services import (
     stop_process,
     wait_for_port,
 )
+from controlplane.settings import Settings
 
 DEV_ORG = "default"
 DEV_ENVIRONMENT = "default"
 DEV_QUEUE = "default"
 KEY_FILE = "dev-api-key"
+# The dev worker's key: a worker key of the `default` queue, read by the worker from this file.
+WORKER_KEY_FILE = "dev-worker-key"
 # The vault key (CONTROLPLANE_SECRET_KEY), generated once; only the API process gets it.
 SECRET_KEY_FILE = "secret-key"
 SECRET_KEY_ENV = "CONTROLPLANE_SECRET_KEY"
@@ -545,13 +549,52 @@ class DevRun:
             ) from None
         return {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": FAKE_LLM_API_KEY}
 
+    def worker_key_file(self, queue_id: str, admin_key: str) -> Path:
+        """The file holding a worker key of the queue: kept from an earlier run while it still
+        works, else a new one minted through the API. The worker gets the file, never the admin
+        key, and reads it so that the key is not in its environment."""
+        path = self.home / WORKER_KEY_FILE
+        kept = path.read_text().strip() if path.exists() else ""
+        if kept and asyncio.run(self._worker_key_works(kept, queue_id)):
+            return path
+        headers = {"Authorization": f"Bearer {admin_key}"}
+        with httpx.Client(base_url=self.options.api_url, headers=headers, timeout=10) as http:
+            response = http.post(
+                "/api/v1/api-keys",
+                json={"name": "dev worker key", "role": "worker", "worker_queue_id": queue_id},
+            )
+        if response.status_code != 201:
+            raise DevError(
+                f"could not create the dev worker key: {response.status_code} "
+                f"{_error_message(response)}"
+            )
+        _write_secret(path, response.json()["key"])
+        return path
+
+    async def _worker_key_works(self, key: str, queue_id: str) -> bool:
+        from api.tenancy import hash_key
+
+        conn = await asyncpg.connect(self.database_url, timeout=10)
+        try:
+            found = await conn.fetchval(
+                "SELECT 1 FROM api_keys WHERE key_hash = $1 AND role = 'worker' "
+                "AND worker_queue_id = $2 AND revoked_at IS NULL",
+                hash_key(key),
+                uuid.UUID(queue_id),
+            )
+        finally:
+            await conn.close()
+        return found is not None
+
     def start_worker(self, queue_id: str, key: str, extra_env: dict[str, str]) -> None:
-        # The worker needs only the control-plane URL and a key; Temporal settings come from
-        # the API, and it never sees the database.
+        # The worker needs only the control-plane URL and its worker key; Temporal settings
+        # come from the API, and it never sees the database.
+        key_file = self.worker_key_file(queue_id, key)
         env = {name: value for name, value in os.environ.items() if name not in WORKER_HIDDEN_ENV}
-        env.update(CONTROLPLANE_URL=self.options.api_url, CONTROLPLANE_API_KEY=key, **extra_env)
+        env.pop("CONTROLPLANE_API_KEY", None)
+        env.update(CONTROLPLANE_URL=self.options.api_url, **extra_env)
         _say(f"starting a worker on queue {DEV_QUEUE} ({queue_id}) ...")
-        args = ["worker", "--queue-id", queue_id]
+        args = ["worker", "--queue-id", queue_id, "--api-key-file", str(key_file)]
         child = self._spawn("worker", args, env, "worker.log", WORKER_STOP_TIMEOUT)
         self._wait_worker_registered(child, queue_id, key)
 
@@ -582,10 +625,12 @@ class DevRun:
     def print_summary(self, key: AdminKey, queue: dict[str, Any]) -> None:
         url = self.options.api_url
         key_file = self.home / KEY_FILE
+        # The default organization's workflows are in its own namespace.
+        namespace = Settings.from_env(secret_key="").namespace_for(DEV_ORG)
         temporal_ui = (
-            f"http://127.0.0.1:{self.options.ui_port}"
+            f"http://127.0.0.1:{self.options.ui_port}/namespaces/{namespace}/workflows"
             if self.options.temporal_address is None
-            else "(external Temporal)"
+            else f"(external Temporal; namespace {namespace})"
         )
         postgres = (
             f"embedded, data in {self.home / 'postgres'}"

@@ -49,11 +49,27 @@ def _secret_key_env() -> str:
 class Settings:
     database_url: str = ""
     temporal_address: str = "127.0.0.1:7233"
+    # The control plane's own namespace (its internal workflows); each organization's workflows
+    # run in a namespace of their own, `temporal_namespace_prefix` + the organization's slug.
     temporal_namespace: str = "default"
+    temporal_namespace_prefix: str = "org-"
+    temporal_retention_days: int = 7
+    # Where workers reach Temporal, when not at `temporal_address` (e.g. a public host name).
+    temporal_public_address: str = ""
+    # TLS to the Temporal frontend; the CA (PEM file) is also handed to workers at start.
+    temporal_tls: bool = False
+    temporal_tls_ca_file: str | None = None
+    temporal_tls_server_name: str | None = None
+    # Lifetime of the JWTs minted for Temporal's authorizer (workers refresh them).
+    temporal_token_ttl_seconds: int = 900
     home: Path = field(default_factory=lambda: Path(".controlplane"))
     # The URL workers and generated commands use to reach this API.
     public_url: str = "http://127.0.0.1:8001"
     default_rate_limit_per_minute: int = 100
+    # Per worker token: generous, so a healthy worker is never refused a heartbeat.
+    worker_rate_limit_per_minute: int = 6000
+    # Worker keys and worker tokens minted per organization per minute.
+    credential_mint_limit_per_minute: int = 60
     max_body_bytes: int = 1024 * 1024
     db_pool_min: int = 2
     db_pool_max: int = 10
@@ -64,15 +80,32 @@ class Settings:
     # The vault key (base64 or hex of 32 bytes); empty: the secrets routes answer 503.
     secret_key: str = field(default="", repr=False)
 
+    def namespace_for(self, organization_id: str) -> str:
+        """The Temporal namespace that holds an organization's workflows."""
+        return f"{self.temporal_namespace_prefix}{organization_id}"
+
+    @property
+    def worker_temporal_address(self) -> str:
+        return self.temporal_public_address or self.temporal_address
+
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         values: dict[str, object] = {
             "database_url": os.environ.get("DATABASE_URL", ""),
             "temporal_address": os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233"),
             "temporal_namespace": os.environ.get("TEMPORAL_NAMESPACE", "default"),
+            "temporal_namespace_prefix": os.environ.get("TEMPORAL_NAMESPACE_PREFIX", "org-"),
+            "temporal_retention_days": _int_env("TEMPORAL_RETENTION_DAYS", 7),
+            "temporal_public_address": os.environ.get("TEMPORAL_PUBLIC_ADDRESS", ""),
+            "temporal_tls": _bool_env("TEMPORAL_TLS", False),
+            "temporal_tls_ca_file": os.environ.get("TEMPORAL_TLS_CA_FILE") or None,
+            "temporal_tls_server_name": os.environ.get("TEMPORAL_TLS_SERVER_NAME") or None,
+            "temporal_token_ttl_seconds": _int_env("TEMPORAL_TOKEN_TTL_SECONDS", 900),
             "home": Path(os.environ.get("CONTROLPLANE_HOME", ".controlplane")),
             "public_url": os.environ.get("CONTROLPLANE_URL", "http://127.0.0.1:8001"),
             "default_rate_limit_per_minute": _int_env("RATE_LIMIT_PER_MINUTE", 100),
+            "worker_rate_limit_per_minute": _int_env("WORKER_RATE_LIMIT_PER_MINUTE", 6000),
+            "credential_mint_limit_per_minute": _int_env("CREDENTIAL_MINT_LIMIT_PER_MINUTE", 60),
             "max_body_bytes": _int_env("MAX_BODY_BYTES", 1024 * 1024),
             "db_pool_min": _int_env("DB_POOL_MIN", 2),
             "db_pool_max": _int_env("DB_POOL_MAX", 10),

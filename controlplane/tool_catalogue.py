@@ -11,9 +11,9 @@ import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workflows.execution_types import ToolSpec
 
@@ -109,6 +109,42 @@ class SleepConfig(SkillConfig):
     max_seconds: float = Field(60.0, gt=0, le=3600)
 
 
+class McpServerConfig(SkillConfig):
+    """An MCP server whose tools the worker lists when a run starts. The only way to give a
+    run a server that runs a command on the worker (stdio): skills are written by admins."""
+
+    server_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]{1,40}$",
+        description="The name its tools are listed under; default: the skill's name",
+    )
+    command: str | None = Field(None, min_length=1, description="stdio: the program to run")
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    type: Literal["stdio", "http", "sse"] | None = None
+    url: str | None = Field(None, description="http/sse: the server's URL")
+    headers: dict[str, str] = Field(default_factory=dict)
+    allow_private_networks: bool = Field(
+        False, description="http/sse: may the URL resolve to a private address"
+    )
+
+    @model_validator(mode="after")
+    def one_transport(self) -> McpServerConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("an MCP server has either a command (stdio) or a url (http/sse)")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must be an http(s) URL")
+        return self
+
+    def server_config(self) -> dict[str, Any]:
+        """The config as execution environments carry MCP servers."""
+        keys = ("command", "args", "env") if self.command else ("type", "url", "headers")
+        config = {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
+        if self.url and self.allow_private_networks:
+            config["allow_private_networks"] = True
+        return config
+
+
 ConfigModel = type[SkillConfig]
 
 
@@ -140,7 +176,8 @@ class SkillTypeInfo:
     variants: tuple[SkillVariant, ...] = ()
 
     def default_configuration(self) -> dict[str, Any]:
-        return self.config_model().model_dump(mode="json")
+        # Built without validation: some types (mcp_server) have no valid empty configuration.
+        return self.config_model.model_construct().model_dump(mode="json")
 
     def config_schema(self) -> dict[str, Any]:
         return self.config_model.model_json_schema()
@@ -269,6 +306,24 @@ SKILL_TYPES: dict[str, SkillTypeInfo] = {
             "low",
             SLEEP_TOOLS,
             (SkillVariant("sleep", "Sleep", "Up to a minute per call"),),
+        ),
+        SkillTypeInfo(
+            "mcp_server",
+            "MCP server",
+            "An MCP server (a command run on the worker over stdio, or an http/sse URL) whose "
+            "tools the agent gets, each call policy-checked like a built-in tool.",
+            "Plug",
+            McpServerConfig,
+            "high",
+            (),
+            (
+                SkillVariant(
+                    "mcp_server_http",
+                    "MCP server (HTTP)",
+                    "A streamable HTTP MCP server",
+                    {"type": "http", "url": "https://mcp.example.com/mcp"},
+                ),
+            ),
         ),
         SkillTypeInfo(
             "custom",
@@ -502,3 +557,16 @@ def tools_for_skills(skills: Iterable[tuple[str, str, str, dict[str, Any]]]) -> 
             taken.add(spec.name)
             specs.append(spec)
     return specs
+
+
+def mcp_servers_of(skills: Iterable[tuple[str, str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """The MCP servers of skills `(name, type, configuration)` of type mcp_server, by server
+    name (a later skill with the same name wins). Raises SkillConfigError."""
+    servers: dict[str, dict[str, Any]] = {}
+    for skill_name, skill_type, configuration in skills:
+        if skill_type != "mcp_server":
+            continue
+        config = parse_config(skill_type, configuration)
+        assert isinstance(config, McpServerConfig)
+        servers[config.server_name or slug(skill_name)[:40]] = config.server_config()
+    return servers

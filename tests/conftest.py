@@ -21,6 +21,7 @@ from temporalio.client import Client
 
 from api.app import create_app
 from api.principal import KeyRole
+from api.temporal_gateway import NamespaceWarmup
 from api.tenancy import create_key, create_org
 from api.vault import new_key
 from controlplane.services import EmbeddedPostgres, free_port, start_temporal, stop_process
@@ -130,6 +131,41 @@ class Tenant:
     member: httpx.AsyncClient
     viewer: httpx.AsyncClient
     keys: dict[KeyRole, str]
+    app: Starlette
+
+    def anonymous(self) -> httpx.AsyncClient:
+        return client_for(self.app)
+
+
+async def temporal_for(temporal_address: str, tenant: Tenant) -> Client:
+    """A Temporal client in the tenant's own namespace (where its workflows live)."""
+    return await Client.connect(
+        temporal_address,
+        namespace=Settings().namespace_for(tenant.id),
+        interceptors=[NamespaceWarmup()],
+    )
+
+
+async def worker_key_for(tenant: Tenant, queue_id: str) -> str:
+    """A worker key of the queue, minted by the tenant's admin."""
+    response = await tenant.admin.post(
+        "/api/v1/api-keys",
+        json={"name": "worker key", "role": "worker", "worker_queue_id": queue_id},
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["key"])
+
+
+async def as_worker(
+    tenant: Tenant, queue_id: str, app: Starlette | None = None
+) -> httpx.AsyncClient:
+    """A client holding the worker token of a worker started on the queue (with a worker key,
+    as `controlplane worker` starts): what a worker process speaks the worker protocol with.
+    `app`: another API app on the same database (default: the tenant's)."""
+    starter = client_for(app or tenant.app, await worker_key_for(tenant, queue_id))
+    response = await starter.post(f"/api/v1/worker-queues/{queue_id}/start", json={})
+    assert response.status_code == 200, response.text
+    return client_for(app or tenant.app, response.json()["worker_token"])
 
 
 async def make_tenant(app: Starlette, db: asyncpg.Pool[Any], rate_limit: int = 10_000) -> Tenant:
@@ -146,6 +182,7 @@ async def make_tenant(app: Starlette, db: asyncpg.Pool[Any], rate_limit: int = 1
         client_for(app, keys["member"]),
         client_for(app, keys["viewer"]),
         keys,
+        app,
     )
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,10 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-from temporalio.client import Client
 
 from controlplane.fake_anthropic import FakeAnthropicServer
-from tests.conftest import Tenant
+from tests.conftest import Tenant, temporal_for, worker_key_for
 
 
 @pytest.fixture(scope="session")
@@ -33,9 +33,11 @@ def fake_llm() -> Iterator[FakeAnthropicServer]:
 async def running_queue(
     tenant: Tenant, live_api: str, fake_llm: FakeAnthropicServer
 ) -> AsyncIterator[dict[str, Any]]:
-    """A queue of the tenant with one real worker process serving it."""
+    """A queue of the tenant with one real worker process serving it; `worker_key` starts
+    another on the same queue."""
     queue = await make_queue(tenant, "prod")
-    process = start_worker_process(queue["id"], tenant.keys["member"], live_api, fake_llm)
+    queue["worker_key"] = await worker_key_for(tenant, queue["id"])
+    process = start_worker_process(queue["id"], queue["worker_key"], live_api, fake_llm)
     queue["process"] = process
     yield queue
     if process.poll() is None:
@@ -57,24 +59,27 @@ async def make_queue(tenant: Tenant, environment: str) -> dict[str, Any]:
 
 def start_worker_process(
     queue_id: str,
-    api_key: str,
+    worker_key: str,
     live_api: str,
     fake_llm: FakeAnthropicServer,
     anthropic_api_key: str | None = "test-key",
 ) -> subprocess.Popen[bytes]:
-    """`python -m worker` on a queue, as an operator runs it: no database credentials."""
+    """`python -m worker` on a queue, as an operator runs it: no database credentials, its
+    worker key in a file (mode 0600), the model key in its environment (which it scrubs)."""
+    fd, key_file = tempfile.mkstemp(prefix="worker-key-")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(worker_key)
     env = {
         **os.environ,
         "CONTROLPLANE_URL": live_api,
-        "CONTROLPLANE_API_KEY": api_key,
         "ANTHROPIC_BASE_URL": fake_llm.base_url,
     }
-    env.pop("DATABASE_URL", None)
-    env.pop("ANTHROPIC_API_KEY", None)
+    for name in ("DATABASE_URL", "ANTHROPIC_API_KEY", "CONTROLPLANE_API_KEY"):
+        env.pop(name, None)
     if anthropic_api_key is not None:
         env["ANTHROPIC_API_KEY"] = anthropic_api_key
     return subprocess.Popen(
-        [sys.executable, "-m", "worker", "--queue-id", queue_id],
+        [sys.executable, "-m", "worker", "--queue-id", queue_id, "--api-key-file", key_file],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -153,12 +158,14 @@ async def read_stream(
 HISTORIES = Path(__file__).parent / "histories"
 
 
-async def record_history(temporal_address: str, execution_id: str, name: str) -> None:
+async def record_history(
+    tenant: Tenant, temporal_address: str, execution_id: str, name: str
+) -> None:
     """With RECORD_HISTORIES=1, keep this execution's workflow history for the replay tests
     (tests/test_replay.py), so a later change that breaks determinism fails CI."""
     if os.environ.get("RECORD_HISTORIES") != "1":
         return
-    client = await Client.connect(temporal_address)
+    client = await temporal_for(temporal_address, tenant)
     history = await client.get_workflow_handle(f"agent-execution-{execution_id}").fetch_history()
     HISTORIES.mkdir(exist_ok=True)
     (HISTORIES / f"{name}.json").write_text(history.to_json())

@@ -6,15 +6,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from temporalio.client import Client
-
 from controlplane.fake_anthropic import (
     AsyncFakeAnthropicClient,
     FakeAnthropicServer,
     error_reply,
     text_reply,
 )
-from tests.conftest import Tenant, assert_error
+from tests.conftest import Tenant, assert_error, temporal_for
 from tests.execution_helpers import (
     make_agent,
     read_stream,
@@ -100,7 +98,7 @@ async def test_multi_turn_conversation_and_mark_done(
     # A finished execution refuses actions with its status.
     error = assert_error(await tenant.member.post(f"/api/v1/executions/{execution_id}/pause"), 409)
     assert error["details"]["status"] == "completed"
-    await record_history(temporal_address, execution_id, "multi_turn_mark_done")
+    await record_history(tenant, temporal_address, execution_id, "multi_turn_mark_done")
 
 
 async def test_bad_request_from_model_fails_the_execution(
@@ -123,7 +121,7 @@ async def test_bad_request_from_model_fails_the_execution(
     final = await wait_status(tenant, execution_id, "failed", "completed")
     assert final["status"] == "failed"
     assert "prompt is too long" in final["error_message"]
-    await record_history(temporal_address, execution_id, "model_400_failed")
+    await record_history(tenant, temporal_address, execution_id, "model_400_failed")
 
 
 async def test_rate_limited_model_call_is_retried(
@@ -145,7 +143,7 @@ async def test_rate_limited_model_call_is_retried(
     ).json()["execution_id"]
     final = await wait_status(tenant, execution_id, "completed", "failed")
     assert final["status"] == "completed" and final["response"] == "Made it."
-    await record_history(temporal_address, execution_id, "model_429_retried")
+    await record_history(tenant, temporal_address, execution_id, "model_429_retried")
 
 
 async def test_execute_refusals(
@@ -189,7 +187,7 @@ async def test_execute_retry_with_idempotency_key_starts_nothing_new(
     assert again.json()["execution_id"] == first.json()["execution_id"]
     listed = (await tenant.viewer.get(f"/api/v1/executions?entity_id={agent_id}")).json()
     assert listed["total"] == 1
-    client = await Client.connect(temporal_address)
+    client = await temporal_for(temporal_address, tenant)
     runs = [
         run async for run in client.list_workflows(f"WorkflowId = '{first.json()['workflow_id']}'")
     ]

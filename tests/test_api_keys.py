@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import asyncpg
@@ -9,11 +10,16 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from tests.conftest import Tenant, assert_error, client_for
+from api.app import create_app
+from controlplane.settings import Settings
+from tests.conftest import Tenant, assert_error, client_for, make_tenant
 from tests.resource_helpers import (
+    MISSING,
     assert_all_not_found,
     assert_validation,
     check_pagination,
+    create_environment,
+    create_queue,
     ordered_ids,
     rows_of,
 )
@@ -24,6 +30,7 @@ KEY_FIELDS = {
     "name",
     "prefix",
     "role",
+    "worker_queue_id",
     "created_at",
     "created_by",
     "revoked_at",
@@ -79,6 +86,9 @@ async def test_role_defaults_to_member(tenant: Tenant) -> None:
         ({"name": "x" * 201}, "name"),
         ({"name": 5}, "name"),
         ({"name": "x", "role": "owner"}, "role"),
+        ({"name": "x", "role": "worker"}, "body"),
+        ({"name": "x", "role": "member", "worker_queue_id": MISSING}, "body"),
+        ({"name": "x", "role": "worker", "worker_queue_id": "nope"}, "worker_queue_id"),
         ([], "body"),
     ],
 )
@@ -182,3 +192,100 @@ async def test_other_orgs_key_is_not_found(
     await assert_all_not_found(revoke, str(theirs[0]["id"]))
     assert await rows_of(db, "api_keys", other_tenant.id) == theirs
     assert (await other_tenant.viewer.get("/api/v1/projects")).status_code == 200
+
+
+async def test_worker_keys_are_bound_to_a_queue_of_the_organization(
+    db: asyncpg.Pool[Any], tenant: Tenant, other_tenant: Tenant
+) -> None:
+    env = await create_environment(tenant.member, "e")
+    queue = await create_queue(tenant.member, env["id"], "q")
+    theirs = await create_queue(
+        other_tenant.member, (await create_environment(other_tenant.member, "e"))["id"], "q"
+    )
+    before = await rows_of(db, "api_keys", tenant.id)
+    for queue_id in (theirs["id"], MISSING):
+        missing = await tenant.admin.post(
+            "/api/v1/api-keys", json={"name": "w", "role": "worker", "worker_queue_id": queue_id}
+        )
+        assert_error(missing, 404, "RESOURCE_NOT_FOUND")
+    assert await rows_of(db, "api_keys", tenant.id) == before
+    made = await tenant.admin.post(
+        "/api/v1/api-keys", json={"name": "w", "role": "worker", "worker_queue_id": queue["id"]}
+    )
+    assert made.status_code == 201, made.text
+    assert (made.json()["role"], made.json()["worker_queue_id"]) == ("worker", queue["id"])
+    # A worker key reads and writes nothing; it may only start workers on its queue.
+    worker_key = client_for(tenant.app, made.json()["key"])
+    for response in [
+        await worker_key.get("/api/v1/projects"),
+        await worker_key.get("/api/v1/api-keys"),
+        await worker_key.post("/api/v1/api-keys", json={"name": "x", "role": "admin"}),
+        await worker_key.get(f"/api/v1/worker-queues/{queue['id']}/worker-command"),
+    ]:
+        assert_error(response, 403, "AUTHORIZATION_ERROR")
+
+
+async def test_a_repeated_create_does_not_show_the_key_again(tenant: Tenant) -> None:
+    """Responses that carry a credential are not stored for Idempotency-Key replays, and a
+    replay belongs to the key that made the first request only."""
+    headers = {"Idempotency-Key": "make-one-key"}
+    body = {"name": "once", "role": "viewer"}
+    first = await tenant.admin.post("/api/v1/api-keys", json=body, headers=headers)
+    assert first.status_code == 201 and first.headers["cache-control"] == "no-store"
+    again = await tenant.admin.post("/api/v1/api-keys", json=body, headers=headers)
+    error = assert_error(again, 409, "RESOURCE_CONFLICT")
+    assert first.json()["key"] not in again.text
+    assert error["details"]["first_status"] == 201
+    listed = (await tenant.admin.get("/api/v1/api-keys")).json()["items"]
+    assert [item["name"] for item in listed].count("once") == 1
+
+
+async def test_idempotent_replays_belong_to_the_credential_that_asked(tenant: Tenant) -> None:
+    headers = {"Idempotency-Key": "shared-key"}
+    body = {"name": "Replay", "key": "RPL"}
+    first = await tenant.member.post("/api/v1/projects", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    replay = await tenant.member.post("/api/v1/projects", json=body, headers=headers)
+    assert replay.headers.get("idempotent-replayed") == "true"
+    assert replay.json() == first.json()
+    # The same header from another key of the organization is a new request: a viewer is
+    # refused by its role, not served the member's response.
+    assert_error(
+        await tenant.viewer.post("/api/v1/projects", json=body, headers=headers),
+        403,
+        "AUTHORIZATION_ERROR",
+    )
+    # An admin's request with that header is its own (and conflicts on the name).
+    assert_error(
+        await tenant.admin.post("/api/v1/projects", json=body, headers=headers),
+        409,
+        "RESOURCE_CONFLICT",
+    )
+
+
+async def test_minting_worker_credentials_is_rate_limited(
+    settings: Settings, db: asyncpg.Pool[Any]
+) -> None:
+    tight = dataclasses.replace(settings, credential_mint_limit_per_minute=2)
+    app = create_app(tight)
+    async with app.router.lifespan_context(app):
+        tenant = await make_tenant(app, db)
+        env = await create_environment(tenant.member, "e")
+        queue = await create_queue(tenant.member, env["id"], "q")
+        body = {"name": "w", "role": "worker", "worker_queue_id": queue["id"]}
+        made = [await tenant.admin.post("/api/v1/api-keys", json=body) for _ in range(2)]
+        assert [r.status_code for r in made] == [201, 201]
+        before = await rows_of(db, "api_keys", tenant.id)
+        for response in [
+            await tenant.admin.post("/api/v1/api-keys", json=body),
+            await tenant.admin.get(f"/api/v1/worker-queues/{queue['id']}/worker-command"),
+            await tenant.admin.post(f"/api/v1/worker-queues/{queue['id']}/start", json={}),
+        ]:
+            error = assert_error(response, 429, "RATE_LIMIT_EXCEEDED")
+            assert int(response.headers["retry-after"]) >= 1
+            assert error["details"]["limit"] == 2
+        assert await rows_of(db, "api_keys", tenant.id) == before
+        assert await rows_of(db, "workers", tenant.id) == []
+        # Other keys are not worker credentials: not counted.
+        viewer = await tenant.admin.post("/api/v1/api-keys", json={"name": "v", "role": "viewer"})
+        assert viewer.status_code == 201

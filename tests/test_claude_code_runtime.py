@@ -158,7 +158,7 @@ SHELL_CLI_NAME = "mcp__controlplane__shell"
 
 
 async def make_shell_agent(tenant: Tenant, token: str) -> str:
-    skill = await tenant.member.post(
+    skill = await tenant.admin.post(
         "/api/v1/skills",
         json={"name": f"shell-{uuid.uuid4().hex[:6]}", "type": "shell", "configuration": {}},
     )

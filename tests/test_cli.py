@@ -7,17 +7,24 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.applications import Starlette
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+from temporalio.client import Client
 
 from controlplane.cli import main
 from tests.conftest import assert_error, client_for
 
 
 @pytest.fixture
-def cli_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def cli_env(database_url: str, temporal_address: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("TEMPORAL_ADDRESS", temporal_address)
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -38,11 +45,22 @@ def new_slug() -> str:
 
 
 @pytest.mark.usefixtures("cli_env")
-def test_orgs(capsys: pytest.CaptureFixture[str]) -> None:
+def test_orgs(capsys: pytest.CaptureFixture[str], temporal_address: str) -> None:
     slug = new_slug()
     code, out, _ = run(capsys, "orgs", "create", slug, "--name", "CLI Org", "--rate-limit", "7")
     assert code == 0
     assert slug in out
+    # The organization's Temporal namespace is registered with it.
+    assert f"Temporal namespace org-{slug} is ready" in out
+
+    async def described() -> str:
+        client = await Client.connect(temporal_address)
+        answer = await client.workflow_service.describe_namespace(
+            DescribeNamespaceRequest(namespace=f"org-{slug}")
+        )
+        return str(answer.namespace_info.name)
+
+    assert asyncio.run(described()) == f"org-{slug}"
 
     code, _, err = run(capsys, "orgs", "create", slug)
     assert code == 1
@@ -139,6 +157,51 @@ async def test_keys(app: Starlette, capsys: pytest.CaptureFixture[str], cli_env:
     code, _, err = await cli("keys", "create", "--org", new_slug(), "--role", "admin")
     assert code == 1
     assert "unknown organization" in one_line(err)
+
+    # A worker key is bound to a queue of the organization.
+    admin = (await cli("keys", "create", "--org", slug, "--role", "admin"))[1].strip()
+    async with client_for(app, admin) as http:
+        env = (await http.post("/api/v1/environments", json={"name": "e"})).json()
+        queue = (
+            await http.post(f"/api/v1/environments/{env['id']}/worker-queues", json={"name": "q"})
+        ).json()
+    code, out, _ = await cli(
+        "keys", "create", "--org", slug, "--role", "worker", "--queue", queue["id"]
+    )
+    assert code == 0
+    async with client_for(app, out.strip()) as worker_key:
+        started = await worker_key.post(f"/api/v1/worker-queues/{queue['id']}/start", json={})
+        assert started.status_code == 200, started.text
+    for args, message in [
+        (("--role", "worker"), "--queue"),
+        (("--role", "member", "--queue", queue["id"]), "--queue"),
+        (("--role", "worker", "--queue", "nope"), "not a worker queue id"),
+        (("--role", "worker", "--queue", str(uuid.uuid4())), "has no worker queue"),
+    ]:
+        code, _, err = await cli("keys", "create", "--org", slug, *args)
+        assert code == 1
+        assert message in one_line(err)
+
+
+def test_tls_certs_make_a_ca_and_a_server_certificate_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, _ = run(capsys, "tls-certs", "--out", str(tmp_path), "--host", "temporal")
+    assert code == 0 and out.startswith("created")
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
+    server = x509.load_pem_x509_certificate((tmp_path / "temporal.pem").read_bytes())
+    server.verify_directly_issued_by(ca)
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["temporal"]
+    key = serialization.load_pem_private_key((tmp_path / "temporal.key").read_bytes(), None)
+    public = server.public_key()
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    assert key.public_key().public_numbers() == public.public_numbers()
+    before = (tmp_path / "ca.pem").read_bytes()
+    code, out, _ = run(capsys, "tls-certs", "--out", str(tmp_path), "--host", "temporal")
+    assert code == 0 and out.startswith("kept")
+    assert (tmp_path / "ca.pem").read_bytes() == before
 
 
 def test_console_errors_are_one_line() -> None:

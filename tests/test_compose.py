@@ -23,7 +23,6 @@ OPERATOR_ENV = {
     "POSTGRES_PASSWORD": "pw",
     "ANTHROPIC_API_KEY": "sk-ant-test",
     "DEFAULT_WORKER_QUEUE_ID": "11111111-2222-3333-4444-555555555555",
-    "CONTROLPLANE_API_KEY": "cpk_test",
     "CONTROLPLANE_SECRET_KEY": "a" * 64,
 }
 _VARIABLE = re.compile(
@@ -105,7 +104,9 @@ def depends_on(service: str) -> dict[str, str]:
 
 
 def test_the_platform_services_are_present() -> None:
-    assert {"postgres", "temporal", "temporal-ui", "opa", "migrate", "api"} <= set(SERVICES)
+    assert {"postgres", "certs", "temporal", "temporal-ui", "opa", "migrate", "api"} <= set(
+        SERVICES
+    )
     assert WORKERS, "at least one worker-<queue> service"
     assert SERVICES["postgres"]["image"].startswith("postgres:16")
     assert SERVICES["temporal"]["image"].startswith(
@@ -118,7 +119,7 @@ def test_the_platform_services_are_present() -> None:
 
 
 def test_our_services_run_our_image() -> None:
-    ours = ["api", "migrate", *WORKERS]
+    ours = ["api", "migrate", "certs", *WORKERS]
     images = {SERVICES[name]["image"] for name in ours}
     assert len(images) == 1, images
     for name in ours:
@@ -223,14 +224,30 @@ def test_migrate_is_a_one_shot_schema_apply() -> None:
     assert depends_on("migrate")["postgres"] == "service_healthy"
 
 
+def secret_files(service: str) -> dict[str, str]:
+    """Where each compose secret of a service is mounted: /run/secrets/<name>."""
+    declared = COMPOSE.get("secrets") or {}
+    mounted = {}
+    for entry in SERVICES[service].get("secrets", []):
+        name = entry if isinstance(entry, str) else entry["source"]
+        assert name in declared, f"{service} uses undeclared secret {name}"
+        target = name if isinstance(entry, str) else entry.get("target", name)
+        mounted[name] = f"/run/secrets/{target}"
+    return mounted
+
+
 @pytest.mark.parametrize("worker", WORKERS)
 def test_workers_serve_one_queue_without_database_credentials(worker: str) -> None:
     cmd = command(worker)
     assert cmd[:3] == ["controlplane", "worker", "--queue-id"]
-    assert len(cmd) == 4 and cmd[3], "one queue id per worker service"
+    assert cmd[3], "one queue id per worker service"
     assert "${" in str(RAW["services"][worker]["command"]), "the queue id comes from the env"
+    # The worker key and the model key are files, never environment variables.
+    files = secret_files(worker)
+    assert cmd[4:] == ["--api-key-file", cmd[5]] and cmd[5] in files.values()
     variables = env(worker)
-    assert {"CONTROLPLANE_URL", "CONTROLPLANE_API_KEY", "ANTHROPIC_API_KEY"} <= set(variables)
+    assert "CONTROLPLANE_API_KEY" not in variables and "ANTHROPIC_API_KEY" not in variables
+    assert variables["ANTHROPIC_API_KEY_FILE"] in files.values()
     assert urlsplit(variables["CONTROLPLANE_URL"] or "").netloc == "api:8001"
     assert "DATABASE_URL" not in variables
     assert "CONTROLPLANE_SECRET_KEY" not in variables
@@ -243,6 +260,36 @@ def test_workers_serve_one_queue_without_database_credentials(worker: str) -> No
 def test_every_worker_serves_its_own_queue() -> None:
     queues = [command(worker)[3] for worker in WORKERS]
     assert len(queues) == len(set(queues))
+    keys = [command(worker)[5] for worker in WORKERS]
+    assert len(keys) == len(set(keys)), "a worker key per queue"
+
+
+def test_temporal_authorizes_with_the_control_planes_jwks_over_tls() -> None:
+    temporal = env("temporal")
+    assert temporal["TEMPORAL_AUTH_AUTHORIZER"] == "default"
+    assert temporal["TEMPORAL_AUTH_CLAIM_MAPPER"] == "default"
+    assert temporal["TEMPORAL_JWT_PERMISSIONS_CLAIM"] == "permissions"
+    jwks = urlsplit(temporal["TEMPORAL_JWT_KEY_SOURCE1"] or "")
+    assert (jwks.netloc, jwks.path) == ("api:8001", "/.well-known/jwks.json")
+    # Temporal's own worker service needs the unauthenticated internal frontend.
+    assert "internal-frontend" in (temporal["SERVICES"] or "").split(":")
+    assert temporal["USE_INTERNAL_FRONTEND"] == "true"
+    assert (7236, 7236) not in ports("temporal"), "the internal frontend stays inside"
+    assert "temporal:7236" in healthcheck_test("temporal")
+    # TLS on the public frontend with the certificate the certs service made.
+    certs_dir = command("certs")[command("certs").index("--out") + 1]
+    assert "temporal" in command("certs")
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in SERVICES["temporal"]["volumes"]}
+    assert mounts["temporal-tls"] == certs_dir
+    assert (temporal["TEMPORAL_TLS_FRONTEND_CERT"] or "").startswith(certs_dir + "/")
+    assert (temporal["TEMPORAL_TLS_FRONTEND_KEY"] or "").startswith(certs_dir + "/")
+    assert depends_on("temporal")["certs"] == "service_completed_successfully"
+    # The API trusts that CA and hands it (and the server name) to workers.
+    api = env("api")
+    assert api["TEMPORAL_TLS"] == "true" and api["TEMPORAL_TLS_SERVER_NAME"] == "temporal"
+    api_mounts = {v.split(":")[0]: v.split(":")[1] for v in SERVICES["api"]["volumes"]}
+    assert (api["TEMPORAL_TLS_CA_FILE"] or "").startswith(api_mounts["temporal-tls"] + "/")
+    assert "temporal-tls" in (COMPOSE.get("volumes") or {})
 
 
 # ---- Dockerfile -----------------------------------------------------------------------------

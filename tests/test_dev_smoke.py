@@ -210,10 +210,15 @@ def test_dev_starts_restarts_and_stops(tmp_path: Path) -> None:
     assert NO_KEY_NOTE not in run.stdout()
     pids = service_pids(dev)
     assert set(pids) == {"temporal", "api", "fake", "worker", "postgres"}
-    # Only the worker is pointed at the fake.
+    # Only the worker is pointed at the fake. It holds its keys in memory only: the model key
+    # it was given in its environment is scrubbed, and its worker key comes from a 0600 file.
     worker_env, api_env = process_env(pids["worker"]), process_env(pids["api"])
     assert worker_env["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{fake_port}"
-    assert worker_env["ANTHROPIC_API_KEY"] == "fake-key"
+    assert "ANTHROPIC_API_KEY" not in worker_env and "CONTROLPLANE_API_KEY" not in worker_env
+    assert key not in " ".join(worker_env.values())
+    worker_key_file = dev.home / "dev-worker-key"
+    assert worker_key_file.stat().st_mode & 0o777 == 0o600
+    assert worker_key_file.read_text().strip() != key
     assert "ANTHROPIC_BASE_URL" not in api_env and "ANTHROPIC_API_KEY" not in api_env
     with client(dev, key) as http:
         queue = default_queue(http)

@@ -48,7 +48,7 @@ EXECUTION_ENVIRONMENT = {
     "secrets": ["GITHUB_TOKEN"],
     "integration_ids": ["slack-1"],
     "mcp_servers": {
-        "files": {"command": "npx", "args": ["fs-server"], "env": {"ROOT": "/tmp"}},
+        "files": {"type": "sse", "url": "http://files.local/sse"},
         "search": {"type": "http", "url": "http://search.local/mcp", "headers": {"X": "1"}},
     },
 }
@@ -86,8 +86,7 @@ async def test_create_and_get(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
     assert stored["env_vars"] == EXECUTION_ENVIRONMENT["env_vars"]
     assert stored["secrets"] == ["GITHUB_TOKEN"]
     assert stored["integration_ids"] == ["slack-1"]
-    assert stored["mcp_servers"]["files"]["command"] == "npx"
-    assert stored["mcp_servers"]["files"]["args"] == ["fs-server"]
+    assert stored["mcp_servers"]["files"]["url"] == "http://files.local/sse"
     assert stored["mcp_servers"]["search"]["url"] == "http://search.local/mcp"
 
     r = await tenant.viewer.get(f"/api/v1/environments/{env['id']}")
@@ -111,6 +110,15 @@ async def test_create_and_get(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
         ({"name": "ok", "settings": []}, "settings"),
         ({"name": "ok", "execution_environment": {"env_vars": {"A": 1}}}, None),
         ({"name": "ok", "execution_environment": {"mcp_servers": {"m": {"type": "ftp"}}}}, None),
+        # A command to run on the worker comes only from an admin's mcp_server skill.
+        (
+            {"name": "ok", "execution_environment": {"mcp_servers": {"m": {"command": "sh"}}}},
+            "execution_environment.mcp_servers",
+        ),
+        (
+            {"name": "ok", "execution_environment": {"mcp_servers": {"m": {"type": "stdio"}}}},
+            "execution_environment.mcp_servers",
+        ),
         ({"name": "ok", "execution_environment": []}, "execution_environment"),
         ("prod", "body"),
     ],

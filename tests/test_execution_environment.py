@@ -145,7 +145,7 @@ async def test_resolved_for_agent_shows_layers_and_names_only(
         execution_environment={
             "env_vars": {"A": "base", "SHARED": "base"},
             "secrets": ["S1"],
-            "mcp_servers": {"fs": {"command": "fs-server", "args": ["/data"]}},
+            "mcp_servers": {"fs": {"type": "sse", "url": "http://fs-base/sse"}},
         },
     )
     prod = await create_environment(
@@ -170,8 +170,13 @@ async def test_resolved_for_agent_shows_layers_and_names_only(
     assert body["env_vars"] == {"A": "base", "SHARED": "agent", "P": "1"}
     assert body["secrets"] == ["S1", "S2", "S3"]
     assert body["missing_secrets"] == ["S2", "S3"]
-    assert body["mcp_servers"]["fs"]["url"] == "http://fs.local/mcp"
-    assert "command" not in body["mcp_servers"]["fs"]
+    assert body["mcp_servers"]["fs"] == {
+        "type": "http",
+        "url": "http://fs.local/mcp",
+        "args": [],
+        "env": {},
+        "headers": {},
+    }
     assert body["sources"]["env_vars"] == {
         "A": "environment:base",
         "SHARED": f"agent:{agent['name']}",
@@ -253,9 +258,20 @@ async def test_worker_gets_values_for_its_execution(
             "integration_ids": [integration_id, inactive_id, MISSING],
         },
     )
+    # A server run on the worker comes from an admin's skill; its config takes templates too.
+    local = await vt.admin.post(
+        "/api/v1/skills",
+        json={
+            "name": "local",
+            "type": "mcp_server",
+            "configuration": {"command": "tool", "env": {"TOKEN": "{{.env.GH_TOKEN}}"}},
+        },
+    )
+    assert local.status_code == 201, local.text
     agent = await make_agent(
         vt.member,
         environment_ids=[env["id"]],
+        skill_ids=[local.json()["id"]],
         execution_environment={
             "env_vars": {"DSN": "postgres://app:{{.secret.DB_PASSWORD}}@db/{{.env.REGION}}"},
             "secrets": ["API_KEY"],
@@ -265,18 +281,19 @@ async def test_worker_gets_values_for_its_execution(
                     "url": "https://search.example.com/{{ .env.REGION }}",
                     "headers": {"Authorization": "Bearer {{.secret.API_KEY}}"},
                 },
-                "local": {"command": "tool", "env": {"TOKEN": "{{.env.GH_TOKEN}}"}},
             },
         },
     )
     queue_id = await queue_in_new_environment(vt.member)
-    execution_id = await execute(
-        vt.member,
-        agent["id"],
-        queue_id,
-        execution_environment={"env_vars": {"REGION": "eu"}, "secrets": ["RUN_ONLY"]},
+    # A run's own secrets need an admin key.
+    override = {"env_vars": {"REGION": "eu"}, "secrets": ["RUN_ONLY"]}
+    refused = await vt.member.post(
+        f"/api/v1/agents/{agent['id']}/execute",
+        json={"prompt": "Hi", "worker_queue_id": queue_id, "execution_environment": override},
     )
-    worker_id, token = await start_worker_token(vt.member, queue_id)
+    assert_error(refused, 403, "AUTHORIZATION_ERROR")
+    execution_id = await execute(vt.admin, agent["id"], queue_id, execution_environment=override)
+    worker_id, token = await start_worker_token(vt.admin, queue_id)
     worker = client_for(vt.app, token)
     r = await worker.get(f"/api/v1/executions/{execution_id}/environment")
     assert r.status_code == 200, r.text
@@ -337,25 +354,34 @@ async def test_worker_gets_values_for_its_execution(
         (f"worker:{worker_id}", uuid.UUID(execution_id), "execution_environment")
     }
 
-    # Admin keys may read it too; member and viewer keys may not.
-    assert (await vt.admin.get(f"/api/v1/executions/{execution_id}/environment")).status_code == 200
-    assert_error(await vt.member.get(f"/api/v1/executions/{execution_id}/environment"), 403)
-    assert_error(await vt.viewer.get(f"/api/v1/executions/{execution_id}/environment"), 403)
+    # Worker tokens only: no API key reads an execution's values, not even an admin's.
+    for key in (vt.admin, vt.member, vt.viewer):
+        assert_error(await key.get(f"/api/v1/executions/{execution_id}/environment"), 403)
 
-    # A worker of another queue, another tenant's admin: 404 like a missing execution.
+    # A worker of another queue, another tenant's worker: 404 like a missing execution.
     other_queue = await queue_in_new_environment(vt.member)
-    _, other_token = await start_worker_token(vt.member, other_queue)
+    _, other_token = await start_worker_token(vt.admin, other_queue)
     other_worker = client_for(vt.app, other_token)
+    _, their_token = await start_worker_token(
+        other_vt.admin, await queue_in_new_environment(other_vt.member)
+    )
+    their_worker = client_for(vt.app, their_token)
     before = len(await audit_rows(db, vt.id))
 
     async def fetch_as_other_worker(ident: str) -> Any:
         return await other_worker.get(f"/api/v1/executions/{ident}/environment")
 
     async def fetch_as_other_tenant(ident: str) -> Any:
-        return await other_vt.admin.get(f"/api/v1/executions/{ident}/environment")
+        return await their_worker.get(f"/api/v1/executions/{ident}/environment")
 
     await assert_all_not_found(fetch_as_other_worker, execution_id)
     await assert_all_not_found(fetch_as_other_tenant, execution_id)
+    assert len(await audit_rows(db, vt.id)) == before
+    # Once the execution has ended its values are no longer served.
+    await db.execute(
+        "UPDATE executions SET status = 'failed' WHERE id = $1", uuid.UUID(execution_id)
+    )
+    assert_error(await worker.get(f"/api/v1/executions/{execution_id}/environment"), 404)
     assert len(await audit_rows(db, vt.id)) == before
     await vt.member.delete(f"/api/v1/executions/{execution_id}")
 
@@ -364,15 +390,22 @@ async def test_unresolvable_environments_fail_clearly(
     db: asyncpg.Pool[Any], vt: VaultTenant
 ) -> None:
     await put_secret(vt.admin, "PRESENT")
-    agent = await make_agent(
-        vt.member,
-        execution_environment={
-            "secrets": ["PRESENT"],
-            "mcp_servers": {"svc": {"command": "svc", "args": ["{{.secret.ABSENT}}"]}},
+    svc = await vt.admin.post(
+        "/api/v1/skills",
+        json={
+            "name": "svc",
+            "type": "mcp_server",
+            "configuration": {"command": "svc", "args": ["{{.secret.ABSENT}}"]},
         },
     )
+    assert svc.status_code == 201, svc.text
+    agent = await make_agent(
+        vt.member,
+        skill_ids=[svc.json()["id"]],
+        execution_environment={"secrets": ["PRESENT"]},
+    )
     queue_id = await queue_in_new_environment(vt.member)
-    _, token = await start_worker_token(vt.member, queue_id)
+    _, token = await start_worker_token(vt.admin, queue_id)
     worker = client_for(vt.app, token)
     execution_id = await execute(vt.member, agent["id"], queue_id)
     error = assert_error(
@@ -401,13 +434,15 @@ async def test_no_secrets_no_vault_needed(keyless_app: Starlette, tenant: Tenant
     agent = await make_agent(keyless.member, execution_environment={"env_vars": {"A": "1"}})
     queue_id = await queue_in_new_environment(keyless.member)
     execution_id = await execute(keyless.member, agent["id"], queue_id)
-    r = await keyless.admin.get(f"/api/v1/executions/{execution_id}/environment")
+    _, token = await start_worker_token(keyless.admin, queue_id)
+    worker = client_for(keyless_app, token)
+    r = await worker.get(f"/api/v1/executions/{execution_id}/environment")
     assert r.status_code == 200, r.text
     assert r.json()["env"] == {"A": "1"} and r.json()["secrets"] == {}
     needs = await make_agent(keyless.member, execution_environment={"secrets": ["S"]})
     needing = await execute(keyless.member, needs["id"], queue_id)
     error = assert_error(
-        await keyless.admin.get(f"/api/v1/executions/{needing}/environment"),
+        await worker.get(f"/api/v1/executions/{needing}/environment"),
         503,
         "CONFIGURATION_ERROR",
     )

@@ -9,11 +9,10 @@ import uuid
 from typing import Any
 
 from starlette.applications import Starlette
-from temporalio.client import Client
 
 from api.event_stream import stream_events
 from controlplane.fake_anthropic import AsyncFakeAnthropicClient, FakeAnthropicServer, text_reply
-from tests.conftest import Tenant, assert_error, client_for
+from tests.conftest import Tenant, as_worker, assert_error, temporal_for, worker_key_for
 from tests.execution_helpers import (
     events_of,
     execute,
@@ -79,7 +78,7 @@ async def test_pause_holds_the_next_turn_until_resume(
         if e["event_type"] == "status"
     ]
     assert "paused" in statuses
-    await record_history(temporal_address, execution_id, "pause_resume")
+    await record_history(tenant, temporal_address, execution_id, "pause_resume")
 
 
 async def test_cancel_mid_stream(
@@ -109,7 +108,7 @@ async def test_cancel_mid_stream(
     assert error_events and error_events[-1]["error_type"] == "cancelled"
     assert not any(kind == "done" for _, kind, _ in events)
     assert_error(await tenant.member.post(f"/api/v1/executions/{execution_id}/cancel"), 409)
-    await record_history(temporal_address, execution_id, "cancel_mid_stream")
+    await record_history(tenant, temporal_address, execution_id, "cancel_mid_stream")
 
 
 async def test_worker_killed_mid_call_is_finished_by_another(
@@ -129,7 +128,9 @@ async def test_worker_killed_mid_call_is_finished_by_another(
     await wait_for_event(db, execution_id, "message_chunk")
     running_queue["process"].send_signal(signal.SIGKILL)
     await asyncio.to_thread(running_queue["process"].wait, 10)
-    survivor = start_worker_process(running_queue["id"], tenant.keys["member"], live_api, fake_llm)
+    survivor = start_worker_process(
+        running_queue["id"], running_queue["worker_key"], live_api, fake_llm
+    )
     try:
         # The model call is retried once its heartbeat times out (20 s).
         final = await wait_status(tenant, execution_id, "completed", "failed", timeout=90)
@@ -150,7 +151,7 @@ async def test_worker_killed_mid_call_is_finished_by_another(
     assert seqs == list(range(1, len(seqs) + 1))
     session = (await tenant.viewer.get(f"/api/v1/executions/{execution_id}/session")).json()
     assert [m["role"] for m in session["messages"]] == ["user", "assistant"]
-    await record_history(temporal_address, execution_id, "worker_killed_mid_call")
+    await record_history(tenant, temporal_address, execution_id, "worker_killed_mid_call")
 
 
 async def test_execution_routes_refuse_other_tenants_viewers_and_bad_input(
@@ -176,10 +177,14 @@ async def test_execution_routes_refuse_other_tenants_viewers_and_bad_input(
         ("POST", "/resume", None),
         ("POST", "/cancel", None),
         ("POST", "/mark-done", None),
+        ("DELETE", "", None),
+    ]
+    # The worker protocol: worker tokens only. No API key may forge a transcript or a status.
+    reports: list[tuple[str, str, dict[str, Any] | None]] = [
         ("PATCH", "", {"status": "running"}),
         ("POST", "/events", {"event_type": "message", "data": {}}),
         ("POST", "/session", {"session_id": "s", "messages": []}),
-        ("DELETE", "", None),
+        ("GET", "/environment", None),
     ]
     for suffix in reads:
         assert_error(await other_tenant.admin.get(base + suffix), 404, "RESOURCE_NOT_FOUND")
@@ -188,11 +193,19 @@ async def test_execution_routes_refuse_other_tenants_viewers_and_bad_input(
         assert_error(response, 404, "RESOURCE_NOT_FOUND")
         response = await tenant.viewer.request(method, base + suffix, json=body)
         assert_error(response, 403, "AUTHORIZATION_ERROR")
+    other_worker = await as_worker(other_tenant, (await make_queue(other_tenant, "o"))["id"])
+    for method, suffix, body in reports:
+        for client in (tenant.admin, tenant.member, tenant.viewer):
+            response = await client.request(method, base + suffix, json=body)
+            assert_error(response, 403, "AUTHORIZATION_ERROR")
+        response = await other_worker.request(method, base + suffix, json=body)
+        assert_error(response, 404, "RESOURCE_NOT_FOUND")
     assert_error(await tenant.viewer.get("/api/v1/executions/not-a-uuid"), 404)
 
+    own_worker = await as_worker(tenant, running_queue["id"])
     assert_error(await tenant.member.post(f"{base}/message", json={}), 422, "VALIDATION_ERROR")
-    assert_error(await tenant.member.post(f"{base}/events", json={"event_type": "Bad Type"}), 422)
-    assert_error(await tenant.member.patch(base, json={"status": "bogus"}), 422)
+    assert_error(await own_worker.post(f"{base}/events", json={"event_type": "Bad Type"}), 422)
+    assert_error(await own_worker.patch(base, json={"status": "bogus"}), 422)
     assert_error(await tenant.viewer.get(f"{base}/stream?last_event_id=-1"), 422)
     assert_error(await tenant.viewer.get(f"{base}/stream", headers={"Last-Event-ID": "abc"}), 400)
     assert_error(await tenant.viewer.get("/api/v1/executions?status_filter=bogus"), 422)
@@ -200,8 +213,7 @@ async def test_execution_routes_refuse_other_tenants_viewers_and_bad_input(
 
     # A worker token reaches only the executions of its own queue.
     other_queue = await make_queue(tenant, "other")
-    started = await tenant.member.post(f"/api/v1/worker-queues/{other_queue['id']}/start", json={})
-    stranger = client_for(app, started.json()["worker_token"])
+    stranger = await as_worker(tenant, other_queue["id"])
     assert_error(await stranger.patch(base, json={"status": "failed"}), 404)
     assert_error(await stranger.get(base), 403)
 
@@ -280,7 +292,11 @@ async def test_without_an_api_key_the_execution_fails_at_once(
 ) -> None:
     queue = await make_queue(tenant, "e")
     worker = start_worker_process(
-        queue["id"], tenant.keys["member"], live_api, fake_llm, anthropic_api_key=None
+        queue["id"],
+        await worker_key_for(tenant, queue["id"]),
+        live_api,
+        fake_llm,
+        anthropic_api_key=None,
     )
     try:
         execution_id = await execute(tenant, await make_agent(tenant, "nokey"), queue["id"])
@@ -307,7 +323,7 @@ async def test_long_conversation_continues_as_new_and_keeps_its_history(
         assert sent.status_code == 202
         body = await wait_answer(tenant, execution_id, f"Fake reply to: m{n}")
     assert body["usage"]["turns"] == turns
-    client = await Client.connect(temporal_address)
+    client = await temporal_for(temporal_address, tenant)
     runs = [
         run async for run in client.list_workflows(f"WorkflowId = 'agent-execution-{execution_id}'")
     ]
@@ -319,7 +335,7 @@ async def test_long_conversation_continues_as_new_and_keeps_its_history(
         await tenant.member.post(f"/api/v1/executions/{execution_id}/mark-done")
     ).status_code == 202
     await wait_status(tenant, execution_id, "completed")
-    await record_history(temporal_address, execution_id, "continue_as_new")
+    await record_history(tenant, temporal_address, execution_id, "continue_as_new")
 
 
 async def test_sigterm_lets_the_running_model_call_finish(
@@ -345,7 +361,9 @@ async def test_sigterm_lets_the_running_model_call_finish(
     ]
     assert {c["attempt"] for c in chunks} == {1}
     assert "".join(c["content"] for c in chunks) == LONG_TEXT
-    successor = start_worker_process(running_queue["id"], tenant.keys["member"], live_api, fake_llm)
+    successor = start_worker_process(
+        running_queue["id"], running_queue["worker_key"], live_api, fake_llm
+    )
     try:
         final = await wait_status(tenant, execution_id, "completed", "failed", timeout=60)
     finally:
@@ -380,21 +398,23 @@ async def test_retried_reports_are_stored_once(
     )
     await wait_status(tenant, execution_id, "completed")
     base = f"/api/v1/executions/{execution_id}"
+    worker = await as_worker(tenant, running_queue["id"])
     event = {"event_type": "tool_started", "data": {"tool_name": "t"}, "event_key": "tool:1"}
-    first = await tenant.member.post(f"{base}/events", json=event)
-    again = await tenant.member.post(f"{base}/events", json=event)
+    first = await worker.post(f"{base}/events", json=event)
+    again = await worker.post(f"{base}/events", json=event)
     assert first.status_code == again.status_code == 202
     assert first.json()["seq"] is not None and again.json()["seq"] is None
     keys = [e["event_key"] for e in await events_of(db, execution_id)]
     assert keys.count("tool:1") == 1
 
-    ended = await tenant.member.patch(base, json={"status": "running", "version": 10**6})
+    ended = await worker.patch(base, json={"status": "running", "version": 10**6})
     assert ended.status_code == 200 and ended.json()["status"] == "completed"  # ended stays ended
 
     # On a queue no worker serves, we play the worker: an older report is ignored.
     idle = await make_queue(tenant, "r")
     pending = await execute(tenant, await make_agent(tenant, "reports2"), idle["id"])
     url = f"/api/v1/executions/{pending}"
-    newer = await tenant.member.patch(url, json={"status": "running", "version": 5})
-    older = await tenant.member.patch(url, json={"status": "waiting_for_input", "version": 3})
+    idle_worker = await as_worker(tenant, idle["id"])
+    newer = await idle_worker.patch(url, json={"status": "running", "version": 5})
+    older = await idle_worker.patch(url, json={"status": "waiting_for_input", "version": 3})
     assert newer.json()["status"] == older.json()["status"] == "running"

@@ -8,15 +8,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import Client
-
 from controlplane.fake_anthropic import (
     AsyncFakeAnthropicClient,
     FakeAnthropicServer,
     text_reply,
     tool_reply,
 )
-from tests.conftest import Tenant, assert_error
+from tests.conftest import Tenant, assert_error, temporal_for
 from tests.execution_helpers import execute, wait_status
 
 DENY_SHELL = """package controlplane.tools
@@ -44,7 +42,7 @@ async def make_tooled_agent(
 ) -> str:
     skill_ids = []
     for skill in skills:
-        created = await tenant.member.post(
+        created = await tenant.admin.post(
             "/api/v1/skills", json={"name": f"{skill['type']}-{uuid.uuid4().hex[:6]}", **skill}
         )
         assert created.status_code == 201, created.text
@@ -190,7 +188,7 @@ async def test_secrets_reach_the_tool_but_not_history_events_or_the_model(
     tool_result = str((await fake.bodies(token))[1]["messages"][-1]["content"])
     assert f"len={len(secret_value)}" in tool_result  # the tool saw the real value
     assert secret_value not in tool_result  # the model did not
-    client = await Client.connect(temporal_address)
+    client = await temporal_for(temporal_address, tenant)
     history = await client.get_workflow_handle(f"agent-execution-{execution_id}").fetch_history()
     assert secret_value not in history.to_json()
     stored = await db.fetch(
@@ -233,7 +231,7 @@ async def test_system_prompt_templates_are_rendered_on_the_worker_only(
     assert secret_value not in final["response"] and "[REDACTED]" in final["response"]
     events = await events_of(tenant, execution_id)
     assert all(secret_value not in str(data) for _, data in events)
-    client = await Client.connect(temporal_address)
+    client = await temporal_for(temporal_address, tenant)
     history = await client.get_workflow_handle(f"agent-execution-{execution_id}").fetch_history()
     assert secret_value not in history.to_json()
 
@@ -248,20 +246,19 @@ async def test_mcp_server_tools_are_listed_and_called_in_an_execution(
         [tool_reply("mcp__toolbox__echo", {"text": "through MCP"}), text_reply("Echoed.")],
     )
     server = Path(__file__).parent / "mcp_servers" / "stdio_server.py"
-    response = await tenant.member.post(
-        "/api/v1/agents",
-        json={
-            "name": f"agent-{uuid.uuid4().hex[:6]}",
-            "model_id": "anthropic/claude-sonnet-4-5",
-            "system_prompt": f"[{token}]",
-            "configuration": {"one_shot": True},
-            "execution_environment": {
-                "mcp_servers": {"toolbox": {"command": sys.executable, "args": [str(server)]}}
-            },
-        },
+    # A server run on the worker comes from an admin's mcp_server skill.
+    agent_id = await make_tooled_agent(
+        tenant,
+        token,
+        [
+            {
+                "type": "mcp_server",
+                "name": "toolbox",
+                "configuration": {"command": sys.executable, "args": [str(server)]},
+            }
+        ],
     )
-    assert response.status_code == 201, response.text
-    execution_id = await execute(tenant, str(response.json()["id"]), running_queue["id"])
+    execution_id = await execute(tenant, agent_id, running_queue["id"])
     final = await wait_status(tenant, execution_id, "completed", "failed", timeout=60)
     assert final["status"] == "completed", final
     bodies = await fake.bodies(token)

@@ -293,7 +293,7 @@ async def test_tokens_for_admins_and_the_executions_that_use_them(
     agent = await make_agent(vt.member, execution_environment={"integration_ids": [gh["id"]]})
     queue_id = await queue_in_new_environment(vt.member)
     execution_id = await execute(vt.member, agent["id"], queue_id)
-    worker_id, token = await start_worker_token(vt.member, queue_id)
+    worker_id, token = await start_worker_token(vt.admin, queue_id)
     worker = client_for(vt.app, token)
     path = f"/api/v1/integrations/github/creds/{gh['id']}?execution_id={execution_id}"
     r = await worker.get(path)

@@ -309,16 +309,18 @@ async def test_list_mcp_tools_activity_reads_the_execution_environment(
     if not any(isinstance(r, Route) and r.path == ENVIRONMENT_ROUTE for r in vault_app.routes):
         pytest.skip(f"GET {ENVIRONMENT_ROUTE} is not served yet")
     member = client_for(vault_app, tenant.keys["member"])
-    env = await member.post("/api/v1/environments", json={"name": "mcp-env"})
+    admin = client_for(vault_app, tenant.keys["admin"])
+    env = await member.post(
+        "/api/v1/environments",
+        json={"name": "mcp-env", "execution_environment": {"secrets": ["MCP_TOKEN"]}},
+    )
     queue = await member.post(
         f"/api/v1/environments/{env.json()['id']}/worker-queues", json={"name": "mcp-q"}
     )
     queue_id = queue.json()["id"]
     agent_id = await make_agent(tenant, uuid.uuid4().hex)
     secret = f"mcp-secret-{uuid.uuid4().hex}"
-    created = await client_for(vault_app, tenant.keys["admin"]).post(
-        "/api/v1/secrets", json={"name": "MCP_TOKEN", "value": secret}
-    )
+    created = await admin.post("/api/v1/secrets", json={"name": "MCP_TOKEN", "value": secret})
     assert created.status_code == 201, created.text
     # A server that prints the secret it was given (from a template and from the env) and dies.
     leaky = "import os, sys; print(sys.argv[1], os.environ['MCP_TOKEN'], file=sys.stderr); exit(1)"
@@ -326,18 +328,42 @@ async def test_list_mcp_tools_activity_reads_the_execution_environment(
         "toolbox": STDIO,
         "broken": {"command": "/nonexistent/mcp-server"},
         "leaky": {"command": sys.executable, "args": ["-c", leaky, "{{.secret.MCP_TOKEN}}"]},
+        # Listing starts a process: a policy may refuse it before it starts.
+        "refused": {"command": sys.executable, "args": ["-c", "open('/tmp/refused-ran','w')"]},
     }
+    skill_ids = []
+    for name, config in servers.items():
+        skill = await admin.post(
+            "/api/v1/skills", json={"name": name, "type": "mcp_server", "configuration": config}
+        )
+        assert skill.status_code == 201, skill.text
+        skill_ids.append(skill.json()["id"])
+    attached = await member.patch(
+        f"/api/v1/agents/{agent_id}",
+        json={"skill_ids": skill_ids, "environment_ids": [env.json()["id"]]},
+    )
+    assert attached.status_code == 200, attached.text
+    policy = await admin.post(
+        "/api/v1/policies",
+        json={
+            "name": "no-refused-server",
+            "policy_content": "package kubiya.mcp\nimport rego.v1\n\n"
+            'violations contains "not that server" if input.tool.mcp_server == "refused"\n',
+        },
+    )
+    assert policy.status_code == 201, policy.text
+    association = await admin.post(
+        "/api/v1/policies/associations",
+        json={"policy_id": policy.json()["id"], "entity_type": "agent", "entity_id": agent_id},
+    )
+    assert association.status_code == 201, association.text
     response = await member.post(
         f"/api/v1/agents/{agent_id}/execute",
-        json={
-            "prompt": "Hi",
-            "worker_queue_id": queue_id,
-            "execution_environment": {"mcp_servers": servers, "secrets": ["MCP_TOKEN"]},
-        },
+        json={"prompt": "Hi", "worker_queue_id": queue_id},
     )
     assert response.status_code == 200, response.text
     execution_id = response.json()["execution_id"]
-    started = await member.post(f"/api/v1/worker-queues/{queue_id}/start", json={})
+    started = await admin.post(f"/api/v1/worker-queues/{queue_id}/start", json={})
     assert started.status_code == 200, started.text
     # The worker's own client, speaking to the API in process rather than over a port.
     control_plane = ControlPlane("http://testserver", started.json()["worker_token"])
@@ -361,6 +387,15 @@ async def test_list_mcp_tools_activity_reads_the_execution_environment(
     # The leaky server's stderr is in its error, with the secret (both copies) masked.
     assert f"{REDACTED} {REDACTED}" in events["leaky"]
     assert secret not in json.dumps(events) and secret not in repr(tools)
+    # The refused server never started; its refusal was streamed once.
+    assert "refused" not in events and not Path("/tmp/refused-ran").exists()
+    refusals = await db.fetch(
+        "SELECT data FROM execution_events WHERE execution_id = $1 AND event_type = $2",
+        uuid.UUID(execution_id),
+        "policy_violation",
+    )
+    assert [_json(row["data"])["mcp_server"] for row in refusals] == ["refused"]
+    assert _json(refusals[0]["data"])["violations"] == ["not that server"]
 
 
 def _json(value: Any) -> dict[str, Any]:

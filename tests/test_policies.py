@@ -20,10 +20,10 @@ from starlette.applications import Starlette
 
 from api.app import create_app
 from api.policy_engine import RegorusEngine, get_engine
-from api.routes.policies import enforce
+from api.routes.policies import agent_scope, enforce
 from controlplane.services import free_port
 from controlplane.settings import Settings
-from tests.conftest import Tenant, assert_error, client_for
+from tests.conftest import Tenant, as_worker, assert_error, client_for
 from tests.resource_helpers import (
     MISSING,
     assert_all_not_found,
@@ -162,13 +162,58 @@ async def create_agent(client: httpx.AsyncClient, **fields: Any) -> dict[str, An
     return body
 
 
-async def worker_token(tenant: Tenant) -> str:
-    env = await create_environment(tenant.member, f"env-{uuid.uuid4().hex[:6]}")
-    queue = await create_queue(tenant.member, env["id"], "q")
-    started = await tenant.member.post(f"/api/v1/worker-queues/{queue['id']}/start", json={})
-    assert started.status_code == 200, started.text
-    token: str = started.json()["worker_token"]
-    return token
+@dataclasses.dataclass
+class Run:
+    """A pending execution of an agent (its queue has no worker process) and the worker token
+    of a worker started on that queue: what a real worker asks the policy check with."""
+
+    execution_id: str
+    queue_id: str
+    worker: httpx.AsyncClient
+
+    async def check(self, tool_name: str, **arguments: Any) -> dict[str, Any]:
+        r = await self.worker.post(
+            "/api/v1/policies/enforce",
+            json={
+                "execution_id": self.execution_id,
+                "tool_name": tool_name,
+                "arguments": arguments,
+            },
+        )
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+
+async def shell_agent(tenant: Tenant, **fields: Any) -> dict[str, Any]:
+    """An agent with a shell tool (from a shell skill the admin wrote)."""
+    skill = await tenant.admin.post(
+        "/api/v1/skills", json={"name": f"sh-{uuid.uuid4().hex[:6]}", "type": "shell"}
+    )
+    assert skill.status_code == 201, skill.text
+    return await create_agent(tenant.member, skill_ids=[skill.json()["id"]], **fields)
+
+
+async def start_run(
+    tenant: Tenant,
+    agent: dict[str, Any],
+    *,
+    app: Starlette | None = None,
+    environment_id: str | None = None,
+    runner: httpx.AsyncClient | None = None,
+) -> Run:
+    if environment_id is None:
+        environment_id = (await create_environment(tenant.member, f"e-{uuid.uuid4().hex[:6]}"))[
+            "id"
+        ]
+    queue = await create_queue(tenant.member, environment_id, f"q-{uuid.uuid4().hex[:6]}")
+    executed = await (runner or tenant.member).post(
+        f"/api/v1/agents/{agent['id']}/execute",
+        json={"prompt": "go", "worker_queue_id": queue["id"]},
+    )
+    assert executed.status_code == 200, executed.text
+    worker = await as_worker(tenant, queue["id"], app=app)
+    return Run(executed.json()["execution_id"], queue["id"], worker)
 
 
 # --- CRUD ---------------------------------------------------------------------------------
@@ -176,7 +221,7 @@ async def worker_token(tenant: Tenant) -> str:
 
 async def test_create_get_update_delete(tenant: Tenant, db: asyncpg.Pool[Any]) -> None:
     policy = await create_policy(
-        tenant.member,
+        tenant.admin,
         "no-rm",
         NO_RM,
         description="Refuse rm -rf",
@@ -192,7 +237,7 @@ async def test_create_get_update_delete(tenant: Tenant, db: asyncpg.Pool[Any]) -
     got = await tenant.viewer.get(f"/api/v1/policies/{policy['id']}")
     assert got.status_code == 200 and got.json() == policy
 
-    put = await tenant.member.put(
+    put = await tenant.admin.put(
         f"/api/v1/policies/{policy['id']}", json={"description": "Still refuses rm -rf"}
     )
     assert put.status_code == 200, put.text
@@ -208,15 +253,15 @@ async def test_create_get_update_delete(tenant: Tenant, db: asyncpg.Pool[Any]) -
     assert body["policy_content"] == NO_SLEEP
     assert body["updated_at"] > policy["updated_at"]
 
-    other = await create_policy(tenant.member, "other", NO_SLEEP)
-    taken = await tenant.member.post(
+    other = await create_policy(tenant.admin, "other", NO_SLEEP)
+    taken = await tenant.admin.post(
         "/api/v1/policies", json={"name": "no-rm", "policy_content": NO_RM}
     )
     assert_error(taken, 409, "RESOURCE_CONFLICT")
-    renamed = await tenant.member.patch(f"/api/v1/policies/{other['id']}", json={"name": "no-rm"})
+    renamed = await tenant.admin.patch(f"/api/v1/policies/{other['id']}", json={"name": "no-rm"})
     assert_error(renamed, 409, "RESOURCE_CONFLICT")
     for null_field in ("name", "policy_content", "enabled", "tags"):
-        refused = await tenant.member.patch(
+        refused = await tenant.admin.patch(
             f"/api/v1/policies/{other['id']}", json={null_field: None}
         )
         assert_error(refused, 422, "VALIDATION_ERROR")
@@ -224,17 +269,17 @@ async def test_create_get_update_delete(tenant: Tenant, db: asyncpg.Pool[Any]) -
         await db.fetchval("SELECT version FROM policies WHERE id = $1", uuid.UUID(other["id"])) == 1
     )
 
-    deleted = await tenant.member.delete(f"/api/v1/policies/{policy['id']}")
+    deleted = await tenant.admin.delete(f"/api/v1/policies/{policy['id']}")
     assert deleted.status_code == 200
     assert deleted.json() == {"id": policy["id"], "deleted": True}
     assert_error(await tenant.viewer.get(f"/api/v1/policies/{policy['id']}"), 404)
-    assert_error(await tenant.member.delete(f"/api/v1/policies/{policy['id']}"), 404)
+    assert_error(await tenant.admin.delete(f"/api/v1/policies/{policy['id']}"), 404)
 
 
 async def test_list_search_enabled_and_pages(tenant: Tenant, db: asyncpg.Pool[Any]) -> None:
-    await create_policy(tenant.member, "alpha", NO_RM, description="shell guard")
-    await create_policy(tenant.member, "beta_100%", NO_SLEEP, enabled=False)
-    await create_policy(tenant.member, "gamma", NO_DELETE_V0)
+    await create_policy(tenant.admin, "alpha", NO_RM, description="shell guard")
+    await create_policy(tenant.admin, "beta_100%", NO_SLEEP, enabled=False)
+    await create_policy(tenant.admin, "gamma", NO_DELETE_V0)
     expected = await ordered_ids(db, "policies", "organization_id = $1", tenant.id)
     await check_pagination(tenant.viewer, "/api/v1/policies", expected)
 
@@ -258,9 +303,9 @@ async def test_list_search_enabled_and_pages(tenant: Tenant, db: asyncpg.Pool[An
 async def test_bad_rego_is_refused_with_the_engines_message(
     tenant: Tenant, db: asyncpg.Pool[Any]
 ) -> None:
-    policy = await create_policy(tenant.member, "kept", NO_RM)
+    policy = await create_policy(tenant.admin, "kept", NO_RM)
     before = await rows_of(db, "policies", tenant.id)
-    created = await tenant.member.post(
+    created = await tenant.admin.post(
         "/api/v1/policies", json={"name": "broken", "policy_content": BAD_SYNTAX}
     )
     error = assert_validation(created, "policy_content")
@@ -269,13 +314,13 @@ async def test_bad_rego_is_refused_with_the_engines_message(
     assert envelope["details"]["errors"] == [error[0]["message"]]
     assert re.match(r"policy\.rego:\d+:\d+: ", envelope["details"]["errors"][0])
     assert "Stack backtrace" not in created.text
-    no_package = await tenant.member.post(
+    no_package = await tenant.admin.post(
         "/api/v1/policies", json={"name": "nameless", "policy_content": "allow := true"}
     )
     assert "package" in assert_validation(no_package, "policy_content")[0]["message"]
     for sent in ({"name": "x"}, {"policy_content": NO_RM}, {"name": "", "policy_content": NO_RM}):
-        assert_error(await tenant.member.post("/api/v1/policies", json=sent), 422)
-    for method in (tenant.member.put, tenant.member.patch):
+        assert_error(await tenant.admin.post("/api/v1/policies", json=sent), 422)
+    for method in (tenant.admin.put, tenant.admin.patch):
         refused = await method(
             f"/api/v1/policies/{policy['id']}", json={"policy_content": V0_WITHOUT_IF}
         )
@@ -285,14 +330,14 @@ async def test_bad_rego_is_refused_with_the_engines_message(
 
 
 async def test_validate(tenant: Tenant) -> None:
-    good = await create_policy(tenant.member, "good", NO_RM)
+    good = await create_policy(tenant.admin, "good", NO_RM)
     r = await tenant.viewer.post(f"/api/v1/policies/{good['id']}/validate")
     assert r.status_code == 200, r.text
     assert r.json() == {"valid": True, "errors": [], "warnings": []}
-    legacy = await create_policy(tenant.member, "legacy", NO_DELETE_V0)
+    legacy = await create_policy(tenant.admin, "legacy", NO_DELETE_V0)
     body = (await tenant.viewer.post(f"/api/v1/policies/{legacy['id']}/validate")).json()
     assert body["valid"] is True and "v0" in body["warnings"][0]
-    helpers = await create_policy(tenant.member, "helpers", NO_DECISION)
+    helpers = await create_policy(tenant.admin, "helpers", NO_DECISION)
     body = (await tenant.viewer.post(f"/api/v1/policies/{helpers['id']}/validate")).json()
     assert body["valid"] is True
     assert body["warnings"] == [
@@ -307,22 +352,22 @@ async def test_validate(tenant: Tenant) -> None:
 
 
 async def test_other_tenant_and_roles(tenant: Tenant, other_tenant: Tenant) -> None:
-    theirs = await create_policy(other_tenant.member, "theirs", NO_RM)
+    theirs = await create_policy(other_tenant.admin, "theirs", NO_RM)
     assoc_env = await create_environment(other_tenant.member, "their-env")
-    their_assoc = await attach(other_tenant.member, theirs["id"], "environment", assoc_env["id"])
+    their_assoc = await attach(other_tenant.admin, theirs["id"], "environment", assoc_env["id"])
 
     await assert_all_not_found(
         lambda ident: tenant.viewer.get(f"/api/v1/policies/{ident}"), theirs["id"]
     )
     await assert_all_not_found(
-        lambda ident: tenant.member.patch(f"/api/v1/policies/{ident}", json={"enabled": False}),
+        lambda ident: tenant.admin.patch(f"/api/v1/policies/{ident}", json={"enabled": False}),
         theirs["id"],
     )
     await assert_all_not_found(
-        lambda ident: tenant.member.put(f"/api/v1/policies/{ident}", json={}), theirs["id"]
+        lambda ident: tenant.admin.put(f"/api/v1/policies/{ident}", json={}), theirs["id"]
     )
     await assert_all_not_found(
-        lambda ident: tenant.member.delete(f"/api/v1/policies/{ident}"), theirs["id"]
+        lambda ident: tenant.admin.delete(f"/api/v1/policies/{ident}"), theirs["id"]
     )
     await assert_all_not_found(
         lambda ident: tenant.viewer.post(f"/api/v1/policies/{ident}/validate"), theirs["id"]
@@ -332,23 +377,23 @@ async def test_other_tenant_and_roles(tenant: Tenant, other_tenant: Tenant) -> N
         their_assoc["id"],
     )
     await assert_all_not_found(
-        lambda ident: tenant.member.patch(
+        lambda ident: tenant.admin.patch(
             f"/api/v1/policies/associations/{ident}", json={"priority": 1}
         ),
         their_assoc["id"],
     )
     await assert_all_not_found(
-        lambda ident: tenant.member.delete(f"/api/v1/policies/associations/{ident}"),
+        lambda ident: tenant.admin.delete(f"/api/v1/policies/associations/{ident}"),
         their_assoc["id"],
     )
     # Their policy and their environment cannot be used in my associations or evaluations.
-    mine = await create_policy(tenant.member, "mine", NO_RM)
-    r = await tenant.member.post(
+    mine = await create_policy(tenant.admin, "mine", NO_RM)
+    r = await tenant.admin.post(
         "/api/v1/policies/associations",
         json={"policy_id": theirs["id"], "entity_type": "role", "entity_id": "ops"},
     )
     assert_error(r, 404, "RESOURCE_NOT_FOUND")
-    r = await tenant.member.post(
+    r = await tenant.admin.post(
         "/api/v1/policies/associations",
         json={"policy_id": mine["id"], "entity_type": "environment", "entity_id": assoc_env["id"]},
     )
@@ -381,7 +426,10 @@ async def test_other_tenant_and_roles(tenant: Tenant, other_tenant: Tenant) -> N
             "/api/v1/policies/associations",
             json={"policy_id": mine["id"], "entity_type": "role", "entity_id": "ops"},
         ),
-        await tenant.viewer.post("/api/v1/policies/enforce", json={"input": {}}),
+        await tenant.viewer.post(
+            "/api/v1/policies/enforce",
+            json={"execution_id": MISSING, "tool_name": "shell", "arguments": {}},
+        ),
     ):
         assert_error(response, 403, "AUTHORIZATION_ERROR")
     assert (await tenant.viewer.get(f"/api/v1/policies/{mine['id']}")).json()["version"] == 1
@@ -391,12 +439,12 @@ async def test_other_tenant_and_roles(tenant: Tenant, other_tenant: Tenant) -> N
 
 
 async def test_associations(tenant: Tenant, db: asyncpg.Pool[Any]) -> None:
-    policy = await create_policy(tenant.member, "p", NO_RM)
+    policy = await create_policy(tenant.admin, "p", NO_RM)
     env = await create_environment(tenant.member, "prod")
     agent = await create_agent(tenant.member, environment_ids=[env["id"]])
-    on_env = await attach(tenant.member, policy["id"], "environment", env["id"].upper())
+    on_env = await attach(tenant.admin, policy["id"], "environment", env["id"].upper())
     assert on_env["entity_id"] == env["id"]  # stored in canonical form
-    on_agent = await tenant.member.post(
+    on_agent = await tenant.admin.post(
         "/api/v1/policies/associations",
         json={
             "policy_name": "p",
@@ -406,7 +454,7 @@ async def test_associations(tenant: Tenant, db: asyncpg.Pool[Any]) -> None:
         },
     )
     assert on_agent.status_code == 201, on_agent.text
-    on_role = await attach(tenant.member, policy["id"], "role", "ops", priority=7, enabled=False)
+    on_role = await attach(tenant.admin, policy["id"], "role", "ops", priority=7, enabled=False)
     assert {
         (a["entity_type"], a["priority"], a["enabled"], a["policy_name"])
         for a in (on_env, on_agent.json(), on_role)
@@ -419,14 +467,14 @@ async def test_associations(tenant: Tenant, db: asyncpg.Pool[Any]) -> None:
     ] == 3
 
     before = await rows_of(db, "policy_associations", tenant.id)
-    dup = await tenant.member.post(
+    dup = await tenant.admin.post(
         "/api/v1/policies/associations",
         json={"policy_id": policy["id"], "entity_type": "role", "entity_id": "ops"},
     )
     assert_error(dup, 409, "RESOURCE_CONFLICT")
     for entity_type in ("agent", "environment", "team"):
         for entity_id in (MISSING, "not-a-uuid"):
-            r = await tenant.member.post(
+            r = await tenant.admin.post(
                 "/api/v1/policies/associations",
                 json={
                     "policy_id": policy["id"],
@@ -435,7 +483,7 @@ async def test_associations(tenant: Tenant, db: asyncpg.Pool[Any]) -> None:
                 },
             )
             assert entity_id in assert_error(r, 404, "RESOURCE_NOT_FOUND")["message"]
-    missing_policy = await tenant.member.post(
+    missing_policy = await tenant.admin.post(
         "/api/v1/policies/associations",
         json={"policy_name": "nope", "entity_type": "role", "entity_id": "ops"},
     )
@@ -446,7 +494,7 @@ async def test_associations(tenant: Tenant, db: asyncpg.Pool[Any]) -> None:
         {"policy_id": policy["id"], "entity_type": "role", "entity_id": ""},
         {"policy_id": policy["id"], "entity_type": "role", "entity_id": "x", "priority": "high"},
     ):
-        r = await tenant.member.post("/api/v1/policies/associations", json=body)
+        r = await tenant.admin.post("/api/v1/policies/associations", json=body)
         assert_error(r, 422, "VALIDATION_ERROR")
     assert await rows_of(db, "policy_associations", tenant.id) == before
 
@@ -465,22 +513,22 @@ async def test_associations(tenant: Tenant, db: asyncpg.Pool[Any]) -> None:
     assert await listed(f"policy_id={uuid.uuid4()}") == []
     assert_validation(await tenant.viewer.get("/api/v1/policies/associations?policy_id=x"))
 
-    patched = await tenant.member.patch(
+    patched = await tenant.admin.patch(
         f"/api/v1/policies/associations/{on_role['id']}",
         json={"enabled": True, "priority": 900, "metadata": {"a": 1}},
     )
     assert patched.status_code == 200, patched.text
     assert (patched.json()["enabled"], patched.json()["priority"]) == (True, 900)
     assert patched.json()["metadata"] == {"a": 1}
-    null = await tenant.member.patch(
+    null = await tenant.admin.patch(
         f"/api/v1/policies/associations/{on_role['id']}", json={"priority": None}
     )
     assert_error(null, 422, "VALIDATION_ERROR")
-    deleted = await tenant.member.delete(f"/api/v1/policies/associations/{on_role['id']}")
+    deleted = await tenant.admin.delete(f"/api/v1/policies/associations/{on_role['id']}")
     assert deleted.json() == {"id": on_role["id"], "deleted": True}
     assert await listed("") == all_ids[:2]
     # Deleting the policy takes its associations with it.
-    await tenant.member.delete(f"/api/v1/policies/{policy['id']}")
+    await tenant.admin.delete(f"/api/v1/policies/{policy['id']}")
     assert await listed("") == []
 
 
@@ -492,17 +540,17 @@ async def test_resolved_inheritance(tenant: Tenant, other_tenant: Tenant) -> Non
     bystander = await create_agent(tenant.member)
     p = {}
     for name in ("agent-only", "env-only", "env-wins", "agent-wins", "disabled", "detached"):
-        p[name] = (await create_policy(tenant.member, name, NO_RM))["id"]
-    await attach(tenant.member, p["agent-only"], "agent", agent["id"])
-    await attach(tenant.member, p["env-only"], "environment", env_b["id"], metadata={"m": 1})
-    await attach(tenant.member, p["env-wins"], "agent", agent["id"])
-    await attach(tenant.member, p["env-wins"], "environment", env_a["id"])
-    await attach(tenant.member, p["agent-wins"], "environment", env_a["id"])
-    await attach(tenant.member, p["agent-wins"], "agent", agent["id"], priority=500)
-    await attach(tenant.member, p["disabled"], "agent", agent["id"], priority=50)
-    await tenant.member.patch(f"/api/v1/policies/{p['disabled']}", json={"enabled": False})
-    await attach(tenant.member, p["detached"], "agent", agent["id"], enabled=False)
-    await attach(tenant.member, p["detached"], "agent", bystander["id"])
+        p[name] = (await create_policy(tenant.admin, name, NO_RM))["id"]
+    await attach(tenant.admin, p["agent-only"], "agent", agent["id"])
+    await attach(tenant.admin, p["env-only"], "environment", env_b["id"], metadata={"m": 1})
+    await attach(tenant.admin, p["env-wins"], "agent", agent["id"])
+    await attach(tenant.admin, p["env-wins"], "environment", env_a["id"])
+    await attach(tenant.admin, p["agent-wins"], "environment", env_a["id"])
+    await attach(tenant.admin, p["agent-wins"], "agent", agent["id"], priority=500)
+    await attach(tenant.admin, p["disabled"], "agent", agent["id"], priority=50)
+    await tenant.admin.patch(f"/api/v1/policies/{p['disabled']}", json={"enabled": False})
+    await attach(tenant.admin, p["detached"], "agent", agent["id"], enabled=False)
+    await attach(tenant.admin, p["detached"], "agent", bystander["id"])
 
     r = await tenant.viewer.get(f"/api/v1/policies/resolved/agent/{agent['id']}")
     assert r.status_code == 200, r.text
@@ -560,10 +608,10 @@ async def test_resolved_inheritance(tenant: Tenant, other_tenant: Tenant) -> Non
 async def test_evaluate_for_an_entity(tenant: Tenant, other_tenant: Tenant) -> None:
     env = await create_environment(tenant.member, "prod")
     agent = await create_agent(tenant.member, environment_ids=[env["id"]])
-    no_rm = await create_policy(tenant.member, "no-rm", NO_RM)
-    no_sleep = await create_policy(tenant.member, "no-sleep", NO_SLEEP)
-    await attach(tenant.member, no_rm["id"], "agent", agent["id"])
-    await attach(tenant.member, no_sleep["id"], "environment", env["id"])
+    no_rm = await create_policy(tenant.admin, "no-rm", NO_RM)
+    no_sleep = await create_policy(tenant.admin, "no-sleep", NO_SLEEP)
+    await attach(tenant.admin, no_rm["id"], "agent", agent["id"])
+    await attach(tenant.admin, no_sleep["id"], "environment", env["id"])
     path = f"/api/v1/policies/evaluate/agent/{agent['id']}"
 
     allowed = await tenant.viewer.post(path, json={"input_data": shell("ls -la")})
@@ -597,13 +645,13 @@ async def test_evaluate_for_an_entity(tenant: Tenant, other_tenant: Tenant) -> N
     assert both["violations"] == ["sleep is not allowed here"]
 
     # A new version of the text is what gets evaluated (the compiled cache is per version).
-    await tenant.member.patch(f"/api/v1/policies/{no_sleep['id']}", json={"policy_content": NO_RM})
+    await tenant.admin.patch(f"/api/v1/policies/{no_sleep['id']}", json={"policy_content": NO_RM})
     assert (await tenant.viewer.post(path, json={"input_data": sleep})).json()["allowed"] is True
     # A disabled policy is not evaluated.
-    await tenant.member.patch(f"/api/v1/policies/{no_rm['id']}", json={"enabled": False})
+    await tenant.admin.patch(f"/api/v1/policies/{no_rm['id']}", json={"enabled": False})
     r = (await tenant.viewer.post(path, json={"input_data": shell("rm -rf /")})).json()
     assert (r["allowed"], r["policies_evaluated"]) == (False, 1)
-    await tenant.member.patch(f"/api/v1/policies/{no_sleep['id']}", json={"enabled": False})
+    await tenant.admin.patch(f"/api/v1/policies/{no_sleep['id']}", json={"enabled": False})
     r = (await tenant.viewer.post(path, json={"input_data": shell("rm -rf /")})).json()
     assert (r["allowed"], r["policies_evaluated"], r["policy_results"]) == (True, 0, {})
 
@@ -620,10 +668,10 @@ async def test_evaluate_for_an_entity(tenant: Tenant, other_tenant: Tenant) -> N
 
 
 async def test_undefined_allow_denies_and_v0_policies_run(tenant: Tenant) -> None:
-    admins = await create_policy(tenant.member, "admins", ADMINS_ONLY)
-    legacy = await create_policy(tenant.member, "legacy", NO_DELETE_V0)
-    await attach(tenant.member, admins["id"], "role", "deployer")
-    await attach(tenant.member, legacy["id"], "role", "deployer")
+    admins = await create_policy(tenant.admin, "admins", ADMINS_ONLY)
+    legacy = await create_policy(tenant.admin, "legacy", NO_DELETE_V0)
+    await attach(tenant.admin, admins["id"], "role", "deployer")
+    await attach(tenant.admin, legacy["id"], "role", "deployer")
     path = "/api/v1/policies/evaluate/role/deployer"
     nobody = (await tenant.viewer.post(path, json={"input_data": {"action": "read"}})).json()
     assert nobody["allowed"] is False
@@ -651,8 +699,8 @@ allow if {
 }
 violations contains "read-only organization" if input.organization.id == "frozen"
 """
-    policy = await create_policy(tenant.member, "deploys", rule)
-    await attach(tenant.member, policy["id"], "environment", env["id"])
+    policy = await create_policy(tenant.admin, "deploys", rule)
+    await attach(tenant.admin, policy["id"], "environment", env["id"])
     path = f"/api/v1/policies/check-authorization/environment/{env['id']}"
     ok = await tenant.viewer.post(path, json={"action": "deploy", "resource": "staging"})
     assert ok.status_code == 200, ok.text
@@ -678,10 +726,10 @@ violations contains "read-only organization" if input.organization.id == "frozen
 
 
 async def test_client_aliases(tenant: Tenant) -> None:
-    no_rm = await create_policy(tenant.member, "no-rm", NO_RM)
-    no_sleep = await create_policy(tenant.member, "no-sleep", NO_SLEEP)
+    no_rm = await create_policy(tenant.admin, "no-rm", NO_RM)
+    no_sleep = await create_policy(tenant.admin, "no-sleep", NO_SLEEP)
     agent = await create_agent(tenant.member)
-    await attach(tenant.member, no_sleep["id"], "agent", agent["id"])
+    await attach(tenant.admin, no_sleep["id"], "agent", agent["id"])
     sleep = {"tool": {"name": "sleep"}}
 
     by_id = await tenant.viewer.post(
@@ -741,102 +789,175 @@ async def test_client_aliases(tenant: Tenant) -> None:
 # --- Enforcement --------------------------------------------------------------------------
 
 
-async def test_enforce_with_a_worker_token(
-    app: Starlette, tenant: Tenant, other_tenant: Tenant
+async def test_enforce_decides_from_the_execution_not_the_worker(
+    tenant: Tenant, other_tenant: Tenant, db: asyncpg.Pool[Any]
 ) -> None:
-    worker = client_for(app, await worker_token(tenant))
     env = await create_environment(tenant.member, "prod")
-    agent = await create_agent(tenant.member, environment_ids=[env["id"]])
-    extra_env = await create_environment(tenant.member, "shared")
-
-    async def check(
-        input: dict[str, Any], client: httpx.AsyncClient = worker, **scope: Any
-    ) -> dict[str, Any]:
-        r = await client.post(
-            "/api/v1/policies/enforce", json={"input": input, "agent_id": agent["id"], **scope}
-        )
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        return body
-
-    assert await check(shell("rm -rf /")) == {
+    agent = await shell_agent(tenant, environment_ids=[env["id"]])
+    run = await start_run(tenant, agent)
+    assert await run.check("shell", command="rm -rf /") == {
         "allowed": True,
         "violations": [],
         "policies_evaluated": 0,
         "engine_error": None,
     }
-    no_rm = await create_policy(tenant.member, "no-rm", NO_RM)
-    await attach(tenant.member, no_rm["id"], "environment", env["id"])
-    assert await check(shell("rm -rf /")) == {
+    no_rm = await create_policy(tenant.admin, "no-rm", NO_RM)
+    await attach(tenant.admin, no_rm["id"], "environment", env["id"])
+    assert await run.check("shell", command="rm -rf /") == {
         "allowed": False,
         "violations": ["Command 'rm -rf /' is blocked"],
         "policies_evaluated": 1,
         "engine_error": None,
     }
-    assert (await check(shell("ls")))["allowed"] is True
-    # Member keys may enforce too; an environment given by the caller adds its policies.
-    no_sleep = await create_policy(tenant.member, "no-sleep", NO_SLEEP)
-    await attach(tenant.member, no_sleep["id"], "environment", extra_env["id"])
-    sleep = {"tool": {"name": "sleep"}}
-    assert (await check(sleep, tenant.member))["allowed"] is True
-    scoped = await check(
-        sleep, environment_ids=[extra_env["id"].upper()], team_id=str(uuid.uuid4())
-    )
-    assert scoped["violations"] == ["sleep is not allowed here"]
-    assert scoped["policies_evaluated"] == 2
-    without_agent = await worker.post(
-        "/api/v1/policies/enforce", json={"input": sleep, "environment_ids": [extra_env["id"]]}
-    )
-    assert without_agent.json()["policies_evaluated"] == 1
-
-    # The other tenant's policies never apply, and its agent is not found.
-    their_policy = await create_policy(other_tenant.member, "deny-all", ADMINS_ONLY)
-    their_env = await create_environment(other_tenant.member, "theirs")
-    await attach(other_tenant.member, their_policy["id"], "environment", their_env["id"])
-    mixed = await check(shell("ls"), environment_ids=[their_env["id"]])
-    assert (mixed["allowed"], mixed["policies_evaluated"]) == (True, 1)
-    theirs = await create_agent(other_tenant.member)
-    r = await worker.post("/api/v1/policies/enforce", json={"input": {}, "agent_id": theirs["id"]})
-    assert_error(r, 404, "RESOURCE_NOT_FOUND")
-    their_worker = client_for(app, await worker_token(other_tenant))
-    r = await their_worker.post(
-        "/api/v1/policies/enforce",
-        json={"input": shell("rm -rf /"), "environment_ids": [env["id"]]},
-    )
-    assert r.json() == {
-        "allowed": True,
-        "violations": [],
+    assert (await run.check("shell", command="ls"))["allowed"] is True
+    # A tool the execution was not started with is refused before any policy runs.
+    assert await run.check("sleep", seconds=1) == {
+        "allowed": False,
+        "violations": ["'sleep' is not one of this execution's tools"],
         "policies_evaluated": 0,
         "engine_error": None,
     }
-    assert_validation(
-        await worker.post("/api/v1/policies/enforce", json={"agent_id": agent["id"]}), "input"
+    # What the tool is, who runs it and for which agent come from the control plane's rows:
+    # the shell skill is `critical`, the run was started with a member key.
+    facts = await create_policy(
+        tenant.admin,
+        "facts",
+        """package kubiya.facts
+import rego.v1
+
+violations contains sprintf("%s|%s|%s|%s", [input.tool.category, input.tool.risk_level,
+    concat(",", input.user.roles), input.execution.agent_id]) if true
+""",
     )
+    await attach(tenant.admin, facts["id"], "agent", agent["id"])
+    seen = await run.check("shell", command="ls")
+    assert f"shell|critical|member|{agent['id']}" in seen["violations"]
+    await tenant.admin.delete(f"/api/v1/policies/{facts['id']}")
+
+    # The other tenant's policies never apply; its workers cannot ask about this execution;
+    # no API key may use the worker protocol.
+    their_policy = await create_policy(other_tenant.admin, "deny-all", ADMINS_ONLY)
+    their_env = await create_environment(other_tenant.member, "theirs")
+    await attach(other_tenant.admin, their_policy["id"], "environment", their_env["id"])
+    assert (await run.check("shell", command="ls"))["policies_evaluated"] == 1
+    their_run = await start_run(other_tenant, await shell_agent(other_tenant))
+    another_queue = await start_run(tenant, agent)
+    body = {"execution_id": run.execution_id, "tool_name": "shell", "arguments": {}}
+    for stranger in (their_run.worker, another_queue.worker):
+        r = await stranger.post("/api/v1/policies/enforce", json=body)
+        assert_error(r, 404, "RESOURCE_NOT_FOUND")
+    for key in (tenant.admin, tenant.member, tenant.viewer):
+        assert_error(await key.post("/api/v1/policies/enforce", json=body), 403)
+    assert_validation(
+        await run.worker.post("/api/v1/policies/enforce", json={"execution_id": run.execution_id}),
+        "tool_name",
+    )
+    # An execution that ended gets no more answers.
+    await db.execute(
+        "UPDATE executions SET status = 'completed' WHERE id = $1", uuid.UUID(run.execution_id)
+    )
+    assert_error(await run.worker.post("/api/v1/policies/enforce", json=body), 404)
     # The worker token reaches only the worker protocol routes.
-    assert_error(await worker.get("/api/v1/policies"), 403, "AUTHORIZATION_ERROR")
+    assert_error(await run.worker.get("/api/v1/policies"), 403, "AUTHORIZATION_ERROR")
+
+
+async def test_enforce_applies_every_layer_of_the_run(tenant: Tenant) -> None:
+    """The queue's environment, the role of the key that started the run, and the policy ids
+    the agent's projects and context list all apply, besides the agent's own layers."""
+    agent_env = await create_environment(tenant.member, "agent-env")
+    queue_env = await create_environment(tenant.member, "queue-env")
+    agent = await shell_agent(tenant, environment_ids=[agent_env["id"]])
+    run = await start_run(tenant, agent, environment_id=queue_env["id"])
+    assert (await run.check("shell", command="rm -rf /"))["allowed"] is True
+
+    no_rm = await create_policy(tenant.admin, "no-rm", NO_RM)
+    await attach(tenant.admin, no_rm["id"], "environment", queue_env["id"])
+    denied = await run.check("shell", command="rm -rf /")
+    assert (denied["allowed"], denied["policies_evaluated"]) == (False, 1)
+    await tenant.admin.delete(f"/api/v1/policies/associations/{(await associations(tenant))[0]}")
+
+    # Role associations: the run was started with a member key.
+    await attach(tenant.admin, no_rm["id"], "role", "admin")
+    assert (await run.check("shell", command="rm -rf /"))["allowed"] is True
+    await attach(tenant.admin, no_rm["id"], "role", "member")
+    assert (await run.check("shell", command="rm -rf /"))["allowed"] is False
+    admin_run = await start_run(tenant, agent, runner=tenant.admin)
+    admin_denied = await admin_run.check("shell", command="rm -rf /")
+    assert admin_denied["allowed"] is False  # the admin association applies to it
+    for association in await associations(tenant):
+        await tenant.admin.delete(f"/api/v1/policies/associations/{association}")
+    assert (await run.check("shell", command="rm -rf /"))["allowed"] is True
+
+    # Listed by id: a project of the agent, and the agent's context.
+    project = await tenant.member.post(
+        "/api/v1/projects", json={"name": "P", "key": "P", "policy_ids": [no_rm["id"]]}
+    )
+    assert project.status_code == 201, project.text
+    joined = await tenant.member.post(
+        f"/api/v1/projects/{project.json()['id']}/agents", json={"agent_id": agent["id"]}
+    )
+    assert joined.status_code == 201, joined.text
+    assert (await run.check("shell", command="rm -rf /"))["allowed"] is False
+    resolved = (await tenant.viewer.get(f"/api/v1/policies/resolved/agent/{agent['id']}")).json()
+    assert [(p["policy_id"], p["source_type"]) for p in resolved] == [(no_rm["id"], "project")]
+    await tenant.member.delete(f"/api/v1/projects/{project.json()['id']}")
+    assert (await run.check("shell", command="rm -rf /"))["allowed"] is True
+    put = await tenant.member.put(
+        f"/api/v1/context/agent/{agent['id']}", json={"policy_ids": [no_rm["id"], "not-a-uuid"]}
+    )
+    assert put.status_code == 200, put.text
+    assert (await run.check("shell", command="rm -rf /"))["allowed"] is False
+    resolved = (await tenant.viewer.get(f"/api/v1/policies/resolved/agent/{agent['id']}")).json()
+    assert [(p["policy_id"], p["source_type"]) for p in resolved] == [(no_rm["id"], "context")]
+
+
+async def associations(tenant: Tenant) -> list[str]:
+    listed = (await tenant.viewer.get("/api/v1/policies/associations?limit=1000")).json()
+    return [item["id"] for item in listed["items"]]
+
+
+async def test_only_admins_write_policies(tenant: Tenant, db: asyncpg.Pool[Any]) -> None:
+    policy = await create_policy(tenant.admin, "guard", NO_RM)
+    agent = await create_agent(tenant.member)
+    association = await attach(tenant.admin, policy["id"], "agent", agent["id"])
+    before = [await rows_of(db, t, tenant.id) for t in ("policies", "policy_associations")]
+    member = tenant.member
+    for response in (
+        await member.post("/api/v1/policies", json={"name": "m", "policy_content": NO_RM}),
+        await member.put(f"/api/v1/policies/{policy['id']}", json={"enabled": False}),
+        await member.patch(f"/api/v1/policies/{policy['id']}", json={"enabled": False}),
+        await member.delete(f"/api/v1/policies/{policy['id']}"),
+        await member.post(
+            "/api/v1/policies/associations",
+            json={"policy_id": policy["id"], "entity_type": "role", "entity_id": "member"},
+        ),
+        await member.patch(
+            f"/api/v1/policies/associations/{association['id']}", json={"enabled": False}
+        ),
+        await member.delete(f"/api/v1/policies/associations/{association['id']}"),
+    ):
+        assert_error(response, 403, "AUTHORIZATION_ERROR")
+    assert [await rows_of(db, t, tenant.id) for t in ("policies", "policy_associations")] == before
 
 
 async def test_engine_error_fails_closed(
-    app: Starlette, tenant: Tenant, db: asyncpg.Pool[Any], settings: Settings
+    tenant: Tenant, db: asyncpg.Pool[Any], settings: Settings
 ) -> None:
-    worker = client_for(app, await worker_token(tenant))
-    agent = await create_agent(tenant.member)
-    ratio = await create_policy(tenant.member, "ratio", RATIO)
-    await attach(tenant.member, ratio["id"], "agent", agent["id"])
+    agent = await shell_agent(tenant)
+    run = await start_run(tenant, agent)
+    ratio = await create_policy(tenant.admin, "ratio", RATIO)
+    await attach(tenant.admin, ratio["id"], "agent", agent["id"])
 
-    def divide_by(n: int) -> dict[str, Any]:
-        return {"input": {"tool": {"arguments": {"n": n}}}, "agent_id": agent["id"]}
-
-    ok = await worker.post("/api/v1/policies/enforce", json=divide_by(2))
-    assert ok.json()["allowed"] is True and ok.json()["engine_error"] is None
-    failed = (await worker.post("/api/v1/policies/enforce", json=divide_by(0))).json()
+    ok = await run.check("shell", n=2)
+    assert ok["allowed"] is True and ok["engine_error"] is None
+    failed = await run.check("shell", n=0)
     assert failed["allowed"] is False
     assert "divide by zero" in failed["engine_error"]
     assert failed["violations"] == [f"Policy engine error: {failed['engine_error']}"]
     # The evaluate route reports the same error on the policy, not as its violations.
+    divide_by_zero = {"tool": {"arguments": {"n": 0}}}
     evaluated = await tenant.viewer.post(
-        f"/api/v1/policies/evaluate/agent/{agent['id']}",
-        json={"input_data": divide_by(0)["input"]},
+        f"/api/v1/policies/evaluate/agent/{agent['id']}", json={"input_data": divide_by_zero}
     )
     result = evaluated.json()["policy_results"][ratio["id"]]
     assert result["violations"] == [] and "divide by zero" in result["error"]
@@ -846,10 +967,8 @@ async def test_engine_error_fails_closed(
         db,
         get_engine(settings),
         tenant.id,
-        input=divide_by(0)["input"],
-        agent_id=agent["id"],
-        environment_ids=[],
-        team_id=None,
+        input=divide_by_zero,
+        scope=await agent_scope(db, tenant.id, agent["id"]),
         fail_open=True,
     )
     assert open_decision.allowed is True and "divide by zero" in (open_decision.engine_error or "")
@@ -864,24 +983,22 @@ async def fail_open_app(settings: Settings) -> AsyncIterator[Starlette]:
 
 
 async def test_fail_open_setting(fail_open_app: Starlette, tenant: Tenant) -> None:
-    agent = await create_agent(tenant.member)
-    ratio = await create_policy(tenant.member, "ratio", RATIO)
-    no_rm = await create_policy(tenant.member, "no-rm", NO_RM)
+    agent = await shell_agent(tenant)
+    run = await start_run(tenant, agent, app=fail_open_app)
+    ratio = await create_policy(tenant.admin, "ratio", RATIO)
+    no_rm = await create_policy(tenant.admin, "no-rm", NO_RM)
     for policy in (ratio, no_rm):
-        await attach(tenant.member, policy["id"], "agent", agent["id"])
+        await attach(tenant.admin, policy["id"], "agent", agent["id"])
     member = client_for(fail_open_app, tenant.keys["member"])
     health = (await member.get("/api/v1/policies/health")).json()
     assert (health["engine"], health["fail_open"], health["status"]) == ("regorus", True, "healthy")
-    arguments: dict[str, Any] = {"n": 0, "command": "ls"}
-    body = {"tool": {"name": "shell", "arguments": arguments}}
-    r = await member.post("/api/v1/policies/enforce", json={"input": body, "agent_id": agent["id"]})
-    assert r.json()["allowed"] is True
-    assert "divide by zero" in r.json()["engine_error"]
+    decision = await run.check("shell", n=0, command="ls")
+    assert decision["allowed"] is True
+    assert "divide by zero" in decision["engine_error"]
     # Fail-open excuses the engine error, not another policy's deny.
-    arguments["command"] = "rm -rf /"
-    r = await member.post("/api/v1/policies/enforce", json={"input": body, "agent_id": agent["id"]})
-    assert r.json()["allowed"] is False
-    assert r.json()["violations"] == ["Command 'rm -rf /' is blocked"]
+    decision = await run.check("shell", n=0, command="rm -rf /")
+    assert decision["allowed"] is False
+    assert decision["violations"] == ["Command 'rm -rf /' is blocked"]
 
 
 async def test_engine_caches_compiled_policies() -> None:
@@ -1016,7 +1133,7 @@ async def opa_app(settings: Settings, opa: OpaStandIn) -> AsyncIterator[Starlett
 
 
 async def test_opa_rest_mode(opa_app: Starlette, opa: OpaStandIn, tenant: Tenant) -> None:
-    member = client_for(opa_app, tenant.keys["member"])
+    member = client_for(opa_app, tenant.keys["admin"])
     health = (await member.get("/api/v1/policies/health")).json()
     assert (health["engine"], health["status"], health["opa_url"]) == ("opa", "healthy", opa.url)
 
@@ -1027,26 +1144,24 @@ async def test_opa_rest_mode(opa_app: Starlette, opa: OpaStandIn, tenant: Tenant
     no_rm = await create_policy(member, "no-rm", NO_RM)
     no_sleep = await create_policy(member, "no-sleep", NO_SLEEP)  # the same package name
     assert opa.modules == {}
-    agent = await create_agent(member)
+    sleeper = await tenant.admin.post("/api/v1/skills", json={"name": "nap", "type": "sleep"})
+    agent = await shell_agent(tenant)
+    await tenant.member.patch(
+        f"/api/v1/agents/{agent['id']}",
+        json={"skill_ids": [*agent["skill_ids"], sleeper.json()["id"]]},
+    )
     for policy in (no_rm, no_sleep):
         await attach(member, policy["id"], "agent", agent["id"])
+    run = await start_run(tenant, agent, app=opa_app)
 
-    async def check(input: dict[str, Any]) -> dict[str, Any]:
-        r = await member.post(
-            "/api/v1/policies/enforce", json={"input": input, "agent_id": agent["id"]}
-        )
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        return body
-
-    denied = await check(shell("rm -rf /"))
+    denied = await run.check("shell", command="rm -rf /")
     assert (denied["allowed"], denied["violations"]) == (False, ["Command 'rm -rf /' is blocked"])
     assert denied["policies_evaluated"] == 2
     # Each policy was uploaded under its own package, so the two kubiya.tools did not merge.
     assert len(opa.modules) == 2
     assert all("package kubiya.tools" not in text for text in opa.modules.values())
-    assert (await check(shell("ls")))["allowed"] is True
-    assert (await check({"tool": {"name": "sleep"}}))["violations"] == ["sleep is not allowed here"]
+    assert (await run.check("shell", command="ls"))["allowed"] is True
+    assert (await run.check("sleep", seconds=1))["violations"] == ["sleep is not allowed here"]
     # Each policy was uploaded once (per version); validations used scratch modules, removed.
     uploads = [path for method, path in opa.requests if method == "PUT" and "validate" not in path]
     assert sorted(uploads) == sorted(
@@ -1057,19 +1172,14 @@ async def test_opa_rest_mode(opa_app: Starlette, opa: OpaStandIn, tenant: Tenant
 async def test_opa_rest_mode_errors_and_restart(
     opa_app: Starlette, opa: OpaStandIn, tenant: Tenant
 ) -> None:
-    member = client_for(opa_app, tenant.keys["member"])
-    agent = await create_agent(member)
+    member = client_for(opa_app, tenant.keys["admin"])
+    agent = await shell_agent(tenant)
+    run = await start_run(tenant, agent, app=opa_app)
     ratio = await create_policy(member, "ratio", RATIO)
     await attach(member, ratio["id"], "agent", agent["id"])
 
     async def check(n: int) -> dict[str, Any]:
-        r = await member.post(
-            "/api/v1/policies/enforce",
-            json={"input": {"tool": {"arguments": {"n": n}}}, "agent_id": agent["id"]},
-        )
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        return body
+        return await run.check("shell", n=n)
 
     assert (await check(2))["allowed"] is True
     failed = await check(0)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.applications import Starlette
-from temporalio.client import Client
 
 from api.reconciler import reconcile_executions
-from tests.conftest import Tenant
+from tests.conftest import Tenant, temporal_for
 from tests.execution_helpers import events_of, execute, make_agent, make_queue
 
 
@@ -18,7 +17,7 @@ async def test_a_workflow_terminated_outside_settles_its_execution(
     queue = await make_queue(tenant, "rec")  # no worker: the execution stays pending
     execution_id = await execute(tenant, await make_agent(tenant, "rec"), queue["id"])
     live = await execute(tenant, await make_agent(tenant, "rec2"), queue["id"])
-    client = await Client.connect(temporal_address)
+    client = await temporal_for(temporal_address, tenant)
     await client.get_workflow_handle(f"agent-execution-{execution_id}").terminate("by hand")
 
     # Other tests' executions share this database, so count only on ours below.

@@ -408,7 +408,7 @@ async def test_a_worker_reads_only_what_its_execution_references(
     agent = await make_agent(vt.member, execution_environment={"secrets": ["DB_PASSWORD"]})
     queue_id = await queue_in_new_environment(vt.member)
     execution_id = await execute(vt.member, agent["id"], queue_id)
-    worker_id, token = await start_worker_token(vt.member, queue_id)
+    worker_id, token = await start_worker_token(vt.admin, queue_id)
     worker = client_for(vt.app, token)
 
     path = "/api/v1/secrets/value/DB_PASSWORD"
@@ -429,7 +429,7 @@ async def test_a_worker_reads_only_what_its_execution_references(
     assert "does not reference secret 'UNRELATED'" in assert_error(r, 403)["message"]
     assert_error(await worker.get(path), 400)
     with_override = await execute(
-        vt.member, agent["id"], queue_id, execution_environment={"secrets": ["UNRELATED"]}
+        vt.admin, agent["id"], queue_id, execution_environment={"secrets": ["UNRELATED"]}
     )
     r = await worker.get(f"/api/v1/secrets/value/UNRELATED?execution_id={with_override}")
     assert r.json()["value"] == "unrelated-value"
@@ -478,7 +478,7 @@ async def test_values_stay_out_of_logs_events_and_history(
         )
         queue_id = await queue_in_new_environment(vt.member)
         execution_id = await execute(vt.member, agent["id"], queue_id)
-        _, token = await start_worker_token(vt.member, queue_id)
+        _, token = await start_worker_token(vt.admin, queue_id)
         environment = await client_for(vt.app, token).get(
             f"/api/v1/executions/{execution_id}/environment"
         )
@@ -495,7 +495,7 @@ async def test_values_stay_out_of_logs_events_and_history(
         uuid.UUID(execution_id),
     )
     assert all(SECRET_VALUE not in row["data"] for row in events)
-    client = await Client.connect(temporal_address)
+    client = await Client.connect(temporal_address, namespace=Settings().namespace_for(vt.id))
     history = await client.get_workflow_handle(f"agent-execution-{execution_id}").fetch_history()
     text = history_text(history.to_json_dict())
     assert "DB_PASSWORD" in text  # the template name travels, the value does not

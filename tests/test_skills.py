@@ -45,6 +45,8 @@ SKILL_FIELDS = {
     "updated_at",
 }
 BUILTIN = ("shell", "file_system", "python", "http", "sleep")
+# Types that give no built-in tools of their own.
+TOOLLESS = ("mcp_server", "custom")
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
@@ -99,7 +101,7 @@ async def skill_rows(db: asyncpg.Pool[Any], org: str) -> list[Any]:
 async def test_types_and_definitions(tenant: Tenant) -> None:
     for prefix in ("skills", "toolsets"):
         types = (await tenant.viewer.get(f"/api/v1/{prefix}/types")).json()
-        assert [t["type"] for t in types] == [*BUILTIN, "custom"]
+        assert [t["type"] for t in types] == [*BUILTIN, *TOOLLESS]
         tools = {t["type"]: t["tools"] for t in types}
         assert tools == {
             "shell": ["shell"],
@@ -107,13 +109,14 @@ async def test_types_and_definitions(tenant: Tenant) -> None:
             "python": ["run_python"],
             "http": ["http_request"],
             "sleep": ["sleep"],
+            "mcp_server": [],
             "custom": [],
         }
         risk = {t["type"]: t["risk_level"] for t in types}
         assert [risk[t] for t in BUILTIN] == ["critical", "high", "high", "medium", "low"]
 
     definitions = (await tenant.viewer.get("/api/v1/skills/definitions")).json()
-    assert [d["type"] for d in definitions] == [*BUILTIN, "custom"]
+    assert [d["type"] for d in definitions] == [*BUILTIN, *TOOLLESS]
     shell = (await tenant.viewer.get("/api/v1/skills/definitions/shell")).json()
     assert shell["default_configuration"] == {
         "allowed_commands": [],
@@ -151,7 +154,7 @@ async def test_types_and_definitions(tenant: Tenant) -> None:
     assert "shell_read_only" in [v["id"] for v in variants]
     assert all(v["type"] == "shell" for v in variants)
     templates = (await tenant.viewer.get("/api/v1/skills/templates")).json()
-    assert {t["type"] for t in templates} == {*BUILTIN, "custom"}
+    assert {t["type"] for t in templates} == {*BUILTIN, *TOOLLESS}
     # Every template is a valid configuration of its type.
     for template in templates:
         assert validate_config(template["type"], template["configuration"]) == [], template
@@ -194,7 +197,7 @@ async def test_validate_routes(tenant: Tenant) -> None:
 
 async def test_create_get_patch_delete(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
     skill = await create_skill(
-        tenant.member,
+        tenant.admin,
         "Ops shell",
         "shell",
         description="For ops",
@@ -214,48 +217,48 @@ async def test_create_get_patch_delete(db: asyncpg.Pool[Any], tenant: Tenant) ->
     assert (await tenant.viewer.get(f"/api/v1/toolsets/{skill['id']}")).json() == skill
 
     url = f"/api/v1/skills/{skill['id']}"
-    r = await tenant.member.patch(url, json={"enabled": False, "icon": "Terminal"})
+    r = await tenant.admin.patch(url, json={"enabled": False, "icon": "Terminal"})
     assert r.status_code == 200, r.text
     patched = r.json()
     assert (patched["enabled"], patched["icon"]) == (False, "Terminal")
     assert patched["configuration"] == skill["configuration"]
-    r = await tenant.member.patch(url, json={"type": "sleep", "configuration": {"max_seconds": 5}})
+    r = await tenant.admin.patch(url, json={"type": "sleep", "configuration": {"max_seconds": 5}})
     assert r.status_code == 200, r.text
     assert (r.json()["type"], r.json()["configuration"]) == ("sleep", {"max_seconds": 5.0})
-    r = await tenant.member.patch(url, json={"skill_type": "custom"})
+    r = await tenant.admin.patch(url, json={"skill_type": "custom"})
     assert r.status_code == 200, r.text
     assert (r.json()["type"], r.json()["configuration"]) == ("custom", {"max_seconds": 5.0})
 
-    r = await tenant.member.delete(url)
+    r = await tenant.admin.delete(url)
     assert r.status_code == 200, r.text
     assert r.json() == {"id": skill["id"], "deleted": True}
     assert_error(await tenant.viewer.get(url), 404, "RESOURCE_NOT_FOUND")
-    assert_error(await tenant.member.delete(url), 404, "RESOURCE_NOT_FOUND")
+    assert_error(await tenant.admin.delete(url), 404, "RESOURCE_NOT_FOUND")
 
 
 async def test_toolsets_is_the_same_resource(tenant: Tenant) -> None:
-    r = await tenant.member.post(
+    r = await tenant.admin.post(
         "/api/v1/toolsets", json={"name": "fs", "skill_type": "file_system"}
     )
     assert r.status_code == 201, r.text
     toolset = r.json()
     assert toolset["type"] == "file_system"
     assert (await tenant.viewer.get(f"/api/v1/skills/{toolset['id']}")).json() == toolset
-    r = await tenant.member.patch(f"/api/v1/toolsets/{toolset['id']}", json={"name": "files"})
+    r = await tenant.admin.patch(f"/api/v1/toolsets/{toolset['id']}", json={"name": "files"})
     assert r.json()["name"] == "files"
     listed = (await tenant.viewer.get("/api/v1/skills")).json()
     assert [s["name"] for s in listed["items"]] == ["files"]
     assert (await tenant.viewer.get("/api/v1/toolsets")).json() == listed
-    r = await tenant.member.delete(f"/api/v1/toolsets/{toolset['id']}")
+    r = await tenant.admin.delete(f"/api/v1/toolsets/{toolset['id']}")
     assert r.json() == {"id": toolset["id"], "deleted": True}
     assert (await tenant.viewer.get("/api/v1/skills")).json()["total"] == 0
 
 
 async def test_list_paginates_and_filters(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
-    await create_skill(tenant.member, "s1", "shell")
-    await create_skill(tenant.member, "s2", "sleep", enabled=False)
-    await create_skill(tenant.member, "s3", "shell", enabled=False)
-    await create_skill(tenant.member, "s4", "python")
+    await create_skill(tenant.admin, "s1", "shell")
+    await create_skill(tenant.admin, "s2", "sleep", enabled=False)
+    await create_skill(tenant.admin, "s3", "shell", enabled=False)
+    await create_skill(tenant.admin, "s4", "python")
     expected = await ordered_ids(db, "skills", "organization_id = $1", tenant.id)
     await check_pagination(tenant.viewer, "/api/v1/skills", expected)
     await check_pagination(tenant.viewer, "/api/v1/toolsets", expected)
@@ -300,19 +303,19 @@ async def test_list_paginates_and_filters(db: asyncpg.Pool[Any], tenant: Tenant)
 async def test_create_rejects_bad_input(
     db: asyncpg.Pool[Any], tenant: Tenant, body: Any, field: str
 ) -> None:
-    assert_validation(await tenant.member.post("/api/v1/skills", json=body), field)
+    assert_validation(await tenant.admin.post("/api/v1/skills", json=body), field)
     assert await skill_rows(db, tenant.id) == [[], []]
 
 
 async def test_malformed_json_is_400(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
-    skill = await create_skill(tenant.member, "s", "shell")
+    skill = await create_skill(tenant.admin, "s", "shell")
     before = await skill_rows(db, tenant.id)
     for method, path in [
         ("POST", "/api/v1/skills"),
         ("PATCH", f"/api/v1/skills/{skill['id']}"),
         ("POST", f"/api/v1/skills/associations/agent/{uuid.uuid4()}/skills"),
     ]:
-        r = await tenant.member.request(method, path, content=b"{not json")
+        r = await tenant.admin.request(method, path, content=b"{not json")
         assert_error(r, 400, "BAD_REQUEST")
     assert await skill_rows(db, tenant.id) == before
 
@@ -320,19 +323,19 @@ async def test_malformed_json_is_400(db: asyncpg.Pool[Any], tenant: Tenant) -> N
 async def test_name_is_unique_per_org(
     db: asyncpg.Pool[Any], tenant: Tenant, other_tenant: Tenant
 ) -> None:
-    await create_skill(tenant.member, "dup", "shell")
-    other = await create_skill(tenant.member, "other", "sleep")
+    await create_skill(tenant.admin, "dup", "shell")
+    other = await create_skill(tenant.admin, "other", "sleep")
     before = await skill_rows(db, tenant.id)
-    r = await tenant.member.post("/api/v1/skills", json={"name": "dup", "type": "python"})
+    r = await tenant.admin.post("/api/v1/skills", json={"name": "dup", "type": "python"})
     assert_error(r, 409, "RESOURCE_CONFLICT")
-    r = await tenant.member.patch(f"/api/v1/skills/{other['id']}", json={"name": "dup"})
+    r = await tenant.admin.patch(f"/api/v1/skills/{other['id']}", json={"name": "dup"})
     assert_error(r, 409, "RESOURCE_CONFLICT")
     assert await skill_rows(db, tenant.id) == before
-    await create_skill(other_tenant.member, "dup", "shell")
+    await create_skill(other_tenant.admin, "dup", "shell")
 
 
 async def test_patch_refusals_change_nothing(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
-    skill = await create_skill(tenant.member, "p", "sleep", configuration={"max_seconds": 3000})
+    skill = await create_skill(tenant.admin, "p", "sleep", configuration={"max_seconds": 3000})
     before = await skill_rows(db, tenant.id)
     url = f"/api/v1/skills/{skill['id']}"
     for body, field in [
@@ -344,14 +347,14 @@ async def test_patch_refusals_change_nothing(db: asyncpg.Pool[Any], tenant: Tena
         # A new type is checked against the stored configuration too.
         ({"type": "http", "configuration": {"timeout": 601}}, "configuration.timeout"),
     ]:
-        assert_validation(await tenant.member.patch(url, json=body), field)
+        assert_validation(await tenant.admin.patch(url, json=body), field)
     assert await skill_rows(db, tenant.id) == before
 
 
 async def test_other_tenants_skill_is_not_found(
     db: asyncpg.Pool[Any], tenant: Tenant, other_tenant: Tenant
 ) -> None:
-    theirs = await create_skill(other_tenant.member, "theirs", "shell")
+    theirs = await create_skill(other_tenant.admin, "theirs", "shell")
     their_agent = await create_agent(other_tenant.member, "their-agent")
     mine = await create_agent(tenant.member, "mine")
     before = await skill_rows(db, other_tenant.id)
@@ -374,7 +377,7 @@ async def test_other_tenants_skill_is_not_found(
     for bad in (theirs["id"], str(uuid.uuid4())):
         assert_error(await attach_theirs(bad), 404, "RESOURCE_NOT_FOUND")
 
-    my_skill = await create_skill(tenant.member, "my-skill", "shell")
+    my_skill = await create_skill(tenant.admin, "my-skill", "shell")
 
     async def attach_to(ident: str) -> httpx.Response:
         url = f"/api/v1/skills/associations/agent/{ident}/skills"
@@ -394,7 +397,7 @@ async def test_other_tenants_skill_is_not_found(
 
 
 async def test_viewer_cannot_write(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
-    skill = await create_skill(tenant.member, "guarded", "shell")
+    skill = await create_skill(tenant.admin, "guarded", "shell")
     agent = await create_agent(tenant.member, "a")
     await associate(tenant.member, "agent", agent["id"], skill["id"])
     before = await skill_rows(db, tenant.id)
@@ -415,12 +418,33 @@ async def test_viewer_cannot_write(db: asyncpg.Pool[Any], tenant: Tenant) -> Non
     assert await skill_rows(db, tenant.id) == before
 
 
+async def test_only_admins_write_skills(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
+    """A skill decides what runs on the workers (commands, an MCP server's program): members
+    attach skills but do not write them."""
+    skill = await create_skill(tenant.admin, "guarded", "shell")
+    before = await skill_rows(db, tenant.id)
+    for response in [
+        await tenant.member.post("/api/v1/skills", json={"name": "m", "type": "shell"}),
+        await tenant.member.post(
+            "/api/v1/skills",
+            json={"name": "m", "type": "mcp_server", "configuration": {"command": "sh"}},
+        ),
+        await tenant.member.post("/api/v1/toolsets", json={"name": "m", "type": "shell"}),
+        await tenant.member.patch(
+            f"/api/v1/skills/{skill['id']}", json={"configuration": {"allowed_commands": []}}
+        ),
+        await tenant.member.delete(f"/api/v1/skills/{skill['id']}"),
+    ]:
+        assert_error(response, 403, "AUTHORIZATION_ERROR")
+    assert await skill_rows(db, tenant.id) == before
+
+
 # --- associations ---------------------------------------------------------------------------------
 
 
 async def test_associations(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
-    shell = await create_skill(tenant.member, "shell", "shell", configuration={"timeout": 20})
-    files = await create_skill(tenant.member, "files", "file_system")
+    shell = await create_skill(tenant.admin, "shell", "shell", configuration={"timeout": 20})
+    files = await create_skill(tenant.admin, "files", "file_system")
     agent = await create_agent(tenant.member, "agent")
     env = await create_environment(tenant.member, "prod")
 
@@ -492,7 +516,7 @@ async def test_associations(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
     remaining = (await tenant.viewer.get(url)).json()
     assert [a["skill_id"] for a in remaining["items"]] == [files["id"]]
     # Deleting a skill removes its associations.
-    await tenant.member.delete(f"/api/v1/skills/{files['id']}")
+    await tenant.admin.delete(f"/api/v1/skills/{files['id']}")
     assert (await tenant.viewer.get(url)).json()["total"] == 0
     assert (
         await db.fetchval(
@@ -513,11 +537,13 @@ async def test_resolution_table(tenant: Tenant, other_tenant: Tenant) -> None:
     member = tenant.member
     e1 = await create_environment(member, "e1")
     e2 = await create_environment(member, "e2")
-    shell = await create_skill(member, "shell", "shell", configuration={"timeout": 20})
-    files = await create_skill(member, "files", "file_system")
-    web = await create_skill(member, "web", "http", configuration={"allowed_hosts": ["a.test"]})
-    off = await create_skill(member, "off", "sleep", enabled=False)
-    theirs = await create_skill(other_tenant.member, "theirs", "sleep")
+    shell = await create_skill(tenant.admin, "shell", "shell", configuration={"timeout": 20})
+    files = await create_skill(tenant.admin, "files", "file_system")
+    web = await create_skill(
+        tenant.admin, "web", "http", configuration={"allowed_hosts": ["a.test"]}
+    )
+    off = await create_skill(tenant.admin, "off", "sleep", enabled=False)
+    theirs = await create_skill(other_tenant.admin, "theirs", "sleep")
 
     # Nothing attached.
     bare = await create_agent(member, "bare")
@@ -569,7 +595,7 @@ async def test_resolution_table(tenant: Tenant, other_tenant: Tenant) -> None:
     # A disabled skill is left out wherever it is attached; enabling it brings it back.
     await associate(member, "agent", both["id"], off["id"])
     assert "off" not in [i["name"] for i in await resolved(tenant.viewer, both["id"])]
-    await member.patch(f"/api/v1/skills/{off['id']}", json={"enabled": True})
+    await tenant.admin.patch(f"/api/v1/skills/{off['id']}", json={"enabled": True})
     assert [i["name"] for i in await resolved(tenant.viewer, both["id"])] == [
         "web",
         "shell",
@@ -593,10 +619,10 @@ async def test_team_layers(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
     member = tenant.member
     own_env = await create_environment(member, "own")
     team_env = await create_environment(member, "team-env")
-    a = await create_skill(member, "a", "sleep")
-    b = await create_skill(member, "b", "sleep")
-    c = await create_skill(member, "c", "sleep")
-    d = await create_skill(member, "d", "sleep")
+    a = await create_skill(tenant.admin, "a", "sleep")
+    b = await create_skill(tenant.admin, "b", "sleep")
+    c = await create_skill(tenant.admin, "c", "sleep")
+    d = await create_skill(tenant.admin, "d", "sleep")
     team_id = uuid.uuid4()
     agent = await create_agent(
         member, "teamed", environment_ids=[own_env["id"]], team_id=str(team_id)
@@ -656,20 +682,22 @@ async def test_team_layers(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
 async def test_tools_for_agent(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
     member = tenant.member
     env = await create_environment(member, "env")
-    shell = await create_skill(member, "Ops Shell", "shell", configuration={"timeout": 7})
-    second = await create_skill(member, "Prod shell #2!", "shell", configuration={"timeout": 9})
+    shell = await create_skill(tenant.admin, "Ops Shell", "shell", configuration={"timeout": 7})
+    second = await create_skill(
+        tenant.admin, "Prod shell #2!", "shell", configuration={"timeout": 9}
+    )
     files = await create_skill(
-        member, "ro files", "file_system", configuration={"enable_save_file": False}
+        tenant.admin, "ro files", "file_system", configuration={"enable_save_file": False}
     )
     web = await create_skill(
-        member,
+        tenant.admin,
         "web",
         "http",
         configuration={"allowed_hosts": ["api.test"], "allowed_methods": ["GET"]},
     )
-    await create_skill(member, "custom", "custom", configuration={"anything": 1})
+    await create_skill(tenant.admin, "custom", "custom", configuration={"anything": 1})
     long_name = "x" * 200
-    third = await create_skill(member, long_name, "shell")
+    third = await create_skill(tenant.admin, long_name, "shell")
     await associate(member, "environment", env["id"], shell["id"])
     agent = await create_agent(
         member,
@@ -771,7 +799,7 @@ def test_tool_specs_per_type() -> None:
         "socket",
         "ctypes",
     ]
-    assert set(SKILL_TYPES) == {*BUILTIN, "custom"}
+    assert set(SKILL_TYPES) == {*BUILTIN, *TOOLLESS}
 
 
 def test_unique_names_and_validation() -> None:

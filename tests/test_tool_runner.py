@@ -85,10 +85,31 @@ async def ok(response: httpx.Response, status: int = 200) -> Any:
     return response.json()
 
 
+async def tool_skills(admin: httpx.AsyncClient) -> list[str]:
+    """One skill of each built-in type, and the stdio MCP server `box` (skills are admins')."""
+    skills: list[dict[str, Any]] = [
+        {"type": "shell"},
+        {"type": "file_system"},
+        {"type": "python"},
+        {"type": "http", "configuration": {"allowed_hosts": ["example.com"]}},
+        {"type": "sleep"},
+        {
+            "type": "mcp_server",
+            "name": "box",
+            "configuration": {"command": sys.executable, "args": [str(MCP_SERVER)]},
+        },
+    ]
+    ids = []
+    for skill in skills:
+        body = {"name": f"{skill['type']}-{uuid.uuid4().hex[:6]}", **skill}
+        ids.append((await ok(await admin.post("/api/v1/skills", json=body), 201))["id"])
+    return ids
+
+
 async def new_execution(
-    member: httpx.AsyncClient, **execution_environment: Any
+    member: httpx.AsyncClient, skill_ids: list[str] | None = None, **execution_environment: Any
 ) -> tuple[dict[str, Any], dict[str, Any], str, str]:
-    """(environment, agent, queue id, execution id) with a worker started on the queue."""
+    """(environment, agent, queue id, execution id); no worker serves the queue."""
     environment = await ok(
         await member.post(
             "/api/v1/environments",
@@ -112,6 +133,7 @@ async def new_execution(
                 "name": f"agent-{uuid.uuid4().hex[:6]}",
                 "model_id": "anthropic/claude-sonnet-4-5",
                 "environment_ids": [environment["id"]],
+                "skill_ids": skill_ids or [],
             },
         ),
         201,
@@ -126,9 +148,10 @@ async def new_execution(
 
 
 async def worker_activities(
-    member: httpx.AsyncClient, url: str, queue_id: str, workspaces: Path
+    admin: httpx.AsyncClient, url: str, queue_id: str, workspaces: Path
 ) -> ToolActivities:
-    started = await ok(await member.post(f"/api/v1/worker-queues/{queue_id}/start", json={}))
+    """The tool activities of a worker started on the queue."""
+    started = await ok(await admin.post(f"/api/v1/worker-queues/{queue_id}/start", json={}))
     return ToolActivities(ControlPlane(url, started["worker_token"]), workspaces)
 
 
@@ -141,12 +164,12 @@ async def rig(tenant: Tenant, live_api: str, tmp_path: Path) -> AsyncIterator[Ri
     )
     environment, agent, queue_id, execution_id = await new_execution(
         member,
+        await tool_skills(admin),
         env_vars={"PLAIN": "plain-value"},
         secrets=["TOOL_SECRET"],
-        mcp_servers={"box": {"command": sys.executable, "args": [str(MCP_SERVER)]}},
     )
     workspaces = tmp_path / "workspaces"
-    activities = await worker_activities(member, live_api, queue_id, workspaces)
+    activities = await worker_activities(admin, live_api, queue_id, workspaces)
     yield Rig(
         tenant,
         admin,
@@ -264,13 +287,13 @@ async def test_failing_tools_are_error_results(rig: Rig, db: asyncpg.Pool[Any]) 
 
 async def test_a_denied_tool_never_runs(rig: Rig, db: asyncpg.Pool[Any]) -> None:
     policy = await ok(
-        await rig.member.post(
+        await rig.admin.post(
             "/api/v1/policies", json={"name": "no-touch", "policy_content": NO_TOUCH}
         ),
         201,
     )
     await ok(
-        await rig.member.post(
+        await rig.admin.post(
             "/api/v1/policies/associations",
             json={"policy_id": policy["id"], "entity_type": "agent", "entity_id": rig.agent_id},
         ),
@@ -298,13 +321,13 @@ async def test_a_denied_tool_never_runs(rig: Rig, db: asyncpg.Pool[Any]) -> None
 
 async def test_environment_policies_are_enforced(rig: Rig) -> None:
     policy = await ok(
-        await rig.member.post(
+        await rig.admin.post(
             "/api/v1/policies", json={"name": "env-no-touch", "policy_content": NO_TOUCH}
         ),
         201,
     )
     await ok(
-        await rig.member.post(
+        await rig.admin.post(
             "/api/v1/policies/associations",
             json={
                 "policy_id": policy["id"],
@@ -327,7 +350,7 @@ async def test_another_executions_environment_is_out_of_reach(
 ) -> None:
     # A worker of another queue of the same organization.
     _, _, other_queue, _ = await new_execution(rig.member)
-    intruder = await worker_activities(rig.member, live_api, other_queue, tmp_path / "other")
+    intruder = await worker_activities(rig.admin, live_api, other_queue, tmp_path / "other")
     call = rig.call(builtin("shell", "shell"), {"command": "touch marker; echo $TOOL_SECRET"})
     with pytest.raises(ApplicationError) as refused:
         await run(rig, call, intruder)
@@ -335,14 +358,16 @@ async def test_another_executions_environment_is_out_of_reach(
     assert not (tmp_path / "other" / rig.execution_id).exists()
     # A worker of another organization.
     stranger_member = api_client(live_api, other_tenant.keys["member"])
+    stranger_admin = api_client(live_api, other_tenant.keys["admin"])
     _, _, stranger_queue, _ = await new_execution(stranger_member)
-    stranger = await worker_activities(stranger_member, live_api, stranger_queue, tmp_path / "x")
+    stranger = await worker_activities(stranger_admin, live_api, stranger_queue, tmp_path / "x")
     with pytest.raises(ApplicationError):
         await run(rig, call, stranger)
     assert not (tmp_path / "x").exists()
     for activities in (intruder, stranger):
         await activities.control_plane.aclose()
     await stranger_member.aclose()
+    await stranger_admin.aclose()
 
 
 async def test_mcp_tools_run_with_secrets_redacted(rig: Rig, db: asyncpg.Pool[Any]) -> None:
@@ -360,7 +385,8 @@ async def test_mcp_tools_run_with_secrets_redacted(rig: Rig, db: asyncpg.Pool[An
     values = json.loads(outcome.output)
     assert values["PLAIN"] == "plain-value"
     assert SECRET not in outcome.output and values["TOOL_SECRET"] != SECRET
+    # A server the execution's environment does not have: the control plane refuses the call.
     gone = dataclasses.replace(probe, mcp_server="nowhere")
     missing = await run(rig, rig.call(gone, {"names": []}))
-    assert missing.status == "error" and "not in this execution's environment" in missing.output
+    assert missing.status == "denied" and "not one of this execution's tools" in missing.output
     assert SECRET not in json.dumps(await events(db, rig.execution_id))

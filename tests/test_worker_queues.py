@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import Tenant, assert_error
+from tests.conftest import Tenant, assert_error, client_for
 from tests.resource_helpers import (
     add_worker,
     assert_all_not_found,
@@ -47,6 +48,8 @@ COMMAND_FIELDS = {
     "queue_status",
     "active_workers",
     "max_workers",
+    "worker_key",
+    "worker_key_id",
 }
 
 
@@ -162,7 +165,7 @@ async def test_ephemeral_queues_are_hidden_from_lists(tenant: Tenant) -> None:
     r = await tenant.viewer.get(f"/api/v1/worker-queues/{hidden['id']}")
     assert r.status_code == 200, r.text
     assert r.json()["ephemeral"] is True
-    r = await tenant.viewer.get(f"/api/v1/worker-queues/{hidden['id']}/worker-command")
+    r = await tenant.admin.get(f"/api/v1/worker-queues/{hidden['id']}/worker-command")
     assert r.status_code == 200, r.text
     # A worker deletes its ephemeral queue when its one execution is done.
     r = await tenant.member.delete(f"/api/v1/worker-queues/{hidden['id']}")
@@ -314,16 +317,34 @@ async def test_worker_command(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
     env = await create_environment(tenant.member, "e")
     queue = await create_queue(tenant.member, env["id"], "q", max_workers=2)
     url = f"/api/v1/worker-queues/{queue['id']}/worker-command"
-    r = await tenant.viewer.get(url)
+    # It mints a worker key: admins only.
+    for client in (tenant.viewer, tenant.member):
+        assert_error(await client.get(url), 403, "AUTHORIZATION_ERROR")
+    r = await tenant.admin.get(url)
     assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "no-store"
     command = r.json()
     assert set(command) == COMMAND_FIELDS
     assert command["queue_id"] == queue["id"]
     assert queue["id"] in command["command"]
-    assert command["command_parts"]["flags"] == {"--queue-id": queue["id"]}
+    assert command["command_parts"]["flags"] == {
+        "--queue-id": queue["id"],
+        "--api-key-file": "worker.key",
+    }
     assert command["command_parts"]["env"]["CONTROLPLANE_URL"].startswith("http")
     assert (command["can_register"], command["queue_status"]) == (True, "active")
     assert (command["active_workers"], command["max_workers"]) == (0, 2)
+    # The key is a worker key of this queue: it starts a worker there and reads nothing.
+    key = client_for(tenant.app, command["worker_key"])
+    started = await key.post(f"/api/v1/worker-queues/{queue['id']}/start", json={})
+    assert started.status_code == 200, started.text
+    assert_error(await key.get(f"/api/v1/worker-queues/{queue['id']}"), 403)
+    stored = await db.fetchrow(
+        "SELECT role, worker_queue_id FROM api_keys WHERE id = $1",
+        uuid.UUID(command["worker_key_id"]),
+    )
+    assert stored is not None
+    assert (stored["role"], str(stored["worker_queue_id"])) == ("worker", queue["id"])
 
 
 async def test_can_register_honours_status_and_max_workers(
@@ -334,7 +355,7 @@ async def test_can_register_honours_status_and_max_workers(
     queue_url = f"/api/v1/worker-queues/{queue['id']}"
 
     async def command() -> dict[str, Any]:
-        r = await tenant.viewer.get(f"{queue_url}/worker-command")
+        r = await tenant.admin.get(f"{queue_url}/worker-command")
         assert r.status_code == 200, r.text
         body: dict[str, Any] = r.json()
         return body

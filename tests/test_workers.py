@@ -9,13 +9,24 @@ import signal
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
-from temporalio.client import Client
+import jwt
 
-from tests.conftest import Tenant, assert_error, client_for
+from tests.conftest import Tenant, assert_error, client_for, temporal_for, worker_key_for
 from workflows.queue_probe import QUEUE_PROBE_WORKFLOW
+
+
+async def verified_claims(tenant: Tenant, token: str) -> dict[str, Any]:
+    """The token's claims, its signature checked against the published JWKS with PyJWT
+    (as Temporal's authorizer checks it: by the key id in the header)."""
+    jwks = (await tenant.anonymous().get("/.well-known/jwks.json")).json()
+    kid = jwt.get_unverified_header(token)["kid"]
+    (public,) = [jwt.PyJWK(key) for key in jwks["keys"] if key["kid"] == kid]
+    claims: dict[str, Any] = jwt.decode(token, public.key, algorithms=["RS256"])
+    return claims
 
 
 async def make_queue(tenant: Tenant, **fields: Any) -> dict[str, Any]:
@@ -31,8 +42,10 @@ async def make_queue(tenant: Tenant, **fields: Any) -> dict[str, Any]:
     return body
 
 
-async def start(tenant: Tenant, queue_id: str) -> httpx.Response:
-    return await tenant.member.post(
+async def start(
+    tenant: Tenant, queue_id: str, client: httpx.AsyncClient | None = None
+) -> httpx.Response:
+    return await (client or tenant.admin).post(
         f"/api/v1/worker-queues/{queue_id}/start",
         json={"worker_sdk_version": "0.3.0", "system_info": {"hostname": "box-1"}},
     )
@@ -40,14 +53,21 @@ async def start(tenant: Tenant, queue_id: str) -> httpx.Response:
 
 async def test_start_returns_config_and_counts_the_worker(tenant: Tenant) -> None:
     queue = await make_queue(tenant)
-    response = await start(tenant, queue["id"])
+    key = client_for(tenant.app, await worker_key_for(tenant, queue["id"]))
+    response = await start(tenant, queue["id"], key)
     assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
     config = response.json()
     assert config["task_queue_name"] == queue["id"]
     assert config["worker_token"].startswith("worker_")
     assert config["organization_id"] == tenant.id
     assert config["heartbeat_interval"] == 60
-    assert config["temporal_host"] and config["temporal_namespace"] == "default"
+    # The organization's own namespace, and a JWT that lets the worker poll only there.
+    assert config["temporal_host"] and config["temporal_namespace"] == f"org-{tenant.id}"
+    assert config["temporal_tls"] is False and config["temporal_tls_ca"] is None
+    claims = await verified_claims(tenant, config["temporal_api_key"])
+    assert claims["permissions"] == [f"org-{tenant.id}:worker"]
+    assert claims["sub"] == f"worker:{config['worker_id']}"
     got = await tenant.viewer.get(f"/api/v1/worker-queues/{queue['id']}")
     assert got.json()["active_workers"] == 1
     workers = (await tenant.viewer.get(f"/api/v1/worker-queues/{queue['id']}/workers")).json()
@@ -58,11 +78,18 @@ async def test_start_returns_config_and_counts_the_worker(tenant: Tenant) -> Non
 
 async def test_start_refusals(tenant: Tenant, other_tenant: Tenant, db: Any) -> None:
     queue = await make_queue(tenant, max_workers=1)
+    other_queue = await make_queue(tenant)
     assert_error(await start(other_tenant, queue["id"]), 404, "RESOURCE_NOT_FOUND")
     assert_error(await start(tenant, str(uuid.uuid4())), 404, "RESOURCE_NOT_FOUND")
-    viewer = await tenant.viewer.post(f"/api/v1/worker-queues/{queue['id']}/start", json={})
-    assert_error(viewer, 403, "AUTHORIZATION_ERROR")
-    bad = await tenant.member.post(
+    # Only admin keys and worker keys start workers; a worker key only on its own queue.
+    for client in (tenant.viewer, tenant.member):
+        assert_error(await start(tenant, queue["id"], client), 403, "AUTHORIZATION_ERROR")
+    elsewhere = client_for(tenant.app, await worker_key_for(tenant, other_queue["id"]))
+    assert_error(await start(tenant, queue["id"], elsewhere), 403, "AUTHORIZATION_ERROR")
+    # A worker key opens nothing else, not even reads.
+    for path in ("/api/v1/projects", f"/api/v1/worker-queues/{queue['id']}"):
+        assert_error(await elsewhere.get(path), 403, "AUTHORIZATION_ERROR")
+    bad = await tenant.admin.post(
         f"/api/v1/worker-queues/{queue['id']}/start", json={"system_info": "not an object"}
     )
     assert_error(bad, 422, "VALIDATION_ERROR")
@@ -93,14 +120,21 @@ async def test_heartbeat_and_disconnect_with_the_worker_token(
     )
     assert beat.status_code == 200, beat.text
     assert beat.json()["status"] == "busy"
-    # A worker token speaks only for its own worker; another org's key sees nothing.
+    assert "temporal_api_key" not in beat.json() or beat.json()["temporal_api_key"] is None
+    renewed = await worker.post(
+        f"/api/v1/workers/{first['worker_id']}/heartbeat", json={"renew_temporal_token": True}
+    )
+    claims = await verified_claims(tenant, renewed.json()["temporal_api_key"])
+    assert claims["permissions"] == [f"org-{tenant.id}:worker"]
+    # A worker token speaks only for its own worker; API keys, of this organization or
+    # another, cannot speak the worker protocol at all.
     assert_error(
         await worker.post(f"/api/v1/workers/{second['worker_id']}/heartbeat", json={}), 404
     )
-    assert_error(
-        await other_tenant.member.post(f"/api/v1/workers/{first['worker_id']}/heartbeat", json={}),
-        404,
-    )
+    for key in (tenant.admin, tenant.member, other_tenant.admin):
+        assert_error(
+            await key.post(f"/api/v1/workers/{first['worker_id']}/heartbeat", json={}), 403
+        )
     assert_error(
         await worker.post(f"/api/v1/workers/{first['worker_id']}/heartbeat", json={"status": "x"}),
         422,
@@ -139,11 +173,9 @@ async def test_worker_process_serves_its_queue_and_disconnects_on_sigterm(
     live_api: str, tenant: Tenant, temporal_address: str
 ) -> None:
     queue = await make_queue(tenant, heartbeat_interval=1)
-    env = {
-        **os.environ,
-        "CONTROLPLANE_URL": live_api,
-        "CONTROLPLANE_API_KEY": tenant.keys["member"],
-    }
+    key = await worker_key_for(tenant, queue["id"])
+    # Given in the environment, the key is handed over and scrubbed (worker/credentials.py).
+    env = {**os.environ, "CONTROLPLANE_URL": live_api, "CONTROLPLANE_API_KEY": key}
     env.pop("DATABASE_URL", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "worker", "--queue-id", queue["id"]],
@@ -158,7 +190,11 @@ async def test_worker_process_serves_its_queue_and_disconnects_on_sigterm(
             return bool(got.json()["active_workers"] == 1)
 
         await _wait_for(registered)
-        client = await Client.connect(temporal_address)
+        # The process (same pid after it re-ran itself) holds no key in its environment.
+        environ = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
+        assert any(item.startswith(b"CONTROLPLANE_URL=") for item in environ)
+        assert not any(key.encode() in item for item in environ)
+        client = await temporal_for(temporal_address, tenant)
         result = await client.execute_workflow(
             QUEUE_PROBE_WORKFLOW, "probe", id=f"probe-{uuid.uuid4()}", task_queue=queue["id"]
         )

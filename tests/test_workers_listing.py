@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,14 +14,20 @@ from typing import Any
 import asyncpg
 import httpx
 from starlette.applications import Starlette
-from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.queue_probe import answer_probe
 from api.app import create_app
 from controlplane.services import free_port
 from controlplane.settings import Settings
-from tests.conftest import Tenant, assert_error, client_for, make_tenant
+from tests.conftest import (
+    Tenant,
+    assert_error,
+    client_for,
+    make_tenant,
+    temporal_for,
+    worker_key_for,
+)
 from tests.resource_helpers import (
     assert_validation,
     create_environment,
@@ -49,10 +56,11 @@ def env_name() -> str:
 
 @asynccontextmanager
 async def polling_worker(
-    temporal_address: str, queue_id: str, identity: str
+    temporal_address: str, tenant: Tenant, queue_id: str, identity: str
 ) -> AsyncIterator[None]:
-    """A real Temporal worker polling the queue's task queue, as `controlplane worker` does."""
-    client = await Client.connect(temporal_address)
+    """A real Temporal worker polling the queue's task queue in the tenant's namespace, as
+    `controlplane worker` does."""
+    client = await temporal_for(temporal_address, tenant)
     async with Worker(
         client,
         task_queue=queue_id,
@@ -78,11 +86,11 @@ async def test_list_shows_the_pollers_temporal_sees(
     served = await create_queue(tenant.member, env["id"], "served")
     idle = await create_queue(tenant.member, env["id"], "idle")
     await create_queue(tenant.member, env["id"], "local-exec-1")  # ephemeral: not listed
-    started = await tenant.member.post(f"/api/v1/worker-queues/{served['id']}/start", json={})
+    started = await tenant.admin.post(f"/api/v1/worker-queues/{served['id']}/start", json={})
     assert started.status_code == 200, started.text
 
     identity = f"listing-test-{uuid.uuid4().hex[:6]}"
-    async with polling_worker(temporal_address, served["id"], identity):
+    async with polling_worker(temporal_address, tenant, served["id"], identity):
         deadline = asyncio.get_running_loop().time() + 15
         while True:
             body = await listed(tenant.viewer)
@@ -176,17 +184,22 @@ async def test_unreachable_temporal_answers_503(settings: Settings) -> None:
     assert 'controlplane_temporal_client_errors_total{operation="connect"}' in metrics
 
 
-async def test_failed_describe_answers_503_and_is_counted(settings: Settings) -> None:
-    # Temporal answers, but refuses the describe: the namespace does not exist.
-    missing = dataclasses.replace(settings, temporal_namespace=f"missing-{uuid.uuid4().hex[:6]}")
-    async with app_with(missing) as app:
+async def test_a_namespace_temporal_refuses_answers_503_and_is_counted(settings: Settings) -> None:
+    # Temporal answers, but refuses to register the organization's namespace.
+    refused = dataclasses.replace(
+        settings, temporal_namespace_prefix="refused-", temporal_retention_days=0
+    )
+    async with app_with(refused) as app:
         tenant = await _queue_on(app)
         listing = await tenant.viewer.get("/api/v1/workers")
         metrics = (await client_for(app).get("/metrics")).text
     error = assert_error(listing, 503, "SERVICE_UNAVAILABLE")
-    assert error["details"]["temporal_status"] == "NOT_FOUND"
-    counted = 'controlplane_temporal_client_errors_total{operation="describe_task_queue"} 1.0'
-    assert counted in metrics
+    assert error["message"].startswith("Could not register Temporal namespace")
+    counted = re.search(
+        r'controlplane_temporal_client_errors_total\{operation="register_namespace"\} (\S+)',
+        metrics,
+    )
+    assert counted is not None and float(counted.group(1)) >= 1
 
 
 async def register(client: httpx.AsyncClient, environment: str, **fields: Any) -> httpx.Response:
@@ -199,14 +212,14 @@ async def test_legacy_register_creates_the_environment_and_default_queue(
     tenant: Tenant, db: asyncpg.Pool[Any]
 ) -> None:
     name = env_name()
-    first = await register(tenant.member, name, hostname="box-1", worker_metadata={"v": "0.3"})
+    first = await register(tenant.admin, name, hostname="box-1", worker_metadata={"v": "0.3"})
     assert first.status_code == 200, first.text
     config = first.json()
     assert config["worker_token"].startswith("worker_")
     assert config["environment_name"] == name
     assert config["organization_id"] == tenant.id
-    assert config["temporal_namespace"] == "default" and config["temporal_host"]
-    assert config["temporal_api_key"] is None
+    assert config["temporal_namespace"] == f"org-{tenant.id}" and config["temporal_host"]
+    assert config["temporal_api_key"].count(".") == 2  # a JWT
     assert config["control_plane_url"]
     assert config["queue_name"] == "default"
     assert config["task_queue_name"] == config["queue_id"]
@@ -223,7 +236,9 @@ async def test_legacy_register_creates_the_environment_and_default_queue(
     assert workers[0]["worker_metadata"] == {"v": "0.3"}
 
     # A second registration reuses the environment and its queue.
-    second = await register(tenant.member, name)
+    # A worker key of the environment's default queue registers there too.
+    key = client_for(tenant.app, await worker_key_for(tenant, config["queue_id"]))
+    second = await register(key, name)
     assert second.status_code == 200, second.text
     assert second.json()["task_queue_name"] == config["task_queue_name"]
     assert second.json()["worker_id"] != config["worker_id"]
@@ -236,7 +251,7 @@ async def test_legacy_register_creates_the_environment_and_default_queue(
     # An existing environment gets its default queue next to the queues it has.
     existing = await create_environment(tenant.member, env_name())
     await create_queue(tenant.member, existing["id"], "other")
-    joined = await register(tenant.member, existing["name"])
+    joined = await register(tenant.admin, existing["name"])
     assert joined.status_code == 200, joined.text
     queues = (
         await tenant.viewer.get(f"/api/v1/environments/{existing['id']}/worker-queues")
@@ -252,15 +267,21 @@ async def test_legacy_register_refusals(tenant: Tenant, db: asyncpg.Pool[Any]) -
     assert patched.status_code == 200, patched.text
     before = {t: await rows_of(db, t, tenant.id) for t in ("environments", "worker_queues")}
 
-    error = assert_error(await register(tenant.member, inactive["name"]), 400, "BAD_REQUEST")
+    error = assert_error(await register(tenant.admin, inactive["name"]), 400, "BAD_REQUEST")
     assert error["details"] == {"status": "inactive"}
     assert_validation(
-        await tenant.member.post("/api/v1/workers/register", json={}), "environment_name"
+        await tenant.admin.post("/api/v1/workers/register", json={}), "environment_name"
     )
-    assert_validation(await register(tenant.member, "not a name!"), "environment_name")
-    assert_validation(await register(tenant.member, "ok", worker_metadata=[1]), "worker_metadata")
-    assert_validation(await register(tenant.member, "ok", hostname=7), "hostname")
-    assert_error(await register(tenant.viewer, env_name()), 403, "AUTHORIZATION_ERROR")
+    assert_validation(await register(tenant.admin, "not a name!"), "environment_name")
+    assert_validation(await register(tenant.admin, "ok", worker_metadata=[1]), "worker_metadata")
+    assert_validation(await register(tenant.admin, "ok", hostname=7), "hostname")
+    for client in (tenant.viewer, tenant.member):
+        assert_error(await register(client, env_name()), 403, "AUTHORIZATION_ERROR")
+    # A worker key of another queue creates nothing: not the environment, not its queue.
+    elsewhere = await create_queue(tenant.member, inactive["id"], "elsewhere")
+    key = client_for(tenant.app, await worker_key_for(tenant, elsewhere["id"]))
+    assert_error(await register(key, env_name()), 403, "AUTHORIZATION_ERROR")
+    before["worker_queues"] = await rows_of(db, "worker_queues", tenant.id)
 
     after = {t: await rows_of(db, t, tenant.id) for t in ("environments", "worker_queues")}
     assert after == before
@@ -269,8 +290,8 @@ async def test_legacy_register_refusals(tenant: Tenant, db: asyncpg.Pool[Any]) -
 
 async def test_legacy_heartbeat(app: Starlette, tenant: Tenant, other_tenant: Tenant) -> None:
     name = env_name()
-    config = (await register(tenant.member, name)).json()
-    other = (await register(tenant.member, name)).json()
+    config = (await register(tenant.admin, name)).json()
+    other = (await register(tenant.admin, name)).json()
     worker = client_for(app, config["worker_token"])
 
     beat = await worker.post(
@@ -288,10 +309,14 @@ async def test_legacy_heartbeat(app: Starlette, tenant: Tenant, other_tenant: Te
     assert beat.json()["worker_id"] == config["worker_id"]
     assert beat.json()["status"] == "busy"
     assert beat.json()["heartbeat_interval"] == 60
-    by_key = await tenant.member.post(
+    by_key = await tenant.admin.post(
         "/api/v1/workers/heartbeat", json={"worker_id": config["worker_id"], "status": "idle"}
     )
-    assert by_key.status_code == 200, by_key.text
+    assert_error(by_key, 403, "AUTHORIZATION_ERROR")
+    idle = await worker.post(
+        "/api/v1/workers/heartbeat", json={"worker_id": config["worker_id"], "status": "idle"}
+    )
+    assert idle.status_code == 200, idle.text
     workers = (
         await tenant.viewer.get(f"/api/v1/worker-queues/{config['queue_id']}/workers")
     ).json()["items"]
@@ -299,12 +324,15 @@ async def test_legacy_heartbeat(app: Starlette, tenant: Tenant, other_tenant: Te
     assert (mine["status"], mine["tasks_processed"]) == ("idle", 0)
     assert mine["worker_metadata"]["note"] == "legacy"
 
-    # Another worker's id, another environment, another tenant: not found.
+    # Another worker's id, another environment, another tenant's worker: not found.
+    stranger = client_for(
+        tenant.app, (await register(other_tenant.admin, env_name())).json()["worker_token"]
+    )
     for client, body in [
         (worker, {"worker_id": other["worker_id"]}),
         (worker, {"worker_id": config["worker_id"], "environment_name": env_name()}),
-        (other_tenant.member, {"worker_id": config["worker_id"]}),
-        (tenant.member, {"worker_id": str(uuid.uuid4())}),
+        (stranger, {"worker_id": config["worker_id"]}),
+        (worker, {"worker_id": str(uuid.uuid4())}),
     ]:
         assert_error(await client.post("/api/v1/workers/heartbeat", json=body), 404)
     assert_validation(await worker.post("/api/v1/workers/heartbeat", json={}), "worker_id")

@@ -1,8 +1,11 @@
 """`controlplane worker --queue-id ID`: start on a queue through the control plane, poll the
 queue's Temporal task queue, heartbeat, and disconnect on shutdown.
 
-The worker needs only the control-plane URL and an API key; Temporal settings come back from
-`POST /worker-queues/{id}/start`. It never holds database credentials.
+The worker needs only the control-plane URL and a worker key of its queue (read from a file or
+stdin: worker/credentials.py keeps it out of reach of the tools). Temporal settings come back
+from `POST /worker-queues/{id}/start`: the organization's namespace and a short-lived JWT
+(`<namespace>:worker`), renewed through the heartbeat before it expires. It never holds
+database credentials.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import platform
 import signal
 import socket
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 from temporalio.client import Client
+from temporalio.service import TLSConfig
 from temporalio.worker import Worker
 
 from activities.mcp_client import McpActivities
@@ -30,6 +34,16 @@ from activities.runtime import RuntimeActivities
 from activities.tool_runner import ToolActivities
 from controlplane import VERSION
 from controlplane.logs import configure_logging
+from worker.credentials import (
+    CREDENTIALS_FD_FLAG,
+    ENV_API_KEY,
+    ENV_API_KEY_FILE,
+    CredentialError,
+    Credentials,
+    hand_over_environment_credentials,
+    load,
+    make_non_dumpable,
+)
 from worker.task_counter import TaskCounter
 from worker.workspaces import sweep_forever, workspace_root
 from workflows.registry import WORKFLOWS
@@ -83,24 +97,80 @@ async def register(http: httpx.AsyncClient, queue_id: str) -> dict[str, Any]:
     return config
 
 
+class TemporalToken:
+    """The worker's Temporal JWT and when to ask for the next one (at half its life)."""
+
+    def __init__(self, token: str | None, expires_at: str | None) -> None:
+        self.token = token
+        self.renew_at = _half_life(expires_at)
+
+    def due(self) -> bool:
+        return self.renew_at is not None and datetime.now(UTC) >= self.renew_at
+
+    def update(self, token: str, expires_at: str | None) -> None:
+        self.token = token
+        self.renew_at = _half_life(expires_at)
+
+
+def _half_life(expires_at: str | None) -> datetime | None:
+    if not expires_at:
+        return None
+    expires = datetime.fromisoformat(expires_at)
+    return datetime.now(UTC) + (expires - datetime.now(UTC)) / 2
+
+
 async def heartbeat_forever(
-    http: httpx.AsyncClient, worker_id: str, interval: float, tasks: TaskCounter
+    http: httpx.AsyncClient,
+    worker_id: str,
+    interval: float,
+    tasks: TaskCounter,
+    token: TemporalToken,
+    client: Client,
 ) -> None:
     while True:
+        renew = token.due()
         try:
             response = await http.post(
                 f"/api/v1/workers/{worker_id}/heartbeat",
-                json={"status": tasks.status, "tasks_processed": tasks.finished},
+                json={
+                    "status": tasks.status,
+                    "tasks_processed": tasks.finished,
+                    "renew_temporal_token": renew,
+                },
             )
             if response.status_code != 200:
                 log.warning("heartbeat refused", extra={"status": response.status_code})
+            elif renew and response.json().get("temporal_api_key"):
+                body = response.json()
+                token.update(body["temporal_api_key"], body.get("temporal_api_key_expires_at"))
+                client.api_key = token.token
+                log.info("Temporal token renewed")
         except httpx.HTTPError as exc:
             log.warning("heartbeat failed", extra={"error": str(exc)})
-        await asyncio.sleep(interval)
+        # Never sleep past the token's renewal time.
+        wait = interval
+        if token.renew_at is not None:
+            wait = max(1.0, min(wait, (token.renew_at - datetime.now(UTC)).total_seconds()))
+        await asyncio.sleep(wait)
 
 
-async def run(queue_id: str, control_plane_url: str, api_key: str, stop: asyncio.Event) -> int:
-    headers = {"Authorization": f"Bearer {api_key}"}
+def temporal_tls(config: dict[str, Any]) -> TLSConfig | bool:
+    if not config.get("temporal_tls"):
+        return False
+    ca = config.get("temporal_tls_ca")
+    return TLSConfig(
+        server_root_ca_cert=ca.encode() if ca else None,
+        domain=config.get("temporal_tls_server_name"),
+    )
+
+
+async def run(
+    queue_id: str,
+    control_plane_url: str,
+    credentials: Credentials,
+    stop: asyncio.Event,
+) -> int:
+    headers = {"Authorization": f"Bearer {credentials.api_key}"}
     async with httpx.AsyncClient(base_url=control_plane_url, headers=headers, timeout=15) as http:
         config = await register(http, queue_id)
         worker_id = config["worker_id"]
@@ -111,8 +181,14 @@ async def run(queue_id: str, control_plane_url: str, api_key: str, stop: asyncio
         heartbeats: asyncio.Task[None] | None = None
         sweeper: asyncio.Task[None] | None = None
         try:
+            token = TemporalToken(
+                config.get("temporal_api_key"), config.get("temporal_api_key_expires_at")
+            )
             client = await Client.connect(
-                config["temporal_host"], namespace=config["temporal_namespace"]
+                config["temporal_host"],
+                namespace=config["temporal_namespace"],
+                api_key=token.token,
+                tls=temporal_tls(config),
             )
             tasks = TaskCounter()
             worker = Worker(
@@ -123,7 +199,9 @@ async def run(queue_id: str, control_plane_url: str, api_key: str, stop: asyncio
                 activities=[
                     answer_probe,
                     *activity_methods(ReportingActivities(control_plane)),
-                    *activity_methods(RuntimeActivities(control_plane)),
+                    *activity_methods(
+                        RuntimeActivities(control_plane, credentials.anthropic_api_key)
+                    ),
                     *activity_methods(ToolActivities(control_plane, workspace_root())),
                     *activity_methods(McpActivities(control_plane)),
                 ],
@@ -134,7 +212,9 @@ async def run(queue_id: str, control_plane_url: str, api_key: str, stop: asyncio
                 max_heartbeat_throttle_interval=timedelta(seconds=2),
             )
             heartbeats = asyncio.create_task(
-                heartbeat_forever(worker_http, worker_id, config["heartbeat_interval"], tasks)
+                heartbeat_forever(
+                    worker_http, worker_id, config["heartbeat_interval"], tasks, token, client
+                )
             )
             sweeper = asyncio.create_task(sweep_forever(workspace_root()))
             async with worker:
@@ -171,36 +251,46 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=os.environ.get("CONTROLPLANE_URL", "http://127.0.0.1:8001"),
         help="control plane API base URL (env CONTROLPLANE_URL)",
     )
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("CONTROLPLANE_API_KEY"),
-        help="an API key of the queue's organization (env CONTROLPLANE_API_KEY)",
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--api-key-file",
+        default=os.environ.get(ENV_API_KEY_FILE),
+        help=f"a file holding a worker key of the queue (env {ENV_API_KEY_FILE}); "
+        f"{ENV_API_KEY} works too, but the file keeps it out of reach of tools",
     )
+    keys.add_argument("--api-key-stdin", action="store_true", help="read the worker key from stdin")
+    parser.add_argument(CREDENTIALS_FD_FLAG, type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
-async def _main(args: argparse.Namespace) -> int:
+async def _main(args: argparse.Namespace, credentials: Credentials) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        return await run(args.queue_id, args.control_plane_url.rstrip("/"), args.api_key, stop)
+        return await run(args.queue_id, args.control_plane_url.rstrip("/"), credentials, stop)
     except WorkerStartError as exc:
         print(f"controlplane worker: {exc}", file=sys.stderr)
         return 1
 
 
 def main(argv: list[str]) -> int:
+    # First of all: no credential may stay in this process's environment (see credentials.py).
+    hand_over_environment_credentials(argv)
     args = parse_args(argv)
-    if not args.api_key:
-        print(
-            "controlplane worker: no API key (set CONTROLPLANE_API_KEY or --api-key)",
-            file=sys.stderr,
+    try:
+        credentials = load(
+            credentials_fd=args.credentials_fd,
+            api_key_file=args.api_key_file,
+            api_key_stdin=args.api_key_stdin,
         )
+    except CredentialError as exc:
+        print(f"controlplane worker: {exc}", file=sys.stderr)
         return 1
+    make_non_dumpable()
     configure_logging()
-    code = asyncio.run(_main(args))
+    code = asyncio.run(_main(args, credentials))
     # The Temporal client's native runtime can crash at interpreter exit (sdk-python issue 300);
     # we are done, so flush and leave without running finalizers.
     sys.stdout.flush()

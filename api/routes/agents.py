@@ -20,7 +20,7 @@ from api.model_catalogue import (
     default_model_row,
 )
 from api.pagination import ListQuery, Page, fetch_page
-from api.routes.environments import ExecutionEnvironment
+from api.routes.environments import ExecutionEnvironmentIn
 from api.routes.projects import default_project
 from api.routing import Call, Router
 from api.schemas import Deleted, PatchBody
@@ -91,7 +91,7 @@ class AgentCreate(BaseModel):
     )
     skill_ids: list[uuid.UUID] = Field(default_factory=list)
     skill_configurations: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    execution_environment: ExecutionEnvironment | None = None
+    execution_environment: ExecutionEnvironmentIn | None = None
 
 
 class AgentUpdate(PatchBody):
@@ -133,7 +133,7 @@ class AgentUpdate(PatchBody):
     environment_ids: list[uuid.UUID] | None = None
     skill_ids: list[uuid.UUID] | None = None
     skill_configurations: dict[str, dict[str, Any]] | None = None
-    execution_environment: ExecutionEnvironment | None = None
+    execution_environment: ExecutionEnvironmentIn | None = None
     status: AgentStatus | None = None
     state: dict[str, Any] | None = None
 
@@ -314,7 +314,7 @@ async def create_agent(call: Call, body: AgentCreate) -> AgentOut:
     return AgentOut.from_row(row)
 
 
-def _execution_environment(value: ExecutionEnvironment | None) -> dict[str, Any]:
+def _execution_environment(value: ExecutionEnvironmentIn | None) -> dict[str, Any]:
     return value.model_dump(exclude_none=True) if value is not None else {}
 
 

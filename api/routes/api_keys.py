@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from api.errors import not_found
 from api.pagination import ListQuery, Page, fetch_page
 from api.principal import KeyRole
 from api.routing import Call, Router
-from api.tenancy import KEY_COLUMNS, create_key, revoke_key
+from api.tenancy import KEY_COLUMNS, UnknownQueue, create_key, revoke_key
+from api.worker_credentials import require_mint_budget
 
 router = Router("api-keys")
 
@@ -19,6 +20,17 @@ router = Router("api-keys")
 class ApiKeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     role: KeyRole = "member"
+    worker_queue_id: uuid.UUID | None = Field(
+        None, description="For role `worker` (required there): the queue it may start workers on"
+    )
+
+    @model_validator(mode="after")
+    def queue_for_workers(self) -> ApiKeyCreate:
+        if self.role == "worker" and self.worker_queue_id is None:
+            raise ValueError("a worker key needs worker_queue_id")
+        if self.role != "worker" and self.worker_queue_id is not None:
+            raise ValueError("only a worker key takes worker_queue_id")
+        return self
 
 
 class ApiKeyOut(BaseModel):
@@ -27,6 +39,7 @@ class ApiKeyOut(BaseModel):
     name: str
     prefix: str
     role: KeyRole
+    worker_queue_id: uuid.UUID | None
     created_at: datetime
     created_by: str | None
     revoked_at: datetime | None
@@ -42,18 +55,30 @@ class ApiKeyRevoked(BaseModel):
     revoked_at: datetime
 
 
-@router.post("/api/v1/api-keys", status=201, role="admin")
+@router.post("/api/v1/api-keys", status=201, role="admin", carries_secret=True)
 async def create_api_key(call: Call, body: ApiKeyCreate) -> ApiKeyCreated:
-    """Create a key; its secret is in this response only."""
-    new = await create_key(
-        call.db, call.org, role=body.role, name=body.name, created_by=call.principal.actor
-    )
+    """Create a key; its secret is in this response only (a replay of the request with the same
+    Idempotency-Key does not show it again)."""
+    if body.role == "worker":
+        await require_mint_budget(call)
+    try:
+        new = await create_key(
+            call.db,
+            call.org,
+            role=body.role,
+            name=body.name,
+            created_by=call.principal.actor,
+            worker_queue_id=body.worker_queue_id,
+        )
+    except UnknownQueue:
+        raise not_found("Worker queue", body.worker_queue_id) from None
     return ApiKeyCreated(
         id=new.id,
         organization_id=new.organization_id,
         name=new.name,
         prefix=new.prefix,
         role=new.role,
+        worker_queue_id=new.worker_queue_id,
         created_at=new.created_at,
         created_by=call.principal.actor,
         revoked_at=None,

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from api.db import conflict_on_duplicate, patch_assignments
 from api.errors import not_found
@@ -63,13 +63,30 @@ class ExecutionEnvironment(BaseModel):
     mcp_servers: dict[str, McpServer] = Field(default_factory=dict)
 
 
+class ExecutionEnvironmentIn(ExecutionEnvironment):
+    """An execution environment as a client writes it on an environment, team or agent: MCP
+    servers here are remote (http/sse). A server that runs a command on the worker (stdio) comes
+    only from a skill of type mcp_server, which only admins write."""
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def remote_only(cls, servers: dict[str, McpServer]) -> dict[str, McpServer]:
+        stdio = [name for name, s in servers.items() if s.command or s.type == "stdio"]
+        if stdio:
+            raise ValueError(
+                f"{', '.join(stdio)}: stdio MCP servers (a command run on the worker) come from "
+                "skills of type mcp_server; here only http/sse servers (url) are allowed"
+            )
+        return servers
+
+
 class EnvironmentCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
     display_name: str | None = None
     description: str | None = None
     tags: list[str] = Field(default_factory=list)
     settings: dict[str, Any] = Field(default_factory=dict)
-    execution_environment: ExecutionEnvironment = Field(default_factory=ExecutionEnvironment)
+    execution_environment: ExecutionEnvironmentIn = Field(default_factory=ExecutionEnvironmentIn)
 
 
 class EnvironmentUpdate(PatchBody):
@@ -81,7 +98,7 @@ class EnvironmentUpdate(PatchBody):
     tags: list[str] | None = None
     settings: dict[str, Any] | None = None
     status: EnvironmentStatus | None = None
-    execution_environment: ExecutionEnvironment | None = None
+    execution_environment: ExecutionEnvironmentIn | None = None
 
 
 class EnvironmentOut(BaseModel):
@@ -235,7 +252,7 @@ async def environment_worker_command(call: Call) -> EnvironmentWorkerCommand:
         call.org,
     )
     url = call.state.settings.public_url
-    queues = [worker_command_for(WorkerQueueOut.from_row(row), url) for row in rows]
+    queues = [worker_command_for(WorkerQueueOut.from_row(row), url, None) for row in rows]
     first = next((q for q in queues if q.queue_status == "active"), None)
     usable = environment.status in ("ready", "active")
     return EnvironmentWorkerCommand(

@@ -4,6 +4,7 @@ AgentExecutionWorkflow on the chosen worker queue."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -13,11 +14,11 @@ from temporalio.common import WorkflowIDReusePolicy
 from api.context import context_prompt, resolve_context
 from api.errors import ApiError, not_found
 from api.event_stream import stream_events
-from api.execution_environment import resolve_for_agent
+from api.execution_environment import resolve_for_agent, stdio_servers
 from api.model_catalogue import compatibility_errors, default_model_row, model_info, resolve_model
 from api.policy_engine import get_engine
 from api.routes.executions import COLUMNS
-from api.routes.policies import enforce
+from api.routes.policies import agent_scope, enforce
 from api.routing import Call, Router
 from api.skills import tools_for_agent
 from workflows.execution_types import (
@@ -82,11 +83,40 @@ async def _model_for(call: Call, agent: Any) -> ModelSpec:
     )
 
 
+# Parts of a run's own execution_environment that hand the run credentials or a command to
+# run on the worker: only admins may set them per run.
+PRIVILEGED_OVERRIDES = ("secrets", "integration_ids", "mcp_servers")
+
+
+def _check_override(call: Call, override: dict[str, Any] | None) -> None:
+    if not override:
+        return
+    privileged = [key for key in PRIVILEGED_OVERRIDES if override.get(key)]
+    if privileged and call.principal.role != "admin":
+        raise ApiError(
+            403,
+            f"Only an admin key may set {', '.join(privileged)} in a run's "
+            "execution_environment; put them on the agent, its team or its environments",
+            details={"fields": privileged},
+        )
+    stdio = stdio_servers(override.get("mcp_servers"))
+    if stdio:
+        raise ApiError(
+            422,
+            "A run may not start MCP servers that run a command on the worker "
+            f"({', '.join(stdio)}); such servers come from skills of type mcp_server",
+            details={"mcp_servers": stdio},
+        )
+
+
 async def _check_execution_policy(
-    call: Call, agent: Any, model: str, user: UserMetadata, prompt: str
+    call: Call, agent: Any, queue_id: uuid.UUID, model: str, user: dict[str, Any], prompt: str
 ) -> None:
-    """`action: agent_execution` against the agent's policies; a deny creates nothing."""
-    environment_ids = [str(e) for e in agent["environment_ids"] or []]
+    """`action: agent_execution` against the agent's policies, its queue's environment's and
+    the caller's role's; a deny creates nothing."""
+    scope = await agent_scope(
+        call.db, call.org, str(agent["id"]), queue_id=queue_id, role=call.principal.role
+    )
     team_id = str(agent["team_id"]) if agent["team_id"] else None
     decision = await enforce(
         call.db,
@@ -100,14 +130,16 @@ async def _check_execution_policy(
                 "runtime": agent["runtime"],
                 "model": model,
             },
-            "user": user.model_dump(),
+            "user": user,
             "organization": {"id": call.org},
             "team": {"id": team_id} if team_id else None,
-            "execution": {"prompt": prompt, "environment_ids": environment_ids},
+            "execution": {
+                "prompt": prompt,
+                "environment_ids": [ident for kind, ident in scope.layers if kind == "environment"],
+                "worker_queue_id": str(queue_id),
+            },
         },
-        agent_id=str(agent["id"]),
-        environment_ids=environment_ids,
-        team_id=team_id,
+        scope=scope,
         fail_open=call.state.settings.policy_fail_open,
     )
     if not decision.allowed:
@@ -146,11 +178,19 @@ async def execute_agent(call: Call, body: ExecuteIn) -> ExecuteOut:
         raise not_found("Worker queue", body.worker_queue_id)
     if queue["status"] != "active":
         raise ApiError(400, f"Worker queue '{queue['name']}' is {queue['status']}, not active")
+    _check_override(call, body.execution_environment)
     model = await _model_for(call, agent)
     configuration = agent["configuration"] or {}
+    # Who runs this is the caller; the metadata may only add how to show them.
     user = body.user_metadata.model_copy()
-    user.user_id = user.user_id or call.principal.actor
-    await _check_execution_policy(call, agent, model.value, user, body.prompt)
+    user.user_id = call.principal.actor
+    policy_user = {
+        "id": call.principal.actor,
+        "name": user.user_name,
+        "email": user.user_email,
+        "roles": [call.principal.role],
+    }
+    await _check_execution_policy(call, agent, queue["id"], model.value, policy_user, body.prompt)
     tools = await tools_for_agent(call.db, call.org, agent_id)
     environment = await resolve_for_agent(call.db, call.org, agent_id, body.execution_environment)
     # Templates such as {{.secret.X}} stay unrendered here: the worker renders them inside its
@@ -172,8 +212,9 @@ async def execute_agent(call: Call, body: ExecuteIn) -> ExecuteOut:
         await conn.execute(
             "INSERT INTO executions (id, organization_id, execution_type, entity_id, entity_name, "
             "runner_name, user_id, user_name, user_email, user_avatar, prompt, system_prompt, "
-            "execution_metadata, temporal_workflow_id, worker_queue_id, execution_environment) "
-            "VALUES ($1, $2, 'agent', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            "execution_metadata, temporal_workflow_id, worker_queue_id, execution_environment, "
+            "tools, user_role) VALUES ($1, $2, 'agent', $3, $4, $5, $6, $7, $8, $9, $10, $11, "
+            "$12, $13, $14, $15, $16, $17)",
             execution_id,
             call.org,
             agent_id,
@@ -189,6 +230,8 @@ async def execute_agent(call: Call, body: ExecuteIn) -> ExecuteOut:
             workflow_id,
             queue["id"],
             body.execution_environment or {},
+            [asdict(tool) for tool in tools],
+            call.principal.role,
         )
         await conn.execute(
             "INSERT INTO execution_participants (id, execution_id, organization_id, user_id, "
@@ -233,7 +276,7 @@ async def execute_agent(call: Call, body: ExecuteIn) -> ExecuteOut:
         ),
     )
     try:
-        client = await call.state.temporal.client()
+        client = await call.state.temporal.client(call.org)
         await client.start_workflow(
             AGENT_EXECUTION_WORKFLOW,
             workflow_input,

@@ -23,10 +23,11 @@ from api.execution_environment import (
     resolve_for_execution,
 )
 from api.routes.executions import load_execution
-from api.routes.secrets import require_admin_or_worker, vault
+from api.routes.secrets import vault
 from api.routing import Call, Router
 from api.vault import Reader, reveal
 from controlplane.templates import TemplateError, render_config
+from workflows.execution_types import TERMINAL_STATES
 
 router = Router("execution-environment")
 
@@ -193,14 +194,16 @@ def _rendered(what: str, value: Any, env: dict[str, str], secrets: dict[str, str
         ) from None
 
 
-@router.get("/api/v1/executions/{execution_id}/environment", role="worker")
+@router.get("/api/v1/executions/{execution_id}/environment", role="worker_token")
 async def execution_environment(call: Call) -> EnvironmentValues:
     """Worker → control plane: the running execution's env vars, secret values, MCP server
-    configs and integration credentials, every secret read audited. Worker tokens reach only
-    executions on their queue; admin keys any of the organization's."""
-    require_admin_or_worker(call, "Reading an execution's environment")
+    configs and integration credentials, every secret read audited. Worker tokens only, for
+    executions on their queue that have not ended."""
     execution = await load_execution(call)
     execution_id: uuid.UUID = execution["id"]
+    if execution["status"] in TERMINAL_STATES:
+        # Values are served while the run needs them, not after.
+        raise not_found("Running execution", execution_id)
     resolved = await resolve_for_execution(call.db, call.org, execution_id)
     names = resolved.all_secret_names()
     secrets: dict[str, str] = {}

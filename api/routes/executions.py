@@ -171,12 +171,9 @@ class StreamQuery(BaseModel):
 
 def _worker_scope(call: Call, first_param: int) -> tuple[str, list[Any]]:
     """A worker token reaches only executions on its own queue."""
-    if call.principal.worker_id is None:
+    if not call.principal.is_worker_token:
         return "", []
-    return (
-        f" AND worker_queue_id = (SELECT worker_queue_id FROM workers WHERE id = ${first_param})",
-        [call.principal.worker_id],
-    )
+    return f" AND worker_queue_id = ${first_param}", [call.principal.worker_queue_id]
 
 
 async def load_execution(
@@ -252,7 +249,7 @@ async def list_transitions(call: Call) -> TransitionList:
     )
 
 
-@router.patch("/api/v1/executions/{execution_id}", role="worker")
+@router.patch("/api/v1/executions/{execution_id}", role="worker_token")
 async def report_status(call: Call, body: StatusReport) -> ExecutionOut:
     """Worker → control plane: status and result. Records the transition and streams a
     `status` event, and `done` or `error` when the execution ends."""
@@ -333,7 +330,7 @@ async def apply_report(conn: Conn, current: asyncpg.Record, body: StatusReport) 
         )
 
 
-@router.post("/api/v1/executions/{execution_id}/events", status=202, role="worker")
+@router.post("/api/v1/executions/{execution_id}/events", status=202, role="worker_token")
 async def publish_event(call: Call, body: EventIn) -> EventAccepted:
     """Worker → control plane: one stream event; a repeated `event_key` is stored once."""
     async with call.db.acquire() as conn, conn.transaction():
@@ -350,7 +347,7 @@ async def publish_event(call: Call, body: EventIn) -> EventAccepted:
     return EventAccepted(success=True, execution_id=row["id"], seq=seq)
 
 
-@router.post("/api/v1/executions/{execution_id}/session", status=201, role="worker")
+@router.post("/api/v1/executions/{execution_id}/session", status=201, role="worker_token")
 async def persist_session(call: Call, body: SessionIn) -> SessionOut:
     """Worker → control plane: the conversation so far (replaces what was stored)."""
     row = await load_execution(call)
@@ -409,7 +406,7 @@ async def stream(call: Call, query: StreamQuery) -> Response:
 
 
 async def _handle(call: Call, row: asyncpg.Record) -> WorkflowHandle[Any, Any]:
-    client = await call.state.temporal.client()
+    client = await call.state.temporal.client(call.org)
     return client.get_workflow_handle(
         row["temporal_workflow_id"] or workflow_id_for(str(row["id"]))
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
@@ -12,6 +13,7 @@ from starlette.responses import Response
 from api.errors import ApiError
 from api.routing import Call, Router
 from controlplane import SERVICE_NAME, VERSION
+from controlplane.temporal_auth import published_keys
 
 router = Router("health")
 
@@ -90,6 +92,17 @@ async def detailed(call: Call) -> DetailedHealth:
         status="healthy" if database and temporal else "degraded",
         timestamp=_now(),
     )
+
+
+class Jwks(BaseModel):
+    keys: list[dict[str, Any]]
+
+
+@router.get("/.well-known/jwks.json", role=None)
+async def jwks(call: Call) -> Jwks:
+    """The public keys of the JWTs the control plane signs for Temporal's authorizer
+    (Temporal's `jwtKeyProvider.keySourceURIs` points here)."""
+    return Jwks(keys=await published_keys(call.db))
 
 
 @router.get("/metrics", role=None)

@@ -30,7 +30,7 @@ from api.execution_environment import (
     token_env_names,
 )
 from api.pagination import ListQuery, Page, fetch_page
-from api.routes.secrets import execution_for_worker, require_admin_or_worker, vault
+from api.routes.secrets import execution_for_worker, vault
 from api.routing import Call, Router
 from api.schemas import Deleted, PatchBody
 from api.vault import NAME_PATTERN, Reader, reveal
@@ -411,13 +411,12 @@ async def get_connected(call: Call) -> IntegrationSummary:
 
 
 async def _token(call: Call, kind: str, raw_execution_id: str | None) -> IntegrationToken:
-    require_admin_or_worker(call, "Reading an integration's token")
     row = await _load(call)
     if row["status"] == "deleted" or row["integration_type"] != call.path[kind].lower():
         raise not_found("Integration", row["id"])
     execution_id: uuid.UUID | None = None
     purpose = "integration_token"
-    if call.principal.role == "worker":
+    if call.principal.is_worker_token:
         execution = await execution_for_worker(call, raw_execution_id)
         execution_id = execution["id"]
         resolved = await resolve_for_execution(call.db, call.org, execution_id)
@@ -447,14 +446,16 @@ async def _token(call: Call, kind: str, raw_execution_id: str | None) -> Integra
     )
 
 
-@router.get("/api/v1/integrations/{integration_type}/{integration_id}/token", role="worker")
+@router.get(
+    "/api/v1/integrations/{integration_type}/{integration_id}/token", role="admin_or_worker_token"
+)
 async def integration_token(call: Call, query: TokenQuery) -> IntegrationToken:
     """The integration's token (its first secret), audited: admin keys, or a worker token with
     `?execution_id=` of an execution on its queue that uses the integration."""
     return await _token(call, "integration_type", query.execution_id)
 
 
-@router.get("/api/v1/integrations/{vendor}/creds/{integration_id}", role="worker")
+@router.get("/api/v1/integrations/{vendor}/creds/{integration_id}", role="admin_or_worker_token")
 async def integration_creds(call: Call, query: TokenQuery) -> IntegrationToken:
     """The official client's path for the token route."""
     return await _token(call, "vendor", query.execution_id)

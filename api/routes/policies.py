@@ -3,24 +3,31 @@ teams, environments and roles, resolution with inheritance, evaluation, and the 
 check that workers make before every tool call (`POST /policies/enforce`).
 
 Resolution: an agent's policies are its own associations plus those of its environments and of
-its team. Each association has a priority (by default environment 300, team 200, agent 100,
-role 100); a policy attached at several levels counts once, at its highest priority.
-There is no teams table yet: the team layer is in the code and stays empty until one exists,
-and team entities answer 404 until then.
+its team, and the policies its projects (`settings.policy_ids`) and resolved context
+(`policy_ids`) list by id. A run adds its queue's environment and the role of the key that
+started it (`role` associations). Each association has a priority (by default environment 300,
+team 200, agent 100, role 100); a policy attached at several levels counts once, at its highest
+priority. There is no teams table yet: the team layer is in the code and stays empty until one
+exists, and team entities answer 404 until then.
+
+Policies and associations are written by admin keys only: they decide what every agent may do.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
 from pydantic import BaseModel, Field, RootModel, model_validator
 
+from api.context import resolve_context
 from api.db import Queryable, conflict_on_duplicate, patch_assignments
 from api.errors import ApiError, not_found
+from api.execution_environment import resolve_for_execution
 from api.pagination import ListQuery, Page, fetch_page
 from api.policy_engine import (
     PolicyEngine,
@@ -31,6 +38,7 @@ from api.policy_engine import (
 )
 from api.routing import Call, Router
 from api.schemas import Deleted, PatchBody
+from workflows.execution_types import TERMINAL_STATES
 
 router = Router("policies")
 
@@ -191,7 +199,10 @@ class AssociationQuery(ListQuery):
 class ResolvedPolicy(BaseModel):
     policy_id: uuid.UUID
     policy_name: str
-    source_type: EntityType = Field(description="The layer the association belongs to")
+    source_type: EntityType | Literal["project", "context"] = Field(
+        description="The layer the association belongs to, or the project or context layer "
+        "that lists the policy by id"
+    )
     source_id: str
     priority: int
     enabled: bool = Field(description="Whether the policy itself is enabled (evaluated)")
@@ -286,15 +297,16 @@ class AuthorizeOut(AuthorizationOut):
 
 
 class EnforceBody(BaseModel):
-    """What a worker asks before a tool call (action "tool_execution") and the API before an
-    execution starts (action "agent_execution")."""
+    """What a worker asks before a tool call: only which execution and which call. Who acts,
+    for which agent, team and environments, what the tool is and which policies apply all come
+    from the control plane's rows."""
 
-    input: dict[str, Any] = Field(description="The Rego `input`")
-    agent_id: str | None = Field(None, description="Its resolved policies apply")
-    environment_ids: list[str] = Field(
-        default_factory=list, description="Their policies apply too", max_length=100
+    execution_id: uuid.UUID
+    tool_name: str = Field(min_length=1, max_length=200)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    mcp_server: str | None = Field(
+        None, max_length=200, description="For a tool the worker listed from an MCP server"
     )
-    team_id: str | None = None
 
 
 class EnforcementDecision(BaseModel):
@@ -450,27 +462,111 @@ async def _evaluate(
     )
 
 
+@dataclass
+class PolicyScope:
+    """Which policies govern an action: association layers (entity_type, entity_id) and the
+    policies listed by id in the agent's projects and resolved context."""
+
+    layers: list[tuple[str, str]] = field(default_factory=list)
+    listed: list[tuple[uuid.UUID, str, str]] = field(default_factory=list)  # id, source, source id
+
+
+async def agent_scope(
+    db: Queryable,
+    org: str,
+    agent_id: str | None,
+    *,
+    queue_id: uuid.UUID | None = None,
+    role: str | None = None,
+) -> PolicyScope:
+    """The policies that govern an agent's run: the agent's environments', its team's and its
+    own associations, those of the run's queue's environment, those of the caller's role, and
+    the policy ids its projects and its resolved context list. Everything comes from the
+    control plane's rows, never from what a worker or client claims."""
+    scope = PolicyScope()
+    if queue_id is not None:
+        environment_id = await db.fetchval(
+            "SELECT environment_id FROM worker_queues WHERE id = $1 AND organization_id = $2",
+            queue_id,
+            org,
+        )
+        if environment_id is not None:
+            scope.layers.append(("environment", str(environment_id)))
+    if agent_id is not None:
+        scope.layers += await _agent_layers(db, org, agent_id)
+        scope.listed = await _listed_policies(db, org, uuid.UUID(agent_id))
+    if role is not None:
+        scope.layers.append(("role", role))
+    scope.layers = list(dict.fromkeys(scope.layers))
+    return scope
+
+
+async def _listed_policies(
+    db: Queryable, org: str, agent_id: uuid.UUID
+) -> list[tuple[uuid.UUID, str, str]]:
+    """Policy ids named by the agent's projects (`settings.policy_ids`) and by its resolved
+    context (`policy_ids` of every layer), in that order; ids that are not uuids are skipped
+    (whether they are the organization's policies is checked when they are loaded)."""
+    listed: list[tuple[uuid.UUID, str, str]] = []
+    projects = await db.fetch(
+        "SELECT p.id, p.settings -> 'policy_ids' AS policy_ids FROM project_agents pa "
+        "JOIN projects p ON p.id = pa.project_id "
+        "WHERE pa.agent_id = $1 AND p.organization_id = $2 ORDER BY pa.added_at, p.id",
+        agent_id,
+        org,
+    )
+    for project in projects:
+        for raw in project["policy_ids"] or []:
+            listed += [(ident, "project", str(project["id"])) for ident in _uuid_list([raw])]
+    context = await resolve_context(db, org, "agent", agent_id)
+    for name, layer in context.layers.items():
+        listed += [(ident, "context", name) for ident in _uuid_list(layer.policy_ids)]
+    return listed
+
+
+def _uuid_list(values: Sequence[Any]) -> list[uuid.UUID]:
+    out = []
+    for value in values:
+        try:
+            out.append(uuid.UUID(str(value)))
+        except ValueError:
+            continue
+    return out
+
+
+async def scope_policies(db: Queryable, org: str, scope: PolicyScope) -> list[PolicySource]:
+    """The enabled policies of a scope, each once, highest association priority first, then
+    the listed ones."""
+    rows = await resolve_layers(db, org, scope.layers)
+    policies = [_source(row) for row in rows if row["policy_enabled"]]
+    seen = {policy.id for policy in policies}
+    wanted = [ident for ident, _, _ in scope.listed if str(ident) not in seen]
+    if wanted:
+        listed = await db.fetch(
+            "SELECT id, name, version, policy_content FROM policies "
+            "WHERE organization_id = $1 AND id = ANY($2::uuid[]) AND enabled",
+            org,
+            list(dict.fromkeys(wanted)),
+        )
+        by_id = {row["id"]: row for row in listed}
+        for ident in dict.fromkeys(wanted):
+            if ident in by_id:
+                policies.append(_source(by_id[ident]))
+    return policies
+
+
 async def enforce(
     db: Queryable,
     engine: PolicyEngine,
     org: str,
     *,
     input: dict[str, Any],
-    agent_id: str | None,
-    environment_ids: list[str],
-    team_id: str | None,
+    scope: PolicyScope,
     fail_open: bool,
 ) -> EnforcementDecision:
-    """Evaluate every enabled policy resolved for the agent (its own, its environments', its
-    team's) plus those of `environment_ids` and `team_id`, against `input`. No policy: allowed.
-    A policy the engine could not evaluate denies with "Policy engine error: ..." unless
-    `fail_open`. An `agent_id` that is not the organization's agent raises 404."""
-    layers = await _agent_layers(db, org, agent_id) if agent_id is not None else []
-    layers = [("environment", _canonical(env)) for env in environment_ids] + layers
-    if team_id is not None:
-        layers.append(("team", _canonical(team_id)))
-    rows = await resolve_layers(db, org, list(dict.fromkeys(layers)))
-    policies = [_source(row) for row in rows if row["policy_enabled"]]
+    """Evaluate every enabled policy of the scope against `input`. No policy: allowed. A policy
+    the engine could not evaluate denies with "Policy engine error: ..." unless `fail_open`."""
+    policies = await scope_policies(db, org, scope)
     evaluation = await _evaluate(engine, policies, input, fail_open=fail_open)
     return EnforcementDecision(
         allowed=evaluation.allowed,
@@ -501,10 +597,16 @@ async def _org_enabled_policies(call: Call) -> list[PolicySource]:
     return [_source(row) for row in rows]
 
 
+async def _entity_scope(call: Call, entity_type: str, entity_id: str) -> PolicyScope:
+    if entity_type == "agent":
+        return await agent_scope(call.db, call.org, str(_as_uuid(entity_id, "Agent")))
+    return PolicyScope(layers=await _entity_layers(call.db, call.org, entity_type, entity_id))
+
+
 async def _entity_policies(call: Call, entity_type: str, entity_id: str) -> list[PolicySource]:
-    layers = await _entity_layers(call.db, call.org, entity_type, entity_id)
-    rows = await resolve_layers(call.db, call.org, layers)
-    return [_source(row) for row in rows if row["policy_enabled"]]
+    return await scope_policies(
+        call.db, call.org, await _entity_scope(call, entity_type, entity_id)
+    )
 
 
 def _engine(call: Call) -> PolicyEngine:
@@ -568,21 +670,93 @@ async def policy_engine_health(call: Call) -> PolicyEngineHealth:
     )
 
 
-@router.post("/api/v1/policies/enforce", role="worker")
+@router.post("/api/v1/policies/enforce", role="worker_token")
 async def enforce_policies(call: Call, body: EnforceBody) -> EnforcementDecision:
-    """The check before a tool call or an execution: every enabled policy resolved for the
-    agent, the environments and the team, against `input`. Engine errors deny unless the
-    server runs with POLICY_FAIL_OPEN."""
+    """Worker → control plane, before every tool call: may this execution (on your queue, not
+    ended) make this call? The tool must be one the execution was started with (or, with
+    `mcp_server`, a server of its environment); everything else in the policy input comes from
+    the control plane's rows. Engine errors deny unless the server runs with POLICY_FAIL_OPEN."""
+    execution = await call.db.fetchrow(
+        "SELECT e.id, e.entity_id, e.entity_name, e.status, e.worker_queue_id, e.tools, "
+        "e.user_id, e.user_name, e.user_email, e.user_role, a.team_id, a.environment_ids "
+        "FROM executions e LEFT JOIN agents a "
+        "ON a.id = e.entity_id AND a.organization_id = e.organization_id "
+        "WHERE e.id = $1 AND e.organization_id = $2 AND e.worker_queue_id = $3",
+        body.execution_id,
+        call.org,
+        call.principal.worker_queue_id,
+    )
+    if execution is None or execution["status"] in TERMINAL_STATES:
+        raise not_found("Running execution", body.execution_id)
+    tool = await _claimed_tool(call, execution, body)
+    if tool is None:
+        return EnforcementDecision(
+            allowed=False,
+            violations=[f"'{body.tool_name}' is not one of this execution's tools"],
+            policies_evaluated=0,
+        )
+    agent_id = str(execution["entity_id"]) if execution["entity_id"] else None
+    scope = await agent_scope(
+        call.db,
+        call.org,
+        agent_id,
+        queue_id=execution["worker_queue_id"],
+        role=execution["user_role"],
+    )
+    policy_input = {
+        "action": "tool_execution",
+        "tool": {**tool, "arguments": body.arguments},
+        "user": {
+            "id": execution["user_id"],
+            "name": execution["user_name"],
+            "email": execution["user_email"],
+            "roles": [execution["user_role"]] if execution["user_role"] else [],
+        },
+        "organization": {"id": call.org},
+        "team": {"id": str(execution["team_id"])} if execution["team_id"] else None,
+        "execution": {
+            "execution_id": str(execution["id"]),
+            "agent_id": agent_id,
+            "agent_name": execution["entity_name"],
+            "environment_ids": [ident for kind, ident in scope.layers if kind == "environment"],
+            "worker_queue_id": str(execution["worker_queue_id"]),
+            "timestamp": datetime.now(UTC).isoformat(),
+        },
+    }
     return await enforce(
         call.db,
         _engine(call),
         call.org,
-        input=body.input,
-        agent_id=body.agent_id,
-        environment_ids=body.environment_ids,
-        team_id=body.team_id,
+        input=policy_input,
+        scope=scope,
         fail_open=call.state.settings.policy_fail_open,
     )
+
+
+async def _claimed_tool(
+    call: Call, execution: asyncpg.Record, body: EnforceBody
+) -> dict[str, Any] | None:
+    """The tool as the control plane knows it, or None when the execution has no such tool."""
+    if body.mcp_server is None:
+        for spec in execution["tools"] or []:
+            if spec.get("name") == body.tool_name:
+                return {
+                    "name": spec["name"],
+                    "source": spec.get("source", "builtin"),
+                    "category": spec.get("category", ""),
+                    "risk_level": spec.get("risk_level", "medium"),
+                }
+        return None
+    environment = await resolve_for_execution(call.db, call.org, execution["id"])
+    if body.mcp_server not in environment.mcp_servers:
+        return None
+    return {
+        "name": body.tool_name,
+        "source": "mcp",
+        "category": "mcp",
+        "risk_level": "high",
+        "mcp_server": body.mcp_server,
+    }
 
 
 @router.post("/api/v1/policies/evaluate", role="viewer")
@@ -638,7 +812,7 @@ async def authorize(call: Call, body: AuthorizeBody) -> AuthorizeOut:
     )
 
 
-@router.post("/api/v1/policies/associations", status=201)
+@router.post("/api/v1/policies/associations", status=201, role="admin")
 async def create_association(call: Call, body: AssociationCreate) -> AssociationOut:
     """Attach a policy to an agent, team, environment or role; the entity must exist (404)."""
     policy_id = await call.db.fetchval(
@@ -700,7 +874,7 @@ async def get_association(call: Call) -> AssociationOut:
     return await _get_association(call, call.path_uuid("association_id", "Policy association"))
 
 
-@router.patch("/api/v1/policies/associations/{association_id}")
+@router.patch("/api/v1/policies/associations/{association_id}", role="admin")
 async def update_association(call: Call, body: AssociationUpdate) -> AssociationOut:
     """Change an association's enabled flag, priority or metadata."""
     association_id = call.path_uuid("association_id", "Policy association")
@@ -719,7 +893,7 @@ async def update_association(call: Call, body: AssociationUpdate) -> Association
     return await _get_association(call, association_id)
 
 
-@router.delete("/api/v1/policies/associations/{association_id}")
+@router.delete("/api/v1/policies/associations/{association_id}", role="admin")
 async def delete_association(call: Call) -> Deleted:
     """Detach a policy."""
     return await call.delete_owned("policy_associations", "association_id", "Policy association")
@@ -728,26 +902,45 @@ async def delete_association(call: Call) -> Deleted:
 @router.get("/api/v1/policies/resolved/{entity_type}/{entity_id}")
 async def resolved_policies(call: Call, query: ResolvedQuery) -> ResolvedPolicies:
     """The entity's policies with inheritance (an agent: its environments', its team's and its
-    own), one per policy at its highest priority, highest first."""
+    own associations, one per policy at its highest priority, highest first; then the policies
+    its projects and resolved context list, source `project` or `context`, priority 0)."""
     entity_type = _entity_type(call)
-    layers = await _entity_layers(call.db, call.org, entity_type, call.path["entity_id"])
-    rows = await resolve_layers(call.db, call.org, layers)
-    details = await _policies_by_id(call, [r["id"] for r in rows]) if query.include_details else {}
-    return ResolvedPolicies(
-        [
-            ResolvedPolicy(
-                policy_id=row["id"],
-                policy_name=row["name"],
-                source_type=row["source_type"],
-                source_id=row["source_id"],
-                priority=row["priority"],
-                enabled=row["policy_enabled"],
-                metadata=row["association_metadata"],
-                policy_details=details.get(row["id"]),
+    scope = await _entity_scope(call, entity_type, call.path["entity_id"])
+    rows = await resolve_layers(call.db, call.org, scope.layers)
+    resolved = [
+        ResolvedPolicy(
+            policy_id=row["id"],
+            policy_name=row["name"],
+            source_type=row["source_type"],
+            source_id=row["source_id"],
+            priority=row["priority"],
+            enabled=row["policy_enabled"],
+            metadata=row["association_metadata"],
+        )
+        for row in rows
+    ]
+    seen = {item.policy_id for item in resolved}
+    listed = await _policies_by_id(call, [ident for ident, _, _ in scope.listed])
+    for ident, source, source_id in scope.listed:
+        policy = listed.get(ident)
+        if policy is not None and ident not in seen:
+            seen.add(ident)
+            resolved.append(
+                ResolvedPolicy(
+                    policy_id=ident,
+                    policy_name=policy.name,
+                    source_type=source,
+                    source_id=source_id,
+                    priority=0,
+                    enabled=policy.enabled,
+                    metadata={},
+                )
             )
-            for row in rows
-        ]
-    )
+    if query.include_details:
+        details = await _policies_by_id(call, [item.policy_id for item in resolved])
+        for item in resolved:
+            item.policy_details = details.get(item.policy_id)
+    return ResolvedPolicies(resolved)
 
 
 def _entity_type(call: Call) -> str:
@@ -800,7 +993,7 @@ async def check_authorization(call: Call, body: AuthorizationBody) -> Authorizat
     )
 
 
-@router.post("/api/v1/policies", status=201)
+@router.post("/api/v1/policies", status=201, role="admin")
 async def create_policy(call: Call, body: PolicyCreate) -> PolicyOut:
     """Create a Rego policy; a text the engine refuses is a 422 carrying its message."""
     await _validated(call, body.policy_content)
@@ -876,19 +1069,19 @@ async def _update(call: Call, body: PolicyUpdate) -> PolicyOut:
     return _policy_out(row)
 
 
-@router.put("/api/v1/policies/{policy_id}")
+@router.put("/api/v1/policies/{policy_id}", role="admin")
 async def replace_policy(call: Call, body: PolicyUpdate) -> PolicyOut:
     """Update a policy (every field optional, as in Kubiya); a new text is validated."""
     return await _update(call, body)
 
 
-@router.patch("/api/v1/policies/{policy_id}")
+@router.patch("/api/v1/policies/{policy_id}", role="admin")
 async def update_policy(call: Call, body: PolicyUpdate) -> PolicyOut:
     """Update the fields sent; a new text is validated; `version` grows by one."""
     return await _update(call, body)
 
 
-@router.delete("/api/v1/policies/{policy_id}")
+@router.delete("/api/v1/policies/{policy_id}", role="admin")
 async def delete_policy(call: Call) -> Deleted:
     """Delete a policy and its associations."""
     deleted = await call.delete_owned("policies", "policy_id", "Policy")

@@ -22,6 +22,7 @@ from api.routes.executions import load_execution
 from api.routing import Call, Router
 from api.schemas import PatchBody
 from api.vault import NAME_PATTERN, Reader, Vault, reveal, valid_name, vault_or_error
+from workflows.execution_types import TERMINAL_STATES
 
 router = Router("secrets")
 
@@ -103,23 +104,18 @@ def _name(call: Call) -> str:
     return name
 
 
-def require_admin_or_worker(call: Call, what: str) -> None:
-    """Values reach admin keys and worker tokens only; a member key is refused."""
-    if call.principal.role not in ("admin", "worker"):
-        raise ApiError(
-            403, f"{what} needs an admin key or a worker token; your key has {call.principal.role}"
-        )
-
-
 async def execution_for_worker(call: Call, raw_id: str | None) -> asyncpg.Record:
-    """The execution a worker token names, which must be on the worker's own queue (any other
-    answers 404, as a missing one does)."""
+    """The execution a worker token names, which must be on the worker's own queue and not
+    have ended (any other answers 404, as a missing one does)."""
     if raw_id is None:
         raise ApiError(
             400, "A worker token must name the execution that needs it: ?execution_id=<id>"
         )
     call.path["execution_id"] = raw_id
-    return await load_execution(call)
+    execution = await load_execution(call)
+    if execution["status"] in TERMINAL_STATES:
+        raise not_found("Running execution", execution["id"])
+    return execution
 
 
 @router.post("/api/v1/secrets", status=201, role="admin")
@@ -177,16 +173,15 @@ async def access_log(call: Call, query: AccessLogQuery) -> Page[AccessLogEntry]:
     return Page[AccessLogEntry](items=items, total=total, limit=query.limit, offset=query.start)
 
 
-@router.get("/api/v1/secrets/value/{name}", role="worker")
+@router.get("/api/v1/secrets/value/{name}", role="admin_or_worker_token")
 async def secret_value(call: Call, query: ValueQuery) -> SecretValue:
     """A secret's value, audited. Admin keys; or a worker token with `?execution_id=` of an
     execution on its queue whose resolved environment lists the secret."""
-    require_admin_or_worker(call, "Reading a secret's value")
     name = _name(call)
     sealed_with = vault(call)
     execution_id: uuid.UUID | None = None
     purpose = "admin_read"
-    if call.principal.role == "worker":
+    if call.principal.is_worker_token:
         execution = await execution_for_worker(call, query.execution_id)
         execution_id = execution["id"]
         purpose = "worker_read"

@@ -1,7 +1,10 @@
 """`/api/v1/skills` and its 0.3 name `/api/v1/toolsets` (reference §3.10): the catalogue of
 built-in skill types, the organization's skills, their associations with agents, teams and
 environments, and the skills an agent or team resolves to. Every route is served under both
-names from one implementation (`skills` becomes `toolsets` throughout the path)."""
+names from one implementation (`skills` becomes `toolsets` throughout the path).
+
+Skills are written by admin keys only: a skill decides what runs on the workers (a shell's
+command lists, an MCP server's command). Attaching an existing skill is a member's write."""
 
 from __future__ import annotations
 
@@ -146,7 +149,7 @@ def _variants(info: SkillTypeInfo) -> list[SkillVariantOut]:
 
 
 def _definition(info: SkillTypeInfo) -> SkillDefinition:
-    specs = tool_specs("", info.name, info.type, {})
+    specs = tool_specs("", info.name, info.type, {}) if info.tools else []
     described = {tool.name: tool.description for tool in info.tools}
     return SkillDefinition(
         type=info.type,
@@ -486,7 +489,7 @@ async def delete_skill_association(call: Call) -> Deleted:
 # --- skill CRUD (after the fixed paths above, which {skill_id} would also match) -----------------
 
 
-@route("POST", "/api/v1/skills", status=201)
+@route("POST", "/api/v1/skills", status=201, role="admin")
 async def create_skill(call: Call, body: SkillCreate) -> SkillOut:
     """Create a skill; its configuration is checked against its type (422 lists every problem)
     and its name is unique in the organization (409)."""
@@ -532,7 +535,7 @@ async def get_skill(call: Call) -> SkillOut:
     return await _get_skill(call, call.path_uuid("skill_id", "Skill"))
 
 
-@route("PATCH", "/api/v1/skills/{skill_id}")
+@route("PATCH", "/api/v1/skills/{skill_id}", role="admin")
 async def update_skill(call: Call, body: SkillUpdate) -> SkillOut:
     """Change the fields sent; a new type or configuration is checked like at creation."""
     skill_id = call.path_uuid("skill_id", "Skill")
@@ -569,7 +572,7 @@ async def update_skill(call: Call, body: SkillUpdate) -> SkillOut:
     return SkillOut.from_row(row)
 
 
-@route("DELETE", "/api/v1/skills/{skill_id}")
+@route("DELETE", "/api/v1/skills/{skill_id}", role="admin")
 async def delete_skill(call: Call) -> Deleted:
     """Delete a skill and its associations."""
     return await call.delete_owned("skills", "skill_id", "Skill")

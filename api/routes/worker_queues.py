@@ -15,6 +15,8 @@ from api.errors import not_found
 from api.pagination import ListQuery, Page, fetch_page
 from api.routing import Call, Router
 from api.schemas import Deleted, PatchBody
+from api.tenancy import NewKey, create_key
+from api.worker_credentials import require_mint_budget
 
 router = Router("worker-queues")
 
@@ -106,27 +108,43 @@ class WorkerCommand(BaseModel):
     queue_status: QueueStatus
     active_workers: int
     max_workers: int | None
+    worker_key: str | None = Field(
+        description="A new worker key for this queue, shown once: save it in the file the "
+        "command names (mode 0600); it can start workers on this queue and nothing else. "
+        "Only `GET /worker-queues/{id}/worker-command` mints one."
+    )
+    worker_key_id: uuid.UUID | None
 
 
 class QueueListQuery(ListQuery):
     status_filter: QueueStatus | None = None
 
 
-def worker_command_for(queue: WorkerQueueOut, control_plane_url: str) -> WorkerCommand:
+WORKER_KEY_FILE = "worker.key"
+
+
+def worker_command_for(
+    queue: WorkerQueueOut, control_plane_url: str, key: NewKey | None
+) -> WorkerCommand:
     room = queue.max_workers is None or queue.active_workers < queue.max_workers
+    flags = {"--queue-id": str(queue.id), "--api-key-file": WORKER_KEY_FILE}
     return WorkerCommand(
         queue_id=queue.id,
-        command=f"controlplane worker --queue-id {queue.id}",
+        command=f"CONTROLPLANE_URL={control_plane_url} controlplane worker "
+        + " ".join(f"{flag} {value}" for flag, value in flags.items()),
         command_parts={
             "binary": "controlplane",
             "subcommand": "worker",
-            "flags": {"--queue-id": str(queue.id)},
-            "env": {"CONTROLPLANE_URL": control_plane_url, "CONTROLPLANE_API_KEY": "<an API key>"},
+            "flags": flags,
+            "env": {"CONTROLPLANE_URL": control_plane_url},
+            "files": {WORKER_KEY_FILE: "worker_key"},
         },
         can_register=queue.status == "active" and room,
         queue_status=queue.status,
         active_workers=queue.active_workers,
         max_workers=queue.max_workers,
+        worker_key=key.key if key else None,
+        worker_key_id=key.id if key else None,
     )
 
 
@@ -257,8 +275,18 @@ async def delete_worker_queue(call: Call) -> Deleted:
     return await call.delete_owned("worker_queues", "queue_id", "Worker queue")
 
 
-@router.get("/api/v1/worker-queues/{queue_id}/worker-command")
+@router.get("/api/v1/worker-queues/{queue_id}/worker-command", role="admin", carries_secret=True)
 async def worker_queue_command(call: Call) -> WorkerCommand:
-    """The command that starts a worker on this queue, and whether one may start now."""
+    """The command that starts a worker on this queue, with a new worker key for it (shown
+    once), and whether one may start now."""
     queue = await get_queue(call, call.path_uuid("queue_id", "Worker queue"))
-    return worker_command_for(queue, call.state.settings.public_url)
+    await require_mint_budget(call)
+    key = await create_key(
+        call.db,
+        call.org,
+        role="worker",
+        name=f"worker key for queue {queue.name}",
+        created_by=call.principal.actor,
+        worker_queue_id=queue.id,
+    )
+    return worker_command_for(queue, call.state.settings.public_url, key)

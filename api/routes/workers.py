@@ -11,6 +11,7 @@ import asyncio
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import asyncpg
@@ -33,7 +34,9 @@ from api.routes.worker_queues import (
 )
 from api.routing import Call, Router
 from api.tenancy import hash_key
+from api.worker_credentials import require_mint_budget
 from controlplane import VERSION
+from controlplane.temporal_auth import mint, worker_permissions
 
 router = Router("workers")
 
@@ -52,13 +55,23 @@ class WorkerStart(BaseModel):
     control_plane_url: str | None = None
 
 
-class WorkerStarted(BaseModel):
-    worker_id: uuid.UUID
-    worker_token: str = Field(description="Authenticates this worker's reports; shown once")
-    task_queue_name: str
+class TemporalAccess(BaseModel):
+    """How a worker reaches Temporal: its organization's namespace, and a short-lived JWT
+    (`permissions: ["<namespace>:worker"]`) for Temporal's authorizer; renewed on heartbeat."""
+
     temporal_namespace: str
     temporal_host: str
     temporal_api_key: str | None
+    temporal_api_key_expires_at: datetime | None
+    temporal_tls: bool
+    temporal_tls_ca: str | None = Field(description="PEM of the CA to trust, when TLS is on")
+    temporal_tls_server_name: str | None
+
+
+class WorkerStarted(TemporalAccess):
+    worker_id: uuid.UUID
+    worker_token: str = Field(description="Authenticates this worker's reports; shown once")
+    task_queue_name: str
     organization_id: str
     control_plane_url: str
     heartbeat_interval: int
@@ -71,6 +84,9 @@ class WorkerStarted(BaseModel):
 
 class Heartbeat(BaseModel):
     status: WorkerStatus = "active"
+    renew_temporal_token: bool = Field(
+        False, description="Answer with a fresh Temporal JWT (ask before the old one expires)"
+    )
     tasks_processed: int = Field(0, ge=0)
     current_task_id: str | None = None
     worker_metadata: dict[str, Any] = Field(default_factory=dict)
@@ -83,6 +99,8 @@ class HeartbeatAck(BaseModel):
     status: str
     last_heartbeat: datetime
     heartbeat_interval: int
+    temporal_api_key: str | None = None
+    temporal_api_key_expires_at: datetime | None = None
 
 
 class Disconnect(BaseModel):
@@ -125,7 +143,12 @@ async def start_on_queue(
     worker_metadata: dict[str, Any],
 ) -> WorkerStarted:
     """Register a worker on an active queue of the caller's organization, within its
-    `max_workers`. Runs in the caller's transaction on `conn`."""
+    `max_workers`. Runs in the caller's transaction on `conn`. A worker key starts workers on
+    its own queue only."""
+    bound = call.principal.worker_queue_id
+    if call.principal.role == "worker" and bound != queue_id:
+        raise ApiError(403, f"This worker key starts workers on queue '{bound}' only")
+    await require_mint_budget(call)
     worker_id = uuid.uuid4()
     token = WORKER_TOKEN_PREFIX + secrets.token_urlsafe(32)
     # The row lock serialises concurrent starts, so max_workers cannot be overshot.
@@ -160,13 +183,13 @@ async def start_on_queue(
         hash_key(token),
     )
     settings = call.state.settings
+    # The namespace exists before the worker polls it.
+    await call.state.temporal.client(call.org)
     return WorkerStarted(
+        **temporal_access(call, worker_id).model_dump(),
         worker_id=worker_id,
         worker_token=token,
         task_queue_name=str(queue_id),
-        temporal_namespace=settings.temporal_namespace,
-        temporal_host=settings.temporal_address,
-        temporal_api_key=None,
         organization_id=call.org,
         control_plane_url=settings.public_url,
         heartbeat_interval=queue["heartbeat_interval"],
@@ -178,7 +201,31 @@ async def start_on_queue(
     )
 
 
-@router.post("/api/v1/worker-queues/{queue_id}/start", role="member")
+def temporal_access(call: Call, worker_id: uuid.UUID) -> TemporalAccess:
+    settings = call.state.settings
+    namespace = settings.namespace_for(call.org)
+    token = None
+    if call.state.signing_key is not None:
+        token = mint(
+            call.state.signing_key,
+            subject=f"worker:{worker_id}",
+            permissions=worker_permissions(namespace),
+            ttl_seconds=settings.temporal_token_ttl_seconds,
+            issuer=settings.public_url,
+        )
+    ca = settings.temporal_tls_ca_file
+    return TemporalAccess(
+        temporal_namespace=namespace,
+        temporal_host=settings.worker_temporal_address,
+        temporal_api_key=token.token if token else None,
+        temporal_api_key_expires_at=token.expires_at if token else None,
+        temporal_tls=settings.temporal_tls,
+        temporal_tls_ca=Path(ca).read_text() if settings.temporal_tls and ca else None,
+        temporal_tls_server_name=settings.temporal_tls_server_name,
+    )
+
+
+@router.post("/api/v1/worker-queues/{queue_id}/start", role="starter", carries_secret=True)
 async def start_worker(call: Call, body: WorkerStart) -> WorkerStarted:
     """Register a worker on an active queue, within its `max_workers`."""
     queue_id = call.path_uuid("queue_id", "Worker queue")
@@ -229,21 +276,26 @@ async def record_heartbeat(
     )
     if row is None:
         raise not_found("Worker", worker_id)
-    return HeartbeatAck(
+    ack = HeartbeatAck(
         worker_id=worker_id,
         status=row["status"],
         last_heartbeat=row["last_heartbeat"],
         heartbeat_interval=row["heartbeat_interval"],
     )
+    if body.renew_temporal_token:
+        access = temporal_access(call, worker_id)
+        ack.temporal_api_key = access.temporal_api_key
+        ack.temporal_api_key_expires_at = access.temporal_api_key_expires_at
+    return ack
 
 
-@router.post("/api/v1/workers/{worker_id}/heartbeat", role="worker")
+@router.post("/api/v1/workers/{worker_id}/heartbeat", role="worker_token", carries_secret=True)
 async def heartbeat(call: Call, body: Heartbeat) -> HeartbeatAck:
     """Record that the worker is alive, and what it is doing."""
     return await record_heartbeat(call, call.path_uuid("worker_id", "Worker"), body)
 
 
-@router.post("/api/v1/workers/{worker_id}/disconnect", role="worker")
+@router.post("/api/v1/workers/{worker_id}/disconnect", role="worker_token")
 async def disconnect(call: Call, body: Disconnect) -> Disconnected:
     """Mark the worker gone; its token stops working."""
     worker_id = _own_worker(call, call.path_uuid("worker_id", "Worker"))
@@ -360,7 +412,7 @@ def _task_queue_info(row: asyncpg.Record, described: DescribeTaskQueueResponse) 
 
 async def _describe_rows(call: Call, rows: list[asyncpg.Record]) -> list[TaskQueueInfo]:
     # Asked for first, so an unreachable Temporal answers 503 even for an org without queues.
-    client = await call.state.temporal.client()
+    client = await call.state.temporal.client(call.org)
     gate = asyncio.Semaphore(DESCRIBE_CONCURRENCY)
 
     async def one(row: asyncpg.Record) -> TaskQueueInfo:
@@ -431,14 +483,11 @@ class LegacyRegister(BaseModel):
     worker_metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class LegacyRegistered(BaseModel):
+class LegacyRegistered(TemporalAccess):
     worker_id: uuid.UUID
     worker_token: str = Field(description="Authenticates this worker's reports; shown once")
     environment_name: str
     task_queue_name: str = Field(description="The environment's `default` worker queue's id")
-    temporal_namespace: str
-    temporal_host: str
-    temporal_api_key: str | None
     organization_id: str
     control_plane_url: str
     queue_id: uuid.UUID
@@ -451,7 +500,7 @@ class LegacyHeartbeat(Heartbeat):
     environment_name: str | None = Field(None, max_length=100)
 
 
-@router.post("/api/v1/workers/register", role="member")
+@router.post("/api/v1/workers/register", role="starter", carries_secret=True)
 async def legacy_register(call: Call, body: LegacyRegister) -> LegacyRegistered:
     """0.3 registration by environment name: creates the environment if missing, and its
     `default` queue, then starts a worker there as `POST /worker-queues/{id}/start` does."""
@@ -503,13 +552,11 @@ async def legacy_register(call: Call, body: LegacyRegister) -> LegacyRegistered:
             worker_metadata=body.worker_metadata,
         )
     return LegacyRegistered(
+        **started.model_dump(include=set(TemporalAccess.model_fields)),
         worker_id=started.worker_id,
         worker_token=started.worker_token,
         environment_name=started.environment_name,
         task_queue_name=started.task_queue_name,
-        temporal_namespace=started.temporal_namespace,
-        temporal_host=started.temporal_host,
-        temporal_api_key=started.temporal_api_key,
         organization_id=started.organization_id,
         control_plane_url=started.control_plane_url,
         queue_id=started.queue_id,
@@ -518,7 +565,7 @@ async def legacy_register(call: Call, body: LegacyRegister) -> LegacyRegistered:
     )
 
 
-@router.post("/api/v1/workers/heartbeat", role="worker")
+@router.post("/api/v1/workers/heartbeat", role="worker_token", carries_secret=True)
 async def legacy_heartbeat(call: Call, body: LegacyHeartbeat) -> HeartbeatAck:
     """0.3 heartbeat with the worker id in the body; the same as `/workers/{worker_id}/heartbeat`
     (and, given `environment_name`, only for a worker in that environment)."""
