@@ -6,9 +6,12 @@ prove the command would really have done its work."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
 import os
 import re
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -19,10 +22,14 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from temporalio.testing import ActivityEnvironment
 
 from activities.tools import ToolRefused, ToolResult, run_builtin
-from activities.tools.http_request import host_allowed
+from activities.tools.http_request import host_allowed, pinned_request, send_pinned
 from activities.tools.shell import check_command, sed_runs_commands
 
 
@@ -683,6 +690,10 @@ def target() -> Iterator[Target]:
                 self._send(302, b"", location=f"http://localhost:{port}/hello")
             elif self.path == "/to-ip":
                 self._send(302, b"", location=f"http://127.0.0.1:{port}/hello")
+            elif self.path == "/to-metadata":
+                self._send(302, b"", location="http://169.254.169.254/latest/meta-data/")
+            elif self.path == "/to-mapped-metadata":
+                self._send(302, b"", location="http://[::ffff:a9fe:a9fe]/latest/meta-data/")
             elif self.path == "/loop":
                 self._send(302, b"", location="/loop")
             elif self.path == "/big":
@@ -783,6 +794,150 @@ async def test_http_redirects_are_checked_hop_by_hop(ws: Path, target: Target) -
         url=target.url("127.0.0.1", "/hello"),
     )
     assert direct.output.endswith("hello")
+
+
+async def test_http_refuses_internal_addresses_without_the_flag(ws: Path, target: Target) -> None:
+    before = len(target.hits)
+    by_name = await http(
+        ws, {"allowed_hosts": ["localhost"]}, url=target.url("localhost", "/hello")
+    )
+    assert by_name.is_error and by_name.output.startswith("Refused: host 'localhost' resolves to")
+    assert "allow_private_networks" in by_name.output
+    literal = {"allowed_hosts": ["127.0.0.1", "::1", "0.0.0.0"]}
+    for host in ("127.0.0.1", "[::1]", "0.0.0.0"):
+        refused = await http(ws, literal, url=target.url(host, "/hello"))
+        assert refused.is_error and "allow_private_networks" in refused.output, refused.output
+    assert len(target.hits) == before  # nothing reached the server
+    allowed = await http(
+        ws, {**literal, "allow_private_networks": True}, url=target.url("127.0.0.1", "/hello")
+    )
+    assert allowed.output.endswith("hello")
+
+
+METADATA_HOSTS = ["169.254.169.254", "fd00:ec2::254", "100.100.100.200", "fe80::1"]
+METADATA_HOSTS += ["::ffff:169.254.169.254", "169.254.170.2"]
+
+
+@pytest.mark.parametrize("host", METADATA_HOSTS)
+async def test_http_never_reaches_metadata_or_link_local(ws: Path, host: str) -> None:
+    """Refused before any connection is made, even with private networks allowed and the
+    address listed exactly."""
+    config = {"allowed_hosts": [host], "allow_private_networks": True}
+    shown = f"[{host}]" if ":" in host else host
+    result = await http(ws, config, url=f"http://{shown}/latest/meta-data/")
+    assert result.is_error and result.output.startswith("Refused: host"), result.output
+    assert "never reachable" in result.output
+
+
+@pytest.mark.parametrize("path", ["/to-metadata", "/to-mapped-metadata"])
+async def test_http_redirect_to_a_refused_address_is_not_followed(
+    ws: Path, target: Target, path: str
+) -> None:
+    config = {**LOCAL, "allowed_hosts": ["localhost", "169.254.169.254", "::ffff:a9fe:a9fe"]}
+    before = len(target.hits)
+    result = await http(ws, config, url=target.url("localhost", path))
+    assert result.is_error and "never reachable" in result.output, result.output
+    assert target.hits[before:] == [("GET", "localhost", path)]  # only the first hop
+
+
+async def test_requests_go_to_the_checked_address_under_the_name(target: Target) -> None:
+    """The pinned request connects to the address it was given and never looks the name up
+    again (`.invalid` names resolve nowhere), while the server still sees the name."""
+    url = httpx.URL(f"http://pinned.invalid:{target.port}/hello")
+    async with httpx.AsyncClient(trust_env=False) as client:
+        request = pinned_request(
+            client, "GET", url, ipaddress.ip_address("127.0.0.1"), {"Host": "evil"}, None
+        )
+        response = await client.send(request)
+    assert response.text == "hello"
+    assert target.hits[-1] == ("GET", "pinned.invalid", "/hello")
+    assert request.headers["host"] == f"pinned.invalid:{target.port}"
+    # A name that resolves to several addresses: every one is checked, the reachable one used.
+    async with httpx.AsyncClient(trust_env=False) as client:
+        local = httpx.URL(f"http://localhost:{target.port}/hello")
+        response = await send_pinned(client, "GET", local, {}, None, allow_private=True)
+        assert (await response.aread()) == b"hello"
+        await response.aclose()
+
+
+@dataclass
+class TlsTarget:
+    port: int
+    ca: str  # the PEM certificate clients trust
+    server_names: list[str | None] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def tls_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsTarget]:
+    """An HTTPS server on loopback whose certificate names `pinned.test` only, recording the
+    server name (SNI) each client sent."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pinned.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("pinned.test")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    directory = tmp_path_factory.mktemp("tls")
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    (directory / "cert.pem").write_text(pem)
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    state = TlsTarget(0, pem)
+
+    def record(sock: Any, server_name: str | None, ctx: Any) -> None:
+        state.server_names.append(server_name)
+
+    context.sni_callback = record
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = f"hello {self.headers.get('Host')}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+
+
+async def test_pinned_tls_keeps_the_name_for_sni_and_certificate(tls_target: TlsTarget) -> None:
+    trusted = ssl.create_default_context(cadata=tls_target.ca)
+    loopback = ipaddress.ip_address("127.0.0.1")
+    async with httpx.AsyncClient(verify=trusted, trust_env=False) as client:
+        url = httpx.URL(f"https://pinned.test:{tls_target.port}/")
+        response = await client.send(pinned_request(client, "GET", url, loopback, {}, None))
+        assert response.text == f"hello pinned.test:{tls_target.port}"
+        assert tls_target.server_names[-1] == "pinned.test"
+        # The certificate is checked against the name, not the address: another name fails.
+        other = httpx.URL(f"https://other.test:{tls_target.port}/")
+        with pytest.raises(httpx.ConnectError, match="certificate"):
+            await client.send(pinned_request(client, "GET", other, loopback, {}, None))
+        assert tls_target.server_names[-1] == "other.test"
 
 
 async def test_http_methods_timeout_and_cap(ws: Path, target: Target) -> None:
