@@ -15,7 +15,8 @@ With either list set:
   passes. Refused: function definitions, loops (`for`, `while`, `until`, `select`), `case`,
   `(( ))`, command substitution (`$(...)` and backquotes, anywhere in the text, even quoted),
   process substitution, arithmetic expansion, parameter expansion other than plain `$NAME`
-  / `${NAME}`, and anything the parser does not understand (bash-only syntax such as `[[`).
+  / `${NAME}`, and anything the parser does not understand (bash-only syntax such as `[[`, and
+  here-documents with a quoted delimiter such as `<<'EOF'`, which bashlex cannot read).
 - The command word must be a plain literal: no quotes, backslashes, globs or expansions
   building it (`"i"d`, `\\id`, `/bin/*d` and `$X` are refused). `/bin/rm` is `rm`; with
   `allowed_commands`, a command given by a path must live in a system directory (a copy at
@@ -42,6 +43,9 @@ With either list set:
   unless explicitly listed in `allowed_commands`.
 - Assignments (`X=1 cmd`, `x=1`) may only set lower-case names or locale and terminal
   variables: `PATH=...`, `LD_PRELOAD=...` or `GIT_SSH_COMMAND=...` change what runs.
+
+Whatever the lists, the command runs in `working_dir`, which must lie inside the execution's
+workspace (relative to it; an absolute path elsewhere is refused).
 
 The lists stop the model from starting a program directly; they are NOT a sandbox. An allowed
 interpreter can run anything; a blocked program copied or linked under another name is another
