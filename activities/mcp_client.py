@@ -11,6 +11,8 @@ Invariants:
 - A stdio server gets a minimal environment (PATH, HOME, LANG), then the execution's
   environment, then its config's own `env`; never the worker's own variables. (The SDK also
   passes on LOGNAME, SHELL, TERM and USER, which name the account and hold nothing secret.)
+  Nor can it read them from /proc/<worker>: the worker is non-dumpable before a server starts
+  (activities.tools.protect_worker_process).
 - A remote server's host is resolved once and every address checked by
   activities/tools/network_guard.py before anything connects: loopback, private, unique-local
   and CGNAT addresses only when the config sets `allow_private_networks: true`; link-local and
@@ -49,7 +51,7 @@ from temporalio import activity
 
 from activities.execution_environment import Redactor, fetch_execution_environment
 from activities.reporting import ControlPlane
-from activities.tools import nul_free
+from activities.tools import nul_free, protect_worker_process
 from activities.tools.network_guard import Address, checked_addresses
 from workflows.execution_types import LIST_MCP_TOOLS, ToolSpec
 
@@ -211,6 +213,7 @@ async def connect(
         args = config.get("args") or []
         if not isinstance(args, list):
             raise McpConfigError("args must be a list")
+        protect_worker_process()  # the server is our child: /proc/<worker> stays closed to it
         params = StdioServerParameters(
             command=str(config["command"]),
             args=[str(a) for a in args],

@@ -11,7 +11,11 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import ssl
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -418,6 +422,70 @@ async def test_shell_working_dir_and_bad_arguments(ws: Path) -> None:
     assert bad_config.is_error and "timeout" in bad_config.output
     unknown = await tool("shell", "format_disk", {}, workspace=ws)
     assert unknown.is_error and "Unknown built-in tool" in unknown.output
+
+
+# A worker-like process: it runs a tool process the way every tool runs (run_process), and the
+# tool reads what /proc shows of its parent. Only the standard library, so that any Python runs it.
+PROBE = """
+import asyncio, sys
+from pathlib import Path
+from activities.tools import run_process
+
+command = "cat /proc/$PPID/environ; ls /proc/$PPID/fd; head -c 1 /proc/$PPID/mem"
+result = asyncio.run(
+    run_process(
+        ["/bin/sh", "-c", command],
+        cwd=Path(sys.argv[1]),
+        env={"PATH": "/usr/bin:/bin"},
+        time_limit=30,
+        max_output_bytes=65536,
+    )
+)
+print(result.text(30, 65536).output)
+"""
+
+
+def _unprivileged(python: str) -> list[str] | None:
+    """How to run `python` as a user without privileges: as is when we are not root; as nobody
+    through setpriv when we are (root may read any process); None when nobody cannot run it."""
+    if os.geteuid() != 0:
+        return [python]
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return None
+    argv = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python]
+    works = subprocess.run([*argv, "-c", "pass"], capture_output=True, check=False, timeout=30)
+    return argv if works.returncode == 0 else None
+
+
+def test_tools_cannot_read_the_worker_process() -> None:
+    """A tool process is the worker's child, run as the same user: /proc/<worker>/environ would
+    hand it the worker's own credentials; its descriptors and memory would be open too."""
+    candidates = [sys.executable, "/usr/bin/python3"]
+    argv = next(filter(None, map(_unprivileged, candidates)), None)
+    if argv is None:
+        pytest.skip("no Python an unprivileged user may run")
+    workspace = Path(tempfile.mkdtemp(prefix="worker-probe-"))
+    workspace.chmod(0o777)
+    root = Path(__file__).parent.parent
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}
+    env["CONTROLPLANE_API_KEY"] = "cpk-probe-secret-42"
+    try:
+        done = subprocess.run(
+            [*argv, "-B", "-c", PROBE, str(workspace)],
+            env=env,
+            cwd=workspace,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    assert "cpk-probe-secret-42" not in done.stdout
+    assert done.stdout.count("Permission denied") == 3, done.stdout
+    assert done.stdout.count("/proc/") == 3, done.stdout
 
 
 async def test_cancelling_a_tool_kills_its_process(ws: Path) -> None:

@@ -5,7 +5,9 @@ by construction: it checks its arguments against its configuration before it doe
 a refusal is an error result for the model, never an exception. Processes get a minimal
 environment (PATH, HOME = the workspace, LANG) plus the execution environment's variables,
 never the worker's own (no CONTROLPLANE_API_KEY), and die with their whole process group on
-timeout, on an output cap, or when the activity is cancelled. Every directory a tool is
+timeout, on an output cap, or when the activity is cancelled. Before the first tool process
+starts, the worker makes itself non-dumpable so that tools cannot read its environment or memory
+through /proc (`protect_worker_process`). Every directory a tool is
 configured with (`working_dir`, `base_dir`) lies inside the execution's workspace
 (`confined_dir`), and every output is text Postgres can store: NUL bytes are escaped as `\\x00`
 (`nul_free`), since the output travels as JSON into a text column that cannot hold them.
@@ -18,8 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import os
 import signal
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +179,25 @@ class ProcessResult:
         return ToolResult(output, is_error=failed)
 
 
+PR_SET_DUMPABLE = 4
+
+
+@functools.cache
+def protect_worker_process() -> None:
+    """Make the worker process non-dumpable, once, before its first tool process starts.
+
+    A tool is the worker's child and runs as the same user, so without this it could read
+    `/proc/<worker>/environ` (the worker's own CONTROLPLANE_API_KEY and the rest of its
+    environment), its command line, memory and open descriptors. A non-dumpable process's /proc
+    entries are readable only with CAP_SYS_PTRACE, which an unprivileged worker's tools lack. (A
+    worker running as root gives its tools every capability: this cannot help there.) The cost:
+    no core dumps, and attaching a debugger to the worker needs that capability too."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
 async def _exited(process: asyncio.subprocess.Process) -> None:
     """Until the process itself exits. (`Process.wait()` also waits for its pipes to close,
     which a background child keeps open.)"""
@@ -204,7 +228,8 @@ async def run_process(
     """Run `argv` in its own session (cwd created if missing) with stdout and stderr merged,
     reading at most `max_output_bytes`. On timeout, on the cap, on cancellation and when the
     process ends, its whole process group is killed: nothing it started in the background
-    outlives it."""
+    outlives it. The worker is made non-dumpable first (`protect_worker_process`)."""
+    protect_worker_process()
     _make_dir(cwd)
     process = await asyncio.create_subprocess_exec(
         *argv,
