@@ -2,17 +2,25 @@
 Python SDK, on the worker (which can reach them; the control plane may not).
 
 A server config is stdio `{command, args[], env{}}` or remote `{type: "http"|"sse", url,
-headers{}}` (no type and a command means stdio; no type and a url means http), already rendered
-by the control plane. Every connection is short-lived: one for the listing at the start of a
-run, one per tool call, so a worker that dies mid-run leaves no session behind and a retried
-activity starts clean.
+headers{}, allow_private_networks}` (no type and a command means stdio; no type and a url means
+http), already rendered by the control plane. Every connection is short-lived: one for the
+listing at the start of a run, one per tool call, so a worker that dies mid-run leaves no
+session behind and a retried activity starts clean.
 
 Invariants:
 - A stdio server gets a minimal environment (PATH, HOME, LANG), then the execution's
   environment, then its config's own `env`; never the worker's own variables. (The SDK also
   passes on LOGNAME, SHELL, TERM and USER, which name the account and hold nothing secret.)
+  Nor can it read them from /proc/<worker>: the worker is non-dumpable before a server starts
+  (activities.tools.protect_worker_process).
+- A remote server's host is resolved once and every address checked by
+  activities/tools/network_guard.py before anything connects: loopback, private, unique-local
+  and CGNAT addresses only when the config sets `allow_private_networks: true`; link-local and
+  cloud metadata addresses never. Requests then go to the checked addresses only (the Host
+  header and TLS server name stay the name), so a DNS answer cannot change in between.
 - Secret values never leave here in clear: errors and tool outputs have them replaced by
-  `***` before they are logged, returned to the model or written to Temporal history.
+  `[REDACTED]` before they are logged, returned to the model or written to Temporal history.
+- Outputs hold no NUL characters (escaped as `\\x00`): they end in a Postgres text column.
 - A server that fails or hangs costs at most its timeout: it is skipped (listing) or the call
   answers an error result (calling); the execution goes on.
 """
@@ -43,6 +51,8 @@ from temporalio import activity
 
 from activities.execution_environment import Redactor, fetch_execution_environment
 from activities.reporting import ControlPlane
+from activities.tools import nul_free, protect_worker_process
+from activities.tools.network_guard import Address, checked_addresses
 from workflows.execution_types import LIST_MCP_TOOLS, ToolSpec
 
 logger = logging.getLogger(__name__)
@@ -147,6 +157,49 @@ def _call_timeout(config: Mapping[str, Any]) -> float:
     return CALL_TIMEOUT
 
 
+class PinnedTransport(httpx2.AsyncBaseTransport):
+    """Sends the requests for one checked host to its checked addresses (in order, until one
+    connects) and refuses any other host. The request keeps its Host header; the TLS server
+    name is the host, so certificates are verified against the name."""
+
+    def __init__(self, host: str, addresses: list[Address]) -> None:
+        self.host = host
+        self.addresses = addresses
+        self.inner = httpx2.AsyncHTTPTransport(trust_env=False)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        original = request.url
+        if original.host != self.host:
+            raise httpx2.ConnectError(
+                f"{original.host!r} is not the checked host {self.host!r}", request=request
+            )
+        failure: httpx2.ConnectError | None = None
+        try:
+            for address in self.addresses:
+                request.url = original.copy_with(host=str(address))
+                if original.scheme == "https":
+                    request.extensions["sni_hostname"] = self.host
+                try:
+                    return await self.inner.handle_async_request(request)
+                except httpx2.ConnectError as error:
+                    failure = error
+        finally:
+            request.url = original  # the response (and redirect checks) see the real URL
+        assert failure is not None
+        raise failure
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def _pinned_transport(url: str, config: Mapping[str, Any]) -> PinnedTransport:
+    """The guard's check of a remote server's URL, as the transport that connects to it."""
+    parsed = httpx2.URL(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    allow_private = config.get("allow_private_networks") is True
+    return PinnedTransport(parsed.host, await checked_addresses(parsed.host, port, allow_private))
+
+
 @contextlib.asynccontextmanager
 async def connect(
     config: Mapping[str, Any],
@@ -164,6 +217,7 @@ async def connect(
         args = config.get("args") or []
         if not isinstance(args, list):
             raise McpConfigError("args must be a list")
+        protect_worker_process()  # the server is our child: /proc/<worker> stays closed to it
         params = StdioServerParameters(
             command=str(config["command"]),
             args=[str(a) for a in args],
@@ -178,12 +232,34 @@ async def connect(
     if not url.startswith(("http://", "https://")):
         raise McpConfigError("url must be an http(s) URL")
     headers = _strings(config.get("headers"), "headers")
+    pinned = await _pinned_transport(url, config)
     if kind == "sse":
-        transport = sse_client(url, headers=headers, timeout=request_timeout, sse_read_timeout=read)
+
+        def pinned_client(
+            headers: dict[str, str] | None = None,
+            timeout: httpx2.Timeout | None = None,
+            auth: httpx2.Auth | None = None,
+        ) -> httpx2.AsyncClient:
+            return httpx2.AsyncClient(
+                headers=headers, timeout=timeout, auth=auth, transport=pinned, trust_env=False
+            )
+
+        transport = sse_client(
+            url,
+            headers=headers,
+            timeout=request_timeout,
+            sse_read_timeout=read,
+            httpx_client_factory=pinned_client,
+        )
         async with Client(transport, read_timeout_seconds=request_timeout) as c:
             yield c
         return
-    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(request_timeout, read=read))
+    http = httpx2.AsyncClient(
+        headers=headers,
+        timeout=httpx2.Timeout(request_timeout, read=read),
+        transport=pinned,
+        trust_env=False,
+    )
     async with (
         http,
         Client(
@@ -212,7 +288,7 @@ def _failure(error: BaseException, errlog: TextIO, timeout: float, redact: Redac
     tail = _stderr_tail(errlog)
     if tail:
         message += f" (stderr: {tail})"
-    return redact(message)
+    return nul_free(redact(message))
 
 
 # --- listing ------------------------------------------------------------------------------------
@@ -321,6 +397,7 @@ def flatten(result: mcp_types.CallToolResult) -> str:
     text = "\n".join(parts)
     if not text and result.is_error:
         text = "the tool reported an error"
+    text = nul_free(text)
     if len(text) > OUTPUT_LIMIT:
         text = text[:OUTPUT_LIMIT] + f"\n[output truncated: {len(text) - OUTPUT_LIMIT} more chars]"
     return text

@@ -85,6 +85,11 @@ class HttpConfig(SkillConfig):
     )
     timeout: float = Field(15.0, gt=0, le=600, description="Seconds per request")
     max_response_bytes: int = Field(262144, ge=1, le=64 * 1024 * 1024)
+    allow_private_networks: bool = Field(
+        False,
+        description="Allow hosts that resolve to loopback, private, unique-local or CGNAT "
+        "addresses; link-local and cloud metadata addresses are refused regardless",
+    )
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -46,6 +46,7 @@ SERVERS = Path(__file__).parent / "mcp_servers"
 STDIO: dict[str, Any] = {"command": sys.executable, "args": [str(SERVERS / "stdio_server.py")]}
 MODEL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 TOKEN = "remote-token-7f3a9c"
+PRIVATE = {"allow_private_networks": True}
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +69,12 @@ def remote() -> Iterator[dict[str, dict[str, Any]]]:
     try:
         for process, port in zip(started, ports.values(), strict=True):
             wait_for_port(port, 20, process)
-        auth = {"Authorization": f"Bearer {TOKEN}"}
+        # Loopback servers: only `allow_private_networks` lets the worker reach them.
+        common = {"headers": {"Authorization": f"Bearer {TOKEN}"}, "allow_private_networks": True}
         yield {
             "http": {"type": "http", "url": f"http://127.0.0.1:{ports['streamable-http']}/mcp"}
-            | {"headers": auth},
-            "sse": {"type": "sse", "url": f"http://127.0.0.1:{ports['sse']}/sse", "headers": auth},
+            | common,
+            "sse": {"type": "sse", "url": f"http://127.0.0.1:{ports['sse']}/sse"} | common,
         }
     finally:
         for process in started:
@@ -235,8 +237,43 @@ async def test_remote_server_listed_and_called(
 async def test_remote_type_defaults_to_http_when_only_a_url_is_given(
     remote: dict[str, dict[str, Any]],
 ) -> None:
-    config = {"url": remote["http"]["url"], "headers": remote["http"]["headers"]}
+    config = {"url": remote["http"]["url"], "headers": remote["http"]["headers"]} | PRIVATE
     assert await call_tool("r", config, "greet", {"name": "Bo"}, {}) == ("Hello, Bo!", False)
+
+
+async def test_remote_urls_pass_the_network_guard(remote: dict[str, dict[str, Any]]) -> None:
+    """Without `allow_private_networks` a loopback server is refused before anything connects;
+    by name it is resolved and the checked address used; metadata addresses are never reached."""
+    for kind in ("http", "sse"):
+        closed = {
+            key: value for key, value in remote[kind].items() if key != "allow_private_networks"
+        }
+        listing = await list_tools_report({"remote": closed}, {})
+        assert listing.tools == []
+        assert "AddressRefused" in listing.errors["remote"]
+        assert "allow_private_networks" in listing.errors["remote"]
+        output, is_error = await call_tool("remote", closed, "greet", {"name": "Ada"}, {})
+        assert is_error and "allow_private_networks" in output
+        named = remote[kind] | {"url": remote[kind]["url"].replace("127.0.0.1", "localhost")}
+        assert await call_tool("remote", named, "greet", {"name": "Bo"}, {}) == (
+            "Hello, Bo!",
+            False,
+        )
+    for url in (
+        "http://169.254.169.254/mcp",
+        "http://[fd00:ec2::254]/mcp",
+        "http://100.100.100.200/sse",
+        "http://[::ffff:169.254.169.254]/mcp",
+    ):
+        for kind in ("http", "sse"):
+            config = {"type": kind, "url": url} | PRIVATE
+            listing = await list_tools_report({"metadata": config}, {})
+            assert "never reachable" in listing.errors["metadata"], listing.errors
+
+
+async def test_nul_characters_in_tool_output_are_escaped() -> None:
+    output, is_error = await call_tool("toolbox", STDIO, "echo", {"text": "a\0b"}, {})
+    assert (output, is_error) == ("a\\x00b", False)
 
 
 # --- failures and timeouts ----------------------------------------------------------------------
@@ -248,8 +285,8 @@ async def test_failing_servers_are_skipped_and_the_rest_listed(
     servers: dict[str, dict[str, Any]] = {
         "good": STDIO,
         "missing_binary": {"command": "/nonexistent/mcp-server"},
-        "unreachable": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/mcp"},
-        "unreachable_sse": {"type": "sse", "url": f"http://127.0.0.1:{free_port()}/sse"},
+        "unreachable": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/mcp"} | PRIVATE,
+        "unreachable_sse": {"type": "sse", "url": f"http://127.0.0.1:{free_port()}/sse"} | PRIVATE,
         "bad_type": {"type": "carrier-pigeon", "url": "http://127.0.0.1/"},
         "no_command": {"args": ["x"]},
         "bad_url": {"type": "http", "url": "file:///etc/passwd"},

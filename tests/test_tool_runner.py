@@ -243,6 +243,26 @@ async def test_a_tool_runs_with_the_execution_environment_and_streams(
     assert len(await events(db, rig.execution_id)) == 2
 
 
+async def test_encoded_secrets_and_nul_bytes_are_safe_in_events(
+    rig: Rig, db: asyncpg.Pool[Any]
+) -> None:
+    """A tool printing the secret in base64 or hex gets the marker in its place; a NUL byte in
+    the output (which a Postgres text or jsonb value cannot hold) is escaped, and the event with
+    it is stored."""
+    command = (
+        'printf %s "$TOOL_SECRET" | base64; '
+        'printf %s "$TOOL_SECRET" | od -An -tx1 | tr -d " \\n"; echo; '
+        "printf 'a\\0b'"
+    )
+    call = rig.call(builtin("shell", "shell"), {"command": command}, "toolu_encoded")
+    outcome = await run(rig, call)
+    assert outcome.output == f"{REDACTED}\n{REDACTED}\na\\x00b", outcome.output
+    completed = [
+        data for kind, data in await events(db, rig.execution_id) if kind != "tool_started"
+    ]
+    assert completed[0]["tool_output"] == outcome.output
+
+
 async def test_every_builtin_runs_through_the_activity(rig: Rig) -> None:
     written = await run(
         rig,

@@ -6,8 +6,16 @@ prove the command would really have done its work."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
 import os
+import re
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,11 +26,15 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from temporalio.testing import ActivityEnvironment
 
 from activities.tools import ToolRefused, ToolResult, run_builtin
-from activities.tools.http_request import host_allowed
-from activities.tools.shell import check_command
+from activities.tools.http_request import host_allowed, pinned_request, send_pinned
+from activities.tools.shell import check_command, sed_runs_commands
 
 
 async def tool(
@@ -141,17 +153,35 @@ async def test_blocked_commands_cannot_be_smuggled(ws: Path, escape: Escape) -> 
         "ls -la",
         "echo hi | grep h > out.txt",
         "cat out.txt 2>/dev/null; echo done",
-        "env LC_ALL=C ls",
-        "timeout 5 ls",
-        "for f in a b; do echo $f; done",
+        "LC_ALL=C ls",
+        "name=value; echo $name ${name}",
         'echo "it\'s $HOME"',
         "if ls; then echo yes; fi",
+        "ls -la | grep x && echo ok > out.txt",
+        "echo a > a; echo b > b; cat a b; echo done",
+        "if [ -f x ]; then echo y; else echo n; fi",
+        "test -d . && echo dir || echo none",
+        "(cd . && ls) ; { echo grouped; } 2>&1 | cat",
+        "! grep -q nothing-here a 2>/dev/null",
+        "cat <<EOF\nhere $HOME\nEOF\n",
+        "/bin/ls -d . /usr/bin/../bin",
+        "echo '{a,b}' \\; 'it''s'",
+        "sh -c 'ls | grep x; echo inner'",
+        "sh -e -c \"echo 'deeper'\"",
+        "awk -F'|' '{print $1}' a",
+        "sed -n -e 's/a/b/gp' -e '/x/d' a",
+        "sed -i.bak 's|a|b|w out' a",
+        "find . -name '*.txt' -type f",
+        "echo 'x' | tr a-z A-Z",
     ],
 )
 async def test_allowed_commands_run(ws: Path, command: str) -> None:
-    config = {"allowed_commands": ["ls", "echo", "grep", "cat"], "blocked_commands": ["rm"]}
+    config = {
+        "allowed_commands": ["ls", "echo", "grep", "cat", "cd", "sh", "awk", "sed", "find", "tr"],
+        "blocked_commands": ["rm", "id"],
+    }
     result = await tool("shell", "shell", {"command": command}, config, workspace=ws)
-    assert not result.is_error, result.output
+    assert not result.output.startswith("Refused"), result.output
 
 
 def test_allowed_list_checks_every_segment() -> None:
@@ -164,10 +194,176 @@ def test_allowed_list_checks_every_segment() -> None:
         "bash script.sh",
         "ls\nid",
         "find . -exec rm {} \\;",
+        "./ls",
+        "bin/ls",
+        "ls && (echo; { whoami; })",
+        "if ls; then echo; else whoami; fi",
+        "echo x > out; whoami 2>&1",
     ):
-        with pytest.raises(ToolRefused, match=r"not in allowed_commands|cannot be analysed"):
+        with pytest.raises(ToolRefused):
             check_command(command, allowed, [])
     check_command("ls -la | echo", allowed, [])
+    check_command("/usr/bin/ls", allowed, [])
+
+
+ALLOWED = ["ls", "echo", "cat"]
+BLOCKED = ["rm", "id"]
+
+
+@dataclass
+class Bypass:
+    command: str
+    allowed: list[str] = field(default_factory=lambda: list(ALLOWED))
+    blocked: list[str] = field(default_factory=lambda: list(BLOCKED))
+    because: str = ""  # a part of the refusal message
+
+    def __str__(self) -> str:
+        return self.command
+
+
+# Commands the old shlex-based checker let through (the first five) and the other ways a
+# command can hide another. Each is refused with either list set, before anything runs.
+BYPASSES = [
+    Bypass("ls() for x do id; done; ls a", because="function definitions"),
+    Bypass("echo x|xargs -e id echo", because="'xargs' runs other commands"),
+    Bypass("env --split-string='id' x", because="'env' runs other commands"),
+    Bypass("env -S'id'", because="'env' runs other commands"),
+    Bypass("taskset 1 /bin/r? -f x", because="'taskset' runs other commands"),
+    Bypass("$(id)", because="command substitution"),
+    Bypass("echo `id`", because="command substitution"),
+    Bypass('echo "${X:-$(id)}"', because="command substitution"),
+    Bypass("${X}", because="not a plain name"),
+    Bypass("$X -f x", because="not a plain name"),
+    Bypass('"i"d', because="not a plain name"),
+    Bypass("\\id", because="not a plain name"),
+    Bypass("i\\d", because="not a plain name"),
+    Bypass("/bin/*d", because="not a plain name"),
+    Bypass("/usr/bin/i[d]", because="not a plain name"),
+    Bypass("$'\\x69d'", because="not a plain name"),
+    Bypass("echo ${X:-x}", because="parameter expansion"),
+    Bypass("echo $((1+2))", because="cannot be analysed"),
+    Bypass("find . -exec id \\;", [*ALLOWED, "find"], because="'find' with -exec"),
+    Bypass("find . -okdir id {} +", [*ALLOWED, "find"], because="'find' with -okdir"),
+    Bypass("awk 'BEGIN{system(\"id\")}'", [*ALLOWED, "awk"], because="system()"),
+    Bypass('gawk \'BEGIN{f="sys" "tem"; @f("id")}\'', [*ALLOWED, "gawk"], because="(@)"),
+    Bypass("awk 'BEGIN{print | \"id\"}'", [*ALLOWED, "awk"], because="a pipe"),
+    Bypass("awk 'BEGIN{\"id\" | getline x}'", [*ALLOWED, "awk"], because="a pipe"),
+    Bypass("awk -f prog.awk", [*ALLOWED, "awk"], because="cannot be analysed"),
+    Bypass("sed 's/x/id/e' a", [*ALLOWED, "sed"], because="the 'e' command or flag"),
+    Bypass("sed -ne '1e id' a", [*ALLOWED, "sed"], because="the 'e' command or flag"),
+    Bypass("sed -f script.sed a", [*ALLOWED, "sed"], because="cannot be analysed"),
+    Bypass("tar -cf x.tar --to-command=id .", [*ALLOWED, "tar"], because="--to-command"),
+    Bypass("tar -cf x.tar --checkpoint-ac=exec=id .", [*ALLOWED, "tar"], because="--checkp"),
+    Bypass("tar -c -I id -f x.tar .", [*ALLOWED, "tar"], because="-I or -F"),
+    Bypass("tar cIf id x.tar .", [*ALLOWED, "tar"], because="-I or -F"),
+    Bypass("tar -cf host:x.tar .", [*ALLOWED, "tar"], because="remote archive"),
+    Bypass("git -c core.pager=id log", [*ALLOWED, "git"], because="-c / --config-env"),
+    Bypass("git lg", [*ALLOWED, "git"], because="not a plain git built-in"),
+    Bypass("git config alias.x '!id'", [*ALLOWED, "git"], because="not a plain git built-in"),
+    Bypass("git ls-remote --upload-pack=id .", [*ALLOWED, "git"], because="--upload-pack"),
+    Bypass("git grep -Oid x", [*ALLOWED, "git"], because="-Oid"),
+    Bypass("rsync -avze id a b:c", [*ALLOWED, "rsync"], because="-e / --rsh"),
+    Bypass("rsync -a a host:b", [*ALLOWED, "rsync"], because="remote path"),
+    Bypass("sort --compress-program=id a", [*ALLOWED, "sort"], because="--compress-program"),
+    Bypass("ssh localhost id", [*ALLOWED, "ssh"], because="'ssh' can run commands"),
+    Bypass("find . {-exec,id,\\;}", [*ALLOWED, "find"], because="brace patterns"),
+    Bypass("case x in x) id;; esac", because="syntax the checker cannot analyse"),
+    Bypass("while true; do id; done", because="'while' loops"),
+    Bypass("until false; do id; done", because="'until' loops"),
+    Bypass("for x in a; do id; done", because="'for' loops"),
+    Bypass("select x in a; do id; done", because="syntax the checker cannot analyse"),
+    Bypass("f(){ id; }; f", because="function definitions"),
+    Bypass("function f { id; }; f", because="function definitions"),
+    Bypass("((x=1)); id", because="'(('"),
+    Bypass("bash -c 'id'", [*ALLOWED, "bash"], because="command 'id'"),
+    Bypass("sh -c \"sh -c 'echo; id'\"", [*ALLOWED, "sh"], because="command 'id'"),
+    Bypass('sh -c "$X"', [*ALLOWED, "sh"], because="must be literal"),
+    Bypass("sh -i -c 'ls'", [*ALLOWED, "sh"], because="cannot be analysed"),
+    Bypass("echo id | sh", [*ALLOWED, "sh"], because="reading a script or stdin"),
+    Bypass("sh <<EOF\nid\nEOF\n", [*ALLOWED, "sh"], because="reading a script or stdin"),
+    Bypass("sh script.sh", [*ALLOWED, "sh"], because="reading a script or stdin"),
+    Bypass("exec id", [*ALLOWED, "exec"], because="'exec' runs other commands"),
+    Bypass("command id", [*ALLOWED, "command"], because="'command' runs other commands"),
+    Bypass("builtin echo x", [*ALLOWED, "builtin"], because="'builtin' runs other commands"),
+    Bypass("eval id", [*ALLOWED, "eval"], because="'eval' runs other commands"),
+    Bypass(". ./script", because="'.' runs other commands"),
+    Bypass("nice id", [*ALLOWED, "nice"], because="'nice' runs other commands"),
+    Bypass("timeout 5 id", [*ALLOWED, "timeout"], because="'timeout' runs other commands"),
+    Bypass("sudo -u root ls", [*ALLOWED, "sudo"], because="'sudo' runs other commands"),
+    Bypass("busybox sh -c id", [*ALLOWED, "busybox"], because="'busybox' runs other"),
+    Bypass("time id", because="syntax the checker cannot analyse"),
+    Bypass("alias ls=id\nls", [*ALLOWED, "alias"], because="'alias' runs other commands"),
+    Bypass("trap id EXIT", [*ALLOWED, "trap"], because="'trap' runs other commands"),
+    Bypass("cat <(id)", because="process substitution"),
+    Bypass("cat > >(id)", because="process substitution"),
+    Bypass("python3 -c 'import os'", because="runs code it is given"),
+    Bypass("perl -e 1", because="runs code it is given"),
+    Bypass("echo '!id' | ed", because="runs code it is given"),
+    Bypass("PATH=. ls", because="assigning PATH"),
+    Bypass("LD_PRELOAD=./x.so ls", because="assigning LD_PRELOAD"),
+    Bypass("[ -v 'a[$x]' ]", because="'[ -v'"),
+    Bypass("./ls", blocked=[], because="not in a system directory"),  # blocked: any name runs
+    Bypass("id", because="command 'id'"),
+    Bypass("/usr/bin/id", because="command 'id'"),
+    Bypass("ls; id", because="command 'id'"),
+    Bypass("ls && { echo; (id); }", because="command 'id'"),
+    Bypass("if ls; then echo; elif id; then echo; fi", because="command 'id'"),
+    Bypass("ls | id 2>&1 > out", because="command 'id'"),
+    Bypass("ls &\nid", because="command 'id'"),
+    Bypass("cat <<EOF; id\nEOF\n", because="command 'id'"),
+]
+
+
+@pytest.mark.parametrize("bypass", BYPASSES, ids=str)
+async def test_known_bypasses_are_refused(ws: Path, bypass: Bypass) -> None:
+    configs: list[dict[str, Any]] = [{"allowed_commands": bypass.allowed}]
+    if bypass.blocked:
+        blocked = {"blocked_commands": bypass.blocked}
+        configs += [blocked, {**configs[0], **blocked}]
+    for config in configs:
+        result = await tool("shell", "shell", {"command": bypass.command}, config, workspace=ws)
+        assert result.is_error and result.output.startswith("Refused:"), (config, result.output)
+        assert "uid=" not in result.output
+    with pytest.raises(ToolRefused, match=re.escape(bypass.because)):
+        check_command(bypass.command, bypass.allowed, bypass.blocked)
+
+
+@pytest.mark.parametrize(
+    ("script", "runs"),
+    [
+        ("s/a/b/g", False),
+        ("s/a/b/e", True),
+        ("s|a|b|ge", True),
+        ("s/a\\/e/b/", False),  # the e is inside the pattern
+        ("/x/e date", True),
+        ("1,/y/ e", True),
+        ("$!e", True),
+        ("1~2e", True),
+        ("/e/d;s/e/E/2;y/e/f/", False),
+        ("a eat\ne", True),  # `a` text ends at the line end: the next line is a command
+        ("i\\\neat", False),
+        ("#e comment\np", False),
+        ("{p;e\n}", True),
+        ("b end;e;:end", True),
+        ("s/x/y/w out.txt", False),
+        ("3q;5Q 1", False),
+    ],
+)
+def test_sed_scripts_are_read_for_the_e_command(script: str, runs: bool) -> None:
+    assert sed_runs_commands(script) is runs
+
+
+def test_unreadable_sed_scripts_are_refused() -> None:
+    for script in ("s/unterminated", "k", "s/a/b/X"):
+        with pytest.raises(ToolRefused):
+            sed_runs_commands(script)
+
+
+async def test_commands_run_as_before_without_lists(ws: Path) -> None:
+    ran = await tool(
+        "shell", "shell", {"command": "f(){ echo in-f; }; f; env X=1 true"}, workspace=ws
+    )
+    assert ran.output == "in-f\n" and not ran.is_error
 
 
 async def test_shell_timeout_kills_the_process_group(ws: Path) -> None:
@@ -217,7 +413,7 @@ async def test_shell_working_dir_and_bad_arguments(ws: Path) -> None:
     outside = await tool(
         "shell", "shell", {"command": "pwd"}, {"working_dir": "../.."}, workspace=ws
     )
-    assert outside.is_error and "leaves the workspace" in outside.output
+    assert outside.is_error and "outside the execution's workspace" in outside.output
     missing = await tool("shell", "shell", {}, workspace=ws)
     assert missing.is_error and "missing argument 'command'" in missing.output
     wrong = await tool("shell", "shell", {"command": ["ls"]}, workspace=ws)
@@ -226,6 +422,70 @@ async def test_shell_working_dir_and_bad_arguments(ws: Path) -> None:
     assert bad_config.is_error and "timeout" in bad_config.output
     unknown = await tool("shell", "format_disk", {}, workspace=ws)
     assert unknown.is_error and "Unknown built-in tool" in unknown.output
+
+
+# A worker-like process: it runs a tool process the way every tool runs (run_process), and the
+# tool reads what /proc shows of its parent. Only the standard library, so that any Python runs it.
+PROBE = """
+import asyncio, sys
+from pathlib import Path
+from activities.tools import run_process
+
+command = "cat /proc/$PPID/environ; ls /proc/$PPID/fd; head -c 1 /proc/$PPID/mem"
+result = asyncio.run(
+    run_process(
+        ["/bin/sh", "-c", command],
+        cwd=Path(sys.argv[1]),
+        env={"PATH": "/usr/bin:/bin"},
+        time_limit=30,
+        max_output_bytes=65536,
+    )
+)
+print(result.text(30, 65536).output)
+"""
+
+
+def _unprivileged(python: str) -> list[str] | None:
+    """How to run `python` as a user without privileges: as is when we are not root; as nobody
+    through setpriv when we are (root may read any process); None when nobody cannot run it."""
+    if os.geteuid() != 0:
+        return [python]
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return None
+    argv = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python]
+    works = subprocess.run([*argv, "-c", "pass"], capture_output=True, check=False, timeout=30)
+    return argv if works.returncode == 0 else None
+
+
+def test_tools_cannot_read_the_worker_process() -> None:
+    """A tool process is the worker's child, run as the same user: /proc/<worker>/environ would
+    hand it the worker's own credentials; its descriptors and memory would be open too."""
+    candidates = [sys.executable, "/usr/bin/python3"]
+    argv = next(filter(None, map(_unprivileged, candidates)), None)
+    if argv is None:
+        pytest.skip("no Python an unprivileged user may run")
+    workspace = Path(tempfile.mkdtemp(prefix="worker-probe-"))
+    workspace.chmod(0o777)
+    root = Path(__file__).parent.parent
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}
+    env["CONTROLPLANE_API_KEY"] = "cpk-probe-secret-42"
+    try:
+        done = subprocess.run(
+            [*argv, "-B", "-c", PROBE, str(workspace)],
+            env=env,
+            cwd=workspace,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    assert "cpk-probe-secret-42" not in done.stdout
+    assert done.stdout.count("Permission denied") == 3, done.stdout
+    assert done.stdout.count("/proc/") == 3, done.stdout
 
 
 async def test_cancelling_a_tool_kills_its_process(ws: Path) -> None:
@@ -349,7 +609,29 @@ async def test_base_dir_confines_to_a_subdirectory(ws: Path) -> None:
     escaped = await fs("read_file", ws, config, path="../private.txt")
     assert escaped.is_error and "not for the tool" not in escaped.output
     leaving = await fs("list_files", ws, {"base_dir": "../.."})
-    assert leaving.is_error and "leaves the workspace" in leaving.output
+    assert leaving.is_error and "outside the execution's workspace" in leaving.output
+
+
+async def test_directories_outside_the_workspace_are_refused(ws: Path, outside: Path) -> None:
+    """An absolute working_dir or base_dir must lie inside the workspace; relative ones resolve
+    under it; a symlink inside that points out counts as outside."""
+    (ws / "out_link").symlink_to(outside)
+    for configured in (str(outside), "/", "/etc", "out_link", "out_link/sub", "a/../../outside"):
+        shell = await tool(
+            "shell", "shell", {"command": "pwd"}, {"working_dir": configured}, workspace=ws
+        )
+        assert shell.is_error and "outside the execution's workspace" in shell.output, configured
+        files = await fs("read_file", ws, {"base_dir": configured}, path="secret.txt")
+        assert files.is_error and "outside the execution's workspace" in files.output, configured
+        assert "TOP SECRET" not in files.output
+    assert not (outside / "sub").exists()
+    inside = str(ws / "abs" / "dir")
+    ran = await tool("shell", "shell", {"command": "pwd"}, {"working_dir": inside}, workspace=ws)
+    assert ran.output.strip() == inside
+    wrote = await fs("write_file", ws, {"base_dir": inside}, path="f.txt", content="x")
+    assert not wrote.is_error and (ws / "abs" / "dir" / "f.txt").read_text() == "x"
+    relative = await fs("list_files", ws, {"base_dir": "abs"})
+    assert relative.output.splitlines()[1:] == ["dir/"]
 
 
 # --- python -----------------------------------------------------------------------------------
@@ -426,6 +708,15 @@ async def test_python_timeout_and_output_cap(ws: Path) -> None:
     assert (await py("   ", ws)).is_error
 
 
+async def test_nul_bytes_in_output_are_escaped(ws: Path) -> None:
+    printed = await tool("shell", "shell", {"command": "printf 'a\\0b'"}, workspace=ws)
+    assert printed == ToolResult("a\\x00b")
+    python = await py("print('c\\0d', end='')", ws)
+    assert python == ToolResult("c\\x00d")
+    (ws / "bin.dat").write_bytes(b"e\0f")
+    assert (await fs("read_file", ws, path="bin.dat")).output == "e\\x00f"
+
+
 # --- http -------------------------------------------------------------------------------------
 
 
@@ -467,6 +758,10 @@ def target() -> Iterator[Target]:
                 self._send(302, b"", location=f"http://localhost:{port}/hello")
             elif self.path == "/to-ip":
                 self._send(302, b"", location=f"http://127.0.0.1:{port}/hello")
+            elif self.path == "/to-metadata":
+                self._send(302, b"", location="http://169.254.169.254/latest/meta-data/")
+            elif self.path == "/to-mapped-metadata":
+                self._send(302, b"", location="http://[::ffff:a9fe:a9fe]/latest/meta-data/")
             elif self.path == "/loop":
                 self._send(302, b"", location="/loop")
             elif self.path == "/big":
@@ -502,7 +797,8 @@ async def http(ws: Path, config: dict[str, Any], **args: Any) -> ToolResult:
     return await tool("http", "http_request", {"method": "GET", **args}, config, workspace=ws)
 
 
-LOCAL = {"allowed_hosts": ["localhost"]}
+# The test server is on loopback, which only `allow_private_networks` reaches.
+LOCAL = {"allowed_hosts": ["localhost"], "allow_private_networks": True}
 
 
 async def test_http_to_an_allowed_host(ws: Path, target: Target) -> None:
@@ -560,8 +856,156 @@ async def test_http_redirects_are_checked_hop_by_hop(ws: Path, target: Target) -
     looping = await http(ws, LOCAL, url=target.url("localhost", "/loop"))
     assert looping.is_error and "too many redirects" in looping.output
     # Listed exactly, the IP literal is allowed.
-    direct = await http(ws, {"allowed_hosts": ["127.0.0.1"]}, url=target.url("127.0.0.1", "/hello"))
+    direct = await http(
+        ws,
+        {"allowed_hosts": ["127.0.0.1"], "allow_private_networks": True},
+        url=target.url("127.0.0.1", "/hello"),
+    )
     assert direct.output.endswith("hello")
+
+
+async def test_http_refuses_internal_addresses_without_the_flag(ws: Path, target: Target) -> None:
+    before = len(target.hits)
+    by_name = await http(
+        ws, {"allowed_hosts": ["localhost"]}, url=target.url("localhost", "/hello")
+    )
+    assert by_name.is_error and by_name.output.startswith("Refused: host 'localhost' resolves to")
+    assert "allow_private_networks" in by_name.output
+    literal = {"allowed_hosts": ["127.0.0.1", "::1", "0.0.0.0"]}
+    for host in ("127.0.0.1", "[::1]", "0.0.0.0"):
+        refused = await http(ws, literal, url=target.url(host, "/hello"))
+        assert refused.is_error and "allow_private_networks" in refused.output, refused.output
+    assert len(target.hits) == before  # nothing reached the server
+    allowed = await http(
+        ws, {**literal, "allow_private_networks": True}, url=target.url("127.0.0.1", "/hello")
+    )
+    assert allowed.output.endswith("hello")
+
+
+METADATA_HOSTS = ["169.254.169.254", "fd00:ec2::254", "100.100.100.200", "fe80::1"]
+METADATA_HOSTS += ["::ffff:169.254.169.254", "169.254.170.2"]
+
+
+@pytest.mark.parametrize("host", METADATA_HOSTS)
+async def test_http_never_reaches_metadata_or_link_local(ws: Path, host: str) -> None:
+    """Refused before any connection is made, even with private networks allowed and the
+    address listed exactly."""
+    config = {"allowed_hosts": [host], "allow_private_networks": True}
+    shown = f"[{host}]" if ":" in host else host
+    result = await http(ws, config, url=f"http://{shown}/latest/meta-data/")
+    assert result.is_error and result.output.startswith("Refused: host"), result.output
+    assert "never reachable" in result.output
+
+
+@pytest.mark.parametrize("path", ["/to-metadata", "/to-mapped-metadata"])
+async def test_http_redirect_to_a_refused_address_is_not_followed(
+    ws: Path, target: Target, path: str
+) -> None:
+    config = {**LOCAL, "allowed_hosts": ["localhost", "169.254.169.254", "::ffff:a9fe:a9fe"]}
+    before = len(target.hits)
+    result = await http(ws, config, url=target.url("localhost", path))
+    assert result.is_error and "never reachable" in result.output, result.output
+    assert target.hits[before:] == [("GET", "localhost", path)]  # only the first hop
+
+
+async def test_requests_go_to_the_checked_address_under_the_name(target: Target) -> None:
+    """The pinned request connects to the address it was given and never looks the name up
+    again (`.invalid` names resolve nowhere), while the server still sees the name."""
+    url = httpx.URL(f"http://pinned.invalid:{target.port}/hello")
+    async with httpx.AsyncClient(trust_env=False) as client:
+        request = pinned_request(
+            client, "GET", url, ipaddress.ip_address("127.0.0.1"), {"Host": "evil"}, None
+        )
+        response = await client.send(request)
+    assert response.text == "hello"
+    assert target.hits[-1] == ("GET", "pinned.invalid", "/hello")
+    assert request.headers["host"] == f"pinned.invalid:{target.port}"
+    # A name that resolves to several addresses: every one is checked, the reachable one used.
+    async with httpx.AsyncClient(trust_env=False) as client:
+        local = httpx.URL(f"http://localhost:{target.port}/hello")
+        response = await send_pinned(client, "GET", local, {}, None, allow_private=True)
+        assert (await response.aread()) == b"hello"
+        await response.aclose()
+
+
+@dataclass
+class TlsTarget:
+    port: int
+    ca: str  # the PEM certificate clients trust
+    server_names: list[str | None] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def tls_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsTarget]:
+    """An HTTPS server on loopback whose certificate names `pinned.test` only, recording the
+    server name (SNI) each client sent."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pinned.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("pinned.test")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    directory = tmp_path_factory.mktemp("tls")
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    (directory / "cert.pem").write_text(pem)
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    state = TlsTarget(0, pem)
+
+    def record(sock: Any, server_name: str | None, ctx: Any) -> None:
+        state.server_names.append(server_name)
+
+    context.sni_callback = record
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = f"hello {self.headers.get('Host')}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+
+
+async def test_pinned_tls_keeps_the_name_for_sni_and_certificate(tls_target: TlsTarget) -> None:
+    trusted = ssl.create_default_context(cadata=tls_target.ca)
+    loopback = ipaddress.ip_address("127.0.0.1")
+    async with httpx.AsyncClient(verify=trusted, trust_env=False) as client:
+        url = httpx.URL(f"https://pinned.test:{tls_target.port}/")
+        response = await client.send(pinned_request(client, "GET", url, loopback, {}, None))
+        assert response.text == f"hello pinned.test:{tls_target.port}"
+        assert tls_target.server_names[-1] == "pinned.test"
+        # The certificate is checked against the name, not the address: another name fails.
+        other = httpx.URL(f"https://other.test:{tls_target.port}/")
+        with pytest.raises(httpx.ConnectError, match="certificate"):
+            await client.send(pinned_request(client, "GET", other, loopback, {}, None))
+        assert tls_target.server_names[-1] == "other.test"
 
 
 async def test_http_methods_timeout_and_cap(ws: Path, target: Target) -> None:

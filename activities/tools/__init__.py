@@ -5,7 +5,12 @@ by construction: it checks its arguments against its configuration before it doe
 a refusal is an error result for the model, never an exception. Processes get a minimal
 environment (PATH, HOME = the workspace, LANG) plus the execution environment's variables,
 never the worker's own (no CONTROLPLANE_API_KEY), and die with their whole process group on
-timeout, on an output cap, or when the activity is cancelled.
+timeout, on an output cap, or when the activity is cancelled. Before the first tool process
+starts, the worker makes itself non-dumpable so that tools cannot read its environment or memory
+through /proc (`protect_worker_process`). Every directory a tool is
+configured with (`working_dir`, `base_dir`) lies inside the execution's workspace
+(`confined_dir`), and every output is text Postgres can store: NUL bytes are escaped as `\\x00`
+(`nul_free`), since the output travels as JSON into a text column that cannot hold them.
 
 Configuration keys and defaults follow controlplane/tool_catalogue.py; each module applies its
 own defaults, so a skill saved with a partial configuration still runs.
@@ -15,8 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import os
 import signal
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +57,42 @@ def tool_env(workspace: Path, extra: Mapping[str, Any] | None = None) -> dict[st
         if value is not None:
             env[str(name)] = str(value)
     return env
+
+
+NUL_ESCAPE = "\\x00"
+
+
+def nul_free(text: str) -> str:
+    """`text` without NUL characters (each shown as `\\x00`): Postgres text cannot hold them, and
+    a tool printing one must not fail the run that reports its output."""
+    return text.replace("\0", NUL_ESCAPE) if "\0" in text else text
+
+
+def confined_dir(configured: str | None, workspace: Path, key: str) -> Path:
+    """The directory a tool is configured with (`working_dir`, `base_dir`), created if missing:
+    relative ones resolve under the workspace; any that resolves outside it (absolute, `..`, a
+    symlink) is refused. None or empty: the workspace itself."""
+    workspace.mkdir(parents=True, exist_ok=True)
+    if not configured:
+        return workspace
+    if "\0" in configured:
+        raise ToolRefused(f"{key} contains a NUL byte")
+    root = os.path.realpath(workspace)
+
+    def inside(path: str) -> bool:
+        return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+    real = os.path.realpath(os.path.join(root, configured))
+    if not inside(real):
+        raise ToolRefused(f"{key} '{configured}' is outside the execution's workspace")
+    try:
+        os.makedirs(real, exist_ok=True)
+    except OSError as error:
+        raise ToolRefused(f"{key} '{configured}' cannot be created: {error.strerror}") from None
+    real = os.path.realpath(real)  # a link swapped in meanwhile
+    if not inside(real) or not os.path.isdir(real):
+        raise ToolRefused(f"{key} '{configured}' is not a directory inside the workspace")
+    return Path(real)
 
 
 def cap_text(text: str, max_bytes: int) -> tuple[str, bool]:
@@ -121,7 +165,7 @@ class ProcessResult:
     timed_out: bool
 
     def text(self, timeout: float, max_output_bytes: int) -> ToolResult:
-        output = self.output.decode(errors="replace")
+        output = nul_free(self.output.decode(errors="replace"))
         notes = []
         if self.truncated:
             notes.append(f"{TRUNCATED} output exceeded {max_output_bytes} bytes; process stopped")
@@ -133,6 +177,25 @@ class ProcessResult:
             output = (output.rstrip("\n") + "\n" if output else "") + "\n".join(notes)
         failed = self.timed_out or (not self.truncated and self.exit_code != 0)
         return ToolResult(output, is_error=failed)
+
+
+PR_SET_DUMPABLE = 4
+
+
+@functools.cache
+def protect_worker_process() -> None:
+    """Make the worker process non-dumpable, once, before its first tool process starts.
+
+    A tool is the worker's child and runs as the same user, so without this it could read
+    `/proc/<worker>/environ` (the worker's own CONTROLPLANE_API_KEY and the rest of its
+    environment), its command line, memory and open descriptors. A non-dumpable process's /proc
+    entries are readable only with CAP_SYS_PTRACE, which an unprivileged worker's tools lack. (A
+    worker running as root gives its tools every capability: this cannot help there.) The cost:
+    no core dumps, and attaching a debugger to the worker needs that capability too."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 async def _exited(process: asyncio.subprocess.Process) -> None:
@@ -165,7 +228,8 @@ async def run_process(
     """Run `argv` in its own session (cwd created if missing) with stdout and stderr merged,
     reading at most `max_output_bytes`. On timeout, on the cap, on cancellation and when the
     process ends, its whole process group is killed: nothing it started in the background
-    outlives it."""
+    outlives it. The worker is made non-dumpable first (`protect_worker_process`)."""
+    protect_worker_process()
     _make_dir(cwd)
     process = await asyncio.create_subprocess_exec(
         *argv,
@@ -273,7 +337,7 @@ async def run_builtin(
     if not isinstance(arguments, Mapping):
         return ToolResult("Tool arguments must be an object", True)
     try:
-        return await runners[kind](
+        result = await runners[kind](
             base_name(tool_name),
             arguments,
             Config(configuration),
@@ -281,4 +345,5 @@ async def run_builtin(
             env=tool_env(workspace, env),
         )
     except ToolRefused as refused:
-        return ToolResult(f"Refused: {refused}", True)
+        return ToolResult(nul_free(f"Refused: {refused}"), True)
+    return ToolResult(nul_free(result.output), result.is_error)

@@ -1,5 +1,6 @@
 """The `file_system` tools: `read_file`, `write_file`, `list_files`, `search_files`, confined to
-`base_dir` (default: the execution's workspace).
+`base_dir` (default: the execution's workspace; a base_dir outside the workspace is refused, so
+the tools never reach the worker's own files).
 
 Confinement: every path is resolved against base_dir with `os.path.realpath` (so `..`, absolute
 paths and symlinks, in the last component or in a parent directory, are followed first) and
@@ -19,7 +20,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from activities.tools import TRUNCATED, Config, ToolRefused, ToolResult, argument
+from activities.tools import (
+    TRUNCATED,
+    Config,
+    ToolRefused,
+    ToolResult,
+    argument,
+    confined_dir,
+)
 
 DEFAULT_MAX_FILE_BYTES = 1024 * 1024
 MAX_LIST_ENTRIES = 1000
@@ -215,19 +223,7 @@ def _matching_lines(full: str, shown: str, needle: str, max_bytes: int) -> list[
 
 
 def base_dir(config: Config, workspace: Path) -> Path:
-    configured = config.text("base_dir")
-    workspace.mkdir(parents=True, exist_ok=True)
-    if not configured:
-        return workspace
-    path = Path(configured)
-    if not path.is_absolute():
-        path = workspace / path
-        if not Jail(workspace).inside(os.path.realpath(path)):
-            raise ToolRefused(f"base_dir '{configured}' leaves the workspace")
-        path.mkdir(parents=True, exist_ok=True)
-    if not path.is_dir():
-        raise ToolRefused(f"base_dir '{configured}' is not a directory")
-    return path
+    return confined_dir(config.text("base_dir"), workspace, "base_dir")
 
 
 def _call(name: str, arguments: Mapping[str, Any], config: Config, workspace: Path) -> ToolResult:

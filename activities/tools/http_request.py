@@ -4,13 +4,21 @@ The URL is parsed once by httpx and that parsed URL is what is both checked and 
 parser tricks (`http://allowed@evil/`, odd escapes) cannot make the check and the connection
 disagree. A host passes when it equals an `allowed_hosts` entry or is a subdomain of it
 (`example.com` allows `api.example.com`; `*.example.com` allows only subdomains); an entry may
-pin a port (`localhost:8080`). IP literals pass only when listed exactly. Redirects are followed
-by hand, each hop checked again (at most 5). The worker's proxy settings and .netrc are not
-used. Methods, timeout and response size are capped by the configuration.
+pin a port (`localhost:8080`). IP literals pass only when listed exactly.
+
+Then the address: an allowed name may still resolve to the worker's own network or to the
+cloud metadata service, and resolve differently a moment later (DNS rebinding). So the host is
+resolved once, every address is checked by activities/tools/network_guard.py (internal addresses
+only with `allow_private_networks: true`; link-local and metadata never), and the request is sent
+to that checked IP itself: the URL's host is replaced by the address, while the Host header and
+the TLS server name (SNI, and so certificate verification) stay the name. Redirects are followed
+by hand, each hop's URL and addresses checked again (at most 5). The worker's proxy settings and
+.netrc are not used. Methods, timeout and response size are capped by the configuration.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 from collections.abc import Mapping
@@ -20,6 +28,7 @@ from typing import Any
 import httpx
 
 from activities.tools import TRUNCATED, Config, ToolRefused, ToolResult, argument
+from activities.tools.network_guard import Address, checked_addresses
 
 DEFAULT_METHODS = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]
 DEFAULT_TIMEOUT = 15
@@ -112,6 +121,53 @@ def _headers(arguments: Mapping[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in headers.items()}
 
 
+def pinned_request(
+    client: httpx.AsyncClient,
+    method: str,
+    url: httpx.URL,
+    address: Address,
+    headers: Mapping[str, str],
+    content: bytes | None,
+) -> httpx.Request:
+    """A request for `url` that connects to `address` and no other: the URL carries the IP,
+    the Host header and the TLS server name (`sni_hostname`, which certificates are verified
+    against) carry the name. A Host header given by the caller is replaced."""
+    sent = {k: v for k, v in headers.items() if k.lower() != "host"}
+    sent["Host"] = url.netloc.decode("ascii")
+    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    return client.build_request(
+        method,
+        url.copy_with(host=str(address)),
+        headers=sent,
+        content=content,
+        extensions=extensions,
+    )
+
+
+async def send_pinned(
+    client: httpx.AsyncClient,
+    method: str,
+    url: httpx.URL,
+    headers: Mapping[str, str],
+    content: bytes | None,
+    *,
+    allow_private: bool,
+) -> httpx.Response:
+    """Resolve the URL's host once, check every address, and send to the checked addresses in
+    order until one connects. Raises AddressRefused (a ToolRefused) or httpx errors."""
+    port = url.port or _default_port(url)
+    addresses = await checked_addresses(url.host, port, allow_private)
+    failure: httpx.ConnectError | None = None
+    for address in addresses:
+        request = pinned_request(client, method, url, address, headers, content)
+        try:
+            return await client.send(request, stream=True)
+        except httpx.ConnectError as error:
+            failure = error
+    assert failure is not None
+    raise failure
+
+
 async def run(
     name: str,
     arguments: Mapping[str, Any],
@@ -124,6 +180,7 @@ async def run(
     methods = {m.upper() for m in config.strings("allowed_methods", DEFAULT_METHODS)}
     timeout = config.number("timeout", DEFAULT_TIMEOUT, minimum=0.1)
     max_bytes = config.integer("max_response_bytes", DEFAULT_MAX_RESPONSE, minimum=1)
+    allow_private = config.flag("allow_private_networks", False)
     method = argument(arguments, "method", "GET").upper()
     if method not in methods:
         raise ToolRefused(f"method {method} is not allowed")
@@ -137,8 +194,10 @@ async def run(
     ) as client:
         try:
             for _ in range(MAX_REDIRECTS + 1):
-                request = client.build_request(method, url, headers=headers, content=content)
-                response = await client.send(request, stream=True)
+                async with asyncio.timeout(timeout):  # resolving counts against the timeout
+                    response = await send_pinned(
+                        client, method, url, headers, content, allow_private=allow_private
+                    )
                 try:
                     if not response.is_redirect:
                         return await _result(method, url, response, max_bytes)
@@ -159,7 +218,7 @@ async def run(
                     method, content = "GET", None
                     headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
                 url = target
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
             return ToolResult(f"{method} {url} timed out after {timeout:g}s", True)
         except httpx.HTTPError as error:
             return ToolResult(f"{method} {url} failed: {error}", True)
