@@ -9,16 +9,15 @@ shell tool. So:
 - a worker started with CONTROLPLANE_API_KEY or ANTHROPIC_API_KEY in its environment reads
   them, then replaces itself (execve) with an environment without them, handing the values
   over through a pipe: the new process's /proc/<pid>/environ never held them;
-- the worker marks itself non-dumpable (prctl PR_SET_DUMPABLE 0): its /proc files become
-  root's, and processes of its own user can neither read its memory nor ptrace it.
+- the worker marks itself non-dumpable at start (activities.tools.protect_worker_process):
+  its /proc files become root's, and processes of its own user can neither read its memory
+  nor ptrace it.
 
 Tool processes are started with the execution's environment only (activities/tools).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import os
 import sys
@@ -31,7 +30,6 @@ ENV_ANTHROPIC_KEY_FILE = "ANTHROPIC_API_KEY_FILE"
 # Credentials that must not stay in the environment of the worker process.
 SCRUBBED = (ENV_API_KEY, ENV_ANTHROPIC_KEY)
 CREDENTIALS_FD_FLAG = "--credentials-fd"
-PR_SET_DUMPABLE = 4
 
 
 class CredentialError(Exception):
@@ -102,14 +100,3 @@ def load(
     if anthropic_file:
         anthropic_key = _read_file(anthropic_file, "Anthropic API key")
     return Credentials(api_key=api_key, anthropic_api_key=anthropic_key or None)
-
-
-def make_non_dumpable() -> bool:
-    """Keep processes of this user (the tools) out of this process's memory and /proc files.
-    Linux only; elsewhere a no-op (returns False)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    with contextlib.suppress(OSError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0)
-    return False

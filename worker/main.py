@@ -32,6 +32,7 @@ from activities.queue_probe import answer_probe
 from activities.reporting import ControlPlane, ReportingActivities
 from activities.runtime import RuntimeActivities
 from activities.tool_runner import ToolActivities
+from activities.tools import protect_worker_process
 from controlplane import VERSION
 from controlplane.logs import configure_logging
 from worker.credentials import (
@@ -42,7 +43,6 @@ from worker.credentials import (
     Credentials,
     hand_over_environment_credentials,
     load,
-    make_non_dumpable,
 )
 from worker.task_counter import TaskCounter
 from worker.workspaces import sweep_forever, workspace_root
@@ -288,7 +288,7 @@ def main(argv: list[str]) -> int:
     except CredentialError as exc:
         print(f"controlplane worker: {exc}", file=sys.stderr)
         return 1
-    make_non_dumpable()
+    protect_worker_process()
     configure_logging()
     code = asyncio.run(_main(args, credentials))
     # The Temporal client's native runtime can crash at interpreter exit (sdk-python issue 300);
