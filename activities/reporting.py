@@ -10,6 +10,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.tools import nul_free
 from workflows.execution_types import (
     PERSIST_CONVERSATION,
     PUBLISH_EVENT,
@@ -18,6 +19,17 @@ from workflows.execution_types import (
     EventReport,
     StatusUpdate,
 )
+
+
+def without_nul(value: Any) -> Any:
+    """`value` with every NUL character in its strings (keys too) shown as `\\x00`."""
+    if isinstance(value, str):
+        return nul_free(value)
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nul(item) for item in value]
+    return value
 
 
 class ControlPlane:
@@ -34,7 +46,9 @@ class ControlPlane:
         return await self.send("GET", path, None)
 
     async def send(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
-        response = await self.http.request(method, path, json=body)
+        # The API refuses NUL characters (Postgres text cannot hold them); a model or tool that
+        # printed one must not turn a report into a refusal that fails the run.
+        response = await self.http.request(method, path, json=without_nul(body))
         if response.status_code in (404, 401, 403, 400, 422):
             # The execution is gone or the report is malformed: retrying cannot help.
             raise ApplicationError(

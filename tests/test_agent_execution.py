@@ -192,3 +192,19 @@ async def test_execute_retry_with_idempotency_key_starts_nothing_new(
         run async for run in client.list_workflows(f"WorkflowId = '{first.json()['workflow_id']}'")
     ]
     assert len(runs) == 1
+
+
+async def test_a_nul_in_the_model_answer_does_not_fail_the_run(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+) -> None:
+    """Postgres text cannot hold NUL and the API refuses it; the worker escapes it in every
+    report, so a model (or tool) printing one cannot turn a report into a refusal."""
+    token = uuid.uuid4().hex
+    await AsyncFakeAnthropicClient(fake_llm.base_url).script(token, [text_reply("a\x00b")])
+    agent_id = await make_agent(tenant, token, one_shot=True)
+    started = await tenant.member.post(
+        f"/api/v1/agents/{agent_id}/execute",
+        json={"prompt": "Print a NUL", "worker_queue_id": running_queue["id"]},
+    )
+    final = await wait_status(tenant, started.json()["execution_id"], "completed", "failed")
+    assert (final["status"], final["response"]) == ("completed", "a\\x00b")
