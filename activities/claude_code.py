@@ -57,8 +57,8 @@ from temporalio.exceptions import ApplicationError
 from activities.reporting import ControlPlane
 from activities.runtime import FLUSH_SECONDS, cost_of
 from activities.tool_runner import ToolActivities
-from worker.workspaces import workspace_root
-from workflows.execution_types import (
+from activities.workspaces import workspace_root
+from workflows.contracts import (
     ModelSpec,
     RuntimeTurnInput,
     RuntimeTurnResult,

@@ -53,7 +53,7 @@ from activities.execution_environment import Redactor, fetch_execution_environme
 from activities.reporting import ControlPlane
 from activities.tools import nul_free, protect_worker_process
 from activities.tools.network_guard import Address, checked_addresses
-from workflows.execution_types import LIST_MCP_TOOLS, ToolSpec
+from workflows.contracts import LIST_MCP_TOOLS, ToolSpec
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from temporalio import activity
 
+from workflows.contracts import ANSWER_PROBE
 
-@activity.defn(name="answer_probe")
+
+@activity.defn(name=ANSWER_PROBE)
 async def answer_probe(note: str) -> str:
     return f"{note} answered by {activity.info().task_queue}"

@@ -11,7 +11,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.tools import nul_free
-from workflows.execution_types import (
+from workflows.contracts import (
     PERSIST_CONVERSATION,
     PUBLISH_EVENT,
     UPDATE_EXECUTION_STATUS,

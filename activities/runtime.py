@@ -21,13 +21,13 @@ from temporalio.exceptions import ApplicationError
 
 from activities.execution_environment import Redactor, fetch_execution_environment
 from activities.reporting import ControlPlane
-from controlplane.templates import TemplateError, render, variables
-from workflows.execution_types import (
+from workflows.contracts import (
     EXECUTE_WITH_RUNTIME,
     RuntimeTurnInput,
     RuntimeTurnResult,
     Usage,
 )
+from workflows.templates import TemplateError, render, variables
 
 HEARTBEAT_SECONDS = 1
 # Chunks are batched to at most one event per this many characters or per flush interval.

@@ -40,7 +40,7 @@ from activities.execution_environment import (
 from activities.reporting import ControlPlane
 from activities.tools import TRUNCATED, ToolRefused, cap_text, run_builtin
 from activities.tools.file_system import Jail
-from workflows.execution_types import RUN_TOOL, ToolCall, ToolOutcome
+from workflows.contracts import RUN_TOOL, ToolCall, ToolOutcome
 
 EVENT_OUTPUT_BYTES = 4096
 HEARTBEAT_SECONDS = 5.0

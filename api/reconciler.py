@@ -13,7 +13,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.routes.executions import COLUMNS, StatusReport, apply_report
 from api.state import AppState
-from workflows.execution_types import TERMINAL_STATES, workflow_id_for
+from workflows.contracts import TERMINAL_STATES, workflow_id_for
 
 log = logging.getLogger("controlplane.api.reconciler")
 

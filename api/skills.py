@@ -21,7 +21,7 @@ from api.context import EntityChain, agent_chain, team_chain
 from api.db import Queryable
 from api.errors import ApiError, not_found
 from controlplane.tool_catalogue import tools_for_skills, validate_config
-from workflows.execution_types import ToolSpec
+from workflows.contracts import ToolSpec
 
 AssociationEntity = Literal["agent", "team", "environment"]
 ASSOCIATION_ENTITIES: tuple[AssociationEntity, ...] = ("agent", "team", "environment")

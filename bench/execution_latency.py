@@ -46,7 +46,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from controlplane.services import free_port, wait_for_port
-from workflows.queue_probe import QUEUE_PROBE_WORKFLOW
+from workflows.contracts import QUEUE_PROBE_WORKFLOW
 
 MODEL = "anthropic/claude-sonnet-4-5"
 PROMPT = "Say hello to the benchmark."

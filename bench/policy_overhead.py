@@ -35,7 +35,7 @@ from activities.tool_runner import ToolActivities
 from api.policy_engine import PolicySource, RegorusEngine
 from api.vault import new_key
 from controlplane.services import free_port
-from workflows.execution_types import PolicyContext, ToolCall, ToolSpec
+from workflows.contracts import PolicyContext, ToolCall, ToolSpec
 
 ALLOW_POLICY = """package bench.p{n}
 import rego.v1

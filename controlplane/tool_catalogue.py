@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from workflows.execution_types import ToolSpec
+from workflows.contracts import ToolSpec
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")

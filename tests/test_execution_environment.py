@@ -11,7 +11,6 @@ import pytest
 from starlette.applications import Starlette
 
 from api.execution_environment import Layer, merge, token_env_names
-from controlplane.templates import TemplateError, missing, render, render_config, variables
 from tests.conftest import Tenant, assert_error, client_for
 from tests.resource_helpers import MISSING, assert_all_not_found, create_environment
 from tests.test_secrets import (
@@ -29,6 +28,7 @@ from tests.test_secrets import (
     vault_app,
     vt,
 )
+from workflows.templates import TemplateError, missing, render, render_config, variables
 
 __all__ = ["keyless_app", "other_vt", "vault_app", "vt"]
 

@@ -24,7 +24,7 @@ from activities.reporting import ControlPlane
 from activities.tool_runner import ToolActivities
 from controlplane.tool_catalogue import tool_specs
 from tests.conftest import Tenant
-from workflows.execution_types import PolicyContext, ToolCall, ToolOutcome, ToolSpec
+from workflows.contracts import PolicyContext, ToolCall, ToolOutcome, ToolSpec
 
 SECRET = "s3cr3t-value-4242"
 MCP_SERVER = Path(__file__).parent / "mcp_servers" / "stdio_server.py"

@@ -16,7 +16,7 @@ import httpx
 import jwt
 
 from tests.conftest import Tenant, assert_error, client_for, temporal_for, worker_key_for
-from workflows.queue_probe import QUEUE_PROBE_WORKFLOW
+from workflows.contracts import QUEUE_PROBE_WORKFLOW
 
 
 async def verified_claims(tenant: Tenant, token: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from worker.workspaces import sweep
+from activities.workspaces import sweep
 
 
 def test_sweep_removes_only_workspaces_untouched_for_the_ttl(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from activities.reporting import ControlPlane, ReportingActivities
 from activities.runtime import RuntimeActivities
 from activities.tool_runner import ToolActivities
 from activities.tools import protect_worker_process
+from activities.workspaces import sweep_forever, workspace_root
 from controlplane import VERSION
 from controlplane.logs import configure_logging
 from worker.credentials import (
@@ -45,7 +46,6 @@ from worker.credentials import (
     load,
 )
 from worker.task_counter import TaskCounter
-from worker.workspaces import sweep_forever, workspace_root
 from workflows.registry import WORKFLOWS
 
 log = logging.getLogger("controlplane.worker")

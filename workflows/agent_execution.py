@@ -22,12 +22,17 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.execution_types import (
+    from workflows.contracts import (
+        ADD_MESSAGE,
         AGENT_EXECUTION_WORKFLOW,
         EXECUTE_WITH_RUNTIME,
+        GET_STATE,
         LIST_MCP_TOOLS,
+        MARK_AS_DONE,
+        PAUSE_EXECUTION,
         PERSIST_CONVERSATION,
         PUBLISH_EVENT,
+        RESUME_EXECUTION,
         RUN_TOOL,
         UPDATE_EXECUTION_STATUS,
         AgentExecutionInput,
@@ -113,29 +118,29 @@ class AgentExecutionWorkflow:
 
     # --- signals and query -------------------------------------------------------------------
 
-    @workflow.signal(name="add_message")
+    @workflow.signal(name=ADD_MESSAGE)
     def add_message(self, message: ChatMessage) -> None:
         self._pending.append(message)
 
-    @workflow.signal(name="mark_as_done")
+    @workflow.signal(name=MARK_AS_DONE)
     def mark_as_done(self) -> None:
         self._done = True
 
-    @workflow.signal(name="pause_execution")
+    @workflow.signal(name=PAUSE_EXECUTION)
     async def pause_execution(self) -> None:
         if self._paused or self._status in ("completed", "failed", "cancelled"):
             return
         self._paused = True
         await self._report(reason="paused by user")
 
-    @workflow.signal(name="resume_execution")
+    @workflow.signal(name=RESUME_EXECUTION)
     async def resume_execution(self) -> None:
         if not self._paused:
             return
         self._paused = False
         await self._report(reason="resumed by user")
 
-    @workflow.query(name="get_state")
+    @workflow.query(name=GET_STATE)
     def get_state(self) -> ExecutionState:
         return ExecutionState(
             status=self._effective_status(),

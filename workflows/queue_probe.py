@@ -7,16 +7,14 @@ from datetime import timedelta
 
 from temporalio import workflow
 
-with workflow.unsafe.imports_passed_through():
-    from activities.queue_probe import answer_probe
-
-QUEUE_PROBE_WORKFLOW = "QueueProbeWorkflow"
+from workflows.contracts import ANSWER_PROBE, QUEUE_PROBE_WORKFLOW
 
 
 @workflow.defn(name=QUEUE_PROBE_WORKFLOW)
 class QueueProbeWorkflow:
     @workflow.run
     async def run(self, note: str) -> str:
-        return await workflow.execute_activity(
-            answer_probe, note, start_to_close_timeout=timedelta(seconds=30)
+        result: str = await workflow.execute_activity(
+            ANSWER_PROBE, note, start_to_close_timeout=timedelta(seconds=30)
         )
+        return result

@@ -21,7 +21,7 @@ from api.routes.executions import COLUMNS
 from api.routes.policies import agent_scope, enforce
 from api.routing import Call, Router
 from api.skills import tools_for_agent
-from workflows.execution_types import (
+from workflows.contracts import (
     AGENT_EXECUTION_WORKFLOW,
     AgentExecutionInput,
     ModelSpec,

@@ -26,8 +26,8 @@ from api.routes.executions import load_execution
 from api.routes.secrets import vault
 from api.routing import Call, Router
 from api.vault import Reader, reveal
-from controlplane.templates import TemplateError, render_config
-from workflows.execution_types import TERMINAL_STATES
+from workflows.contracts import TERMINAL_STATES
+from workflows.templates import TemplateError, render_config
 
 router = Router("execution-environment")
 

@@ -21,7 +21,15 @@ from api.event_stream import append_event, stream_events
 from api.pagination import ListQuery, Page, fetch_page
 from api.routing import Call, Router
 from api.schemas import Deleted
-from workflows.execution_types import TERMINAL_STATES, ChatMessage, workflow_id_for
+from workflows.contracts import (
+    ADD_MESSAGE,
+    MARK_AS_DONE,
+    PAUSE_EXECUTION,
+    RESUME_EXECUTION,
+    TERMINAL_STATES,
+    ChatMessage,
+    workflow_id_for,
+)
 
 router = Router("executions")
 
@@ -448,7 +456,7 @@ async def send_message(call: Call, body: MessageIn) -> MessageAccepted:
         message_id=f"{row['id']}_{int(now.timestamp() * 1_000_000)}",
         user_id=call.principal.actor,
     )
-    await _signal(call, row, "add_message", message)
+    await _signal(call, row, ADD_MESSAGE, message)
     async with call.db.acquire() as conn, conn.transaction():
         await append_event(
             conn, row["id"], "message", asdict(message), f"message:{message.message_id}"
@@ -463,7 +471,7 @@ async def pause(call: Call) -> ActionResult:
     """Hold the execution after its current step (signal `pause_execution`)."""
     row = await load_execution(call)
     _require_status(row, ("running", "waiting_for_input"), "pause")
-    workflow_id = await _signal(call, row, "pause_execution")
+    workflow_id = await _signal(call, row, PAUSE_EXECUTION)
     return ActionResult(
         success=True,
         execution_id=row["id"],
@@ -478,7 +486,7 @@ async def resume(call: Call) -> ActionResult:
     """Continue a paused execution (signal `resume_execution`)."""
     row = await load_execution(call)
     _require_status(row, ("paused",), "resume")
-    workflow_id = await _signal(call, row, "resume_execution")
+    workflow_id = await _signal(call, row, RESUME_EXECUTION)
     return ActionResult(
         success=True,
         execution_id=row["id"],
@@ -493,7 +501,7 @@ async def mark_done(call: Call) -> ActionResult:
     """End the conversation after the current turn (signal `mark_as_done`)."""
     row = await load_execution(call)
     _require_status(row, ("pending", "running", "waiting_for_input", "paused"), "mark done")
-    workflow_id = await _signal(call, row, "mark_as_done")
+    workflow_id = await _signal(call, row, MARK_AS_DONE)
     return ActionResult(
         success=True,
         execution_id=row["id"],

@@ -38,7 +38,7 @@ from api.policy_engine import (
 )
 from api.routing import Call, Router
 from api.schemas import Deleted, PatchBody
-from workflows.execution_types import TERMINAL_STATES
+from workflows.contracts import TERMINAL_STATES
 
 router = Router("policies")
 

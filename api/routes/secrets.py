@@ -22,7 +22,7 @@ from api.routes.executions import load_execution
 from api.routing import Call, Router
 from api.schemas import PatchBody
 from api.vault import NAME_PATTERN, Reader, Vault, reveal, valid_name, vault_or_error
-from workflows.execution_types import TERMINAL_STATES
+from workflows.contracts import TERMINAL_STATES
 
 router = Router("secrets")
 

@@ -1,6 +1,9 @@
-"""Payloads exchanged between the API, AgentExecutionWorkflow and its activities.
+"""The contract between the control plane, its workflows and the workers: workflow, signal,
+query and activity names, and the payload types they exchange. Both sides import these names;
+neither spells them again.
 
-Dataclasses with defaults, one input per activity, so fields can be added compatibly.
+Dataclasses with defaults, one input per activity, so fields can be added compatibly (running
+workflows replay old payloads).
 """
 
 from __future__ import annotations
@@ -9,12 +12,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 AGENT_EXECUTION_WORKFLOW = "AgentExecutionWorkflow"
+QUEUE_PROBE_WORKFLOW = "QueueProbeWorkflow"
+# Signals and the query of an execution's workflow (reference §5.1).
+ADD_MESSAGE = "add_message"
+MARK_AS_DONE = "mark_as_done"
+PAUSE_EXECUTION = "pause_execution"
+RESUME_EXECUTION = "resume_execution"
+GET_STATE = "get_state"
 # Activity names, shared by the workflow (which schedules) and the worker (which registers).
 EXECUTE_WITH_RUNTIME = "execute_with_runtime"
 UPDATE_EXECUTION_STATUS = "update_execution_status"
 PUBLISH_EVENT = "publish_event"
 PERSIST_CONVERSATION = "persist_conversation_history"
 RUN_TOOL = "run_tool"
+LIST_MCP_TOOLS = "list_mcp_tools"
+ANSWER_PROBE = "answer_probe"
 
 TERMINAL_STATES = ("completed", "failed", "cancelled")
 
@@ -174,9 +186,6 @@ class ConversationSnapshot:
 
 
 # --- tools ------------------------------------------------------------------------------------
-
-RUN_TOOL = "run_tool"
-LIST_MCP_TOOLS = "list_mcp_tools"
 
 
 @dataclass
