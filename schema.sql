@@ -529,3 +529,29 @@ CREATE TABLE IF NOT EXISTS custom_integrations (
 CREATE UNIQUE INDEX IF NOT EXISTS custom_integrations_name ON custom_integrations (organization_id, name)
     WHERE status <> 'deleted';
 CREATE INDEX IF NOT EXISTS custom_integrations_org ON custom_integrations (organization_id, created_at, id);
+
+-- (Interim, until numbered migrations land: the teams table and parent executions.)
+CREATE TABLE IF NOT EXISTS teams (
+    id                    uuid PRIMARY KEY,
+    organization_id       text NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    name                  text NOT NULL,
+    description           text,
+    status                text NOT NULL DEFAULT 'active'
+                          CHECK (status IN ('active', 'inactive', 'archived', 'idle')),
+    runtime               text NOT NULL DEFAULT 'default' CHECK (runtime IN ('default', 'claude_code')),
+    coordination_type     text NOT NULL DEFAULT 'leader'
+                          CHECK (coordination_type IN ('leader', 'sequential', 'parallel')),
+    configuration         jsonb NOT NULL DEFAULT '{}',
+    skill_ids             jsonb NOT NULL DEFAULT '[]',
+    skill_configurations  jsonb NOT NULL DEFAULT '{}',
+    environment_ids       jsonb NOT NULL DEFAULT '[]',
+    execution_environment jsonb NOT NULL DEFAULT '{}',
+    model_id              text,
+    created_by            text,
+    created_at            timestamptz NOT NULL DEFAULT now(),
+    updated_at            timestamptz NOT NULL DEFAULT now(),
+    last_active_at        timestamptz,
+    UNIQUE (organization_id, name)
+);
+ALTER TABLE executions ADD COLUMN IF NOT EXISTS parent_execution_id uuid
+    REFERENCES executions(id) ON DELETE CASCADE;

@@ -15,14 +15,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from api import docs_page
-from api.auth import AuthMiddleware, prune_rate_limit_counters
-from api.db import apply_schema_at, create_pool
+from api.auth import AuthMiddleware
+from api.db import apply_schema_at
 from api.errors import ApiError, error_response
 from api.event_stream import EventHub
-from api.idempotency import IdempotencyMiddleware, prune_idempotency_keys
+from api.idempotency import IdempotencyMiddleware
 from api.metrics import Metrics
 from api.openapi import build_openapi
-from api.reconciler import reconcile_executions
 from api.request_context import RequestContextMiddleware
 from api.routes import (
     agents,
@@ -45,10 +44,11 @@ from api.routes import (
 )
 from api.routing import Endpoint, starlette_routes
 from api.state import AppState
-from api.temporal_gateway import TemporalGateway
-from api.vault import vault_from_key
+from controlplane.db import create_pool
 from controlplane.settings import Settings
+from controlplane.temporal import TemporalGateway
 from controlplane.temporal_auth import CONTROL_PLANE_PERMISSIONS, load_signing_key, mint
+from controlplane.vault import vault_from_key
 
 log = logging.getLogger("controlplane.api")
 
@@ -71,22 +71,12 @@ ROUTERS = [
     integrations.router,
     execution_environment.router,
 ]
-HOUSEKEEPING_EVERY_SECONDS = 60
+# How long start-up waits before asking an unreachable Temporal again for the namespaces.
+NAMESPACE_RETRY_SECONDS = 15
 
 
 def all_endpoints() -> list[Endpoint]:
     return [endpoint for router in ROUTERS for endpoint in router.endpoints]
-
-
-async def _housekeeping_forever(state: AppState) -> None:
-    while True:
-        await asyncio.sleep(HOUSEKEEPING_EVERY_SECONDS)
-        try:
-            await prune_rate_limit_counters(state)
-            await prune_idempotency_keys(state)
-            await reconcile_executions(state)
-        except Exception:
-            log.exception("housekeeping failed (pruning, reconciling executions)")
 
 
 async def _load_signing_key(state: AppState) -> None:
@@ -136,7 +126,7 @@ async def _ensure_namespaces(state: AppState) -> None:
             return
         except Exception as exc:
             log.warning("could not ensure the organizations' Temporal namespaces: %s", exc)
-            await asyncio.sleep(HOUSEKEEPING_EVERY_SECONDS / 4)
+            await asyncio.sleep(NAMESPACE_RETRY_SECONDS)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
@@ -159,7 +149,9 @@ def create_app(settings: Settings) -> Starlette:
     state = AppState(
         settings=settings,
         metrics=metrics,
-        temporal=TemporalGateway(settings, metrics),
+        temporal=TemporalGateway(
+            settings, lambda operation: metrics.temporal_errors.labels(operation=operation).inc()
+        ),
         events=EventHub(settings.database_url),
     )
     endpoints = all_endpoints()
@@ -189,7 +181,6 @@ def create_app(settings: Settings) -> Starlette:
         await _load_signing_key(state)
         _record_namespaces(state)
         background = [
-            asyncio.create_task(_housekeeping_forever(state)),
             asyncio.create_task(_ensure_namespaces(state)),
         ]
         try:

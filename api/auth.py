@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import ApiError, error_response
 from api.principal import Principal
 from api.state import AppState
-from api.tenancy import hash_key
+from controlplane.tenancy import hash_key
 
 WINDOW_SECONDS = 60
 PROTECTED_PREFIX = "/api/v1"
@@ -136,9 +136,3 @@ class AuthMiddleware:
     async def _reject(scope: Scope, receive: Receive, send: Send, message: str) -> None:
         error = ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
         await error_response(error)(scope, receive, send)
-
-
-async def prune_rate_limit_counters(state: AppState) -> None:
-    """Old windows are never read again."""
-    cutoff = int(time.time()) - 5 * WINDOW_SECONDS
-    await state.pool.execute("DELETE FROM rate_limit_counters WHERE window_start < $1", cutoff)

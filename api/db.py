@@ -1,37 +1,17 @@
-"""The asyncpg pool and the one-time schema application."""
+"""The one-time schema application at start-up."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
-from api.errors import ApiError
 from controlplane.settings import SCHEMA_PATH
 
 # Any process may apply the schema at start-up; the advisory lock serialises concurrent starts.
 _SCHEMA_LOCK_ID = 7_233_001
-
-
-async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
-    for type_name in ("json", "jsonb"):
-        await conn.set_type_codec(
-            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-        )
-
-
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool[Any]:
-    pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection
-    )
-    assert pool is not None
-    return pool
 
 
 async def apply_schema(conn: asyncpg.Connection[Any], schema_path: Path = SCHEMA_PATH) -> None:
@@ -47,30 +27,3 @@ async def apply_schema_at(dsn: str) -> None:
         await apply_schema(conn)
     finally:
         await conn.close()
-
-
-@contextlib.contextmanager
-def conflict_on_duplicate(message: str) -> Iterator[None]:
-    """A unique-constraint violation becomes 409 RESOURCE_CONFLICT, not a 500."""
-    try:
-        yield
-    except asyncpg.UniqueViolationError as exc:
-        raise ApiError(409, message, details={"constraint": exc.constraint_name}) from None
-
-
-def patch_assignments(
-    changes: dict[str, Any], allowed: Sequence[str], first_param: int
-) -> tuple[str, list[Any]]:
-    """`col = $n` pairs for an UPDATE from the fields a PATCH body set, plus updated_at."""
-    parts, values = [], []
-    for column in allowed:
-        if column in changes:
-            values.append(changes[column])
-            parts.append(f"{column} = ${first_param + len(values) - 1}")
-    parts.append("updated_at = now()")
-    return ", ".join(parts), values
-
-
-# A connection, checked out of the pool or not, and anything that runs queries.
-Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
-Queryable: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any] | asyncpg.Pool[Any]"

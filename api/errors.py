@@ -9,6 +9,18 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from controlplane.errors import (
+    Broken,
+    Conflict,
+    DomainError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    RateLimited,
+    Refused,
+    Unavailable,
+)
+
 CODE_BY_STATUS = {
     400: "BAD_REQUEST",
     401: "AUTHENTICATION_ERROR",
@@ -45,6 +57,27 @@ class ApiError(Exception):
         self.message = message
         self.details = details
         self.headers = headers
+
+
+# The status each kind of domain refusal answers with.
+STATUS_BY_KIND: dict[type[DomainError], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    Refused: 400,
+    Invalid: 422,
+    Forbidden: 403,
+    RateLimited: 429,
+    Unavailable: 503,
+    Broken: 500,
+}
+
+
+def from_domain(error: DomainError) -> ApiError:
+    status = next((code for kind, code in STATUS_BY_KIND.items() if isinstance(error, kind)), 400)
+    headers = None
+    if isinstance(error, RateLimited):
+        headers = {"Retry-After": str(error.retry_after)}
+    return ApiError(status, error.message, code=error.code, details=error.details, headers=headers)
 
 
 def not_found(kind: str, ident: object) -> ApiError:

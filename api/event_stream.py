@@ -1,6 +1,6 @@
-"""Execution events: appended in seq order under the execution's row lock, pushed to every API
-process with LISTEN/NOTIFY, and served as SSE that resumes from Last-Event-ID with no gap and
-no duplicate."""
+"""Execution events as server-sent events: every API process LISTENs for the NOTIFY that follows
+each append (controlplane/executions/events.py) and serves a stream that resumes from
+Last-Event-ID with no gap and no duplicate."""
 
 from __future__ import annotations
 
@@ -16,50 +16,14 @@ from typing import Any
 
 import asyncpg
 
-from api.db import Conn
+from controlplane.executions.events import CHANNEL
 
 log = logging.getLogger("controlplane.api.events")
 
-CHANNEL = "execution_events"
 KEEPALIVE_SECONDS = 15.0
 TERMINAL_EVENTS = ("done", "error")
 # Kubiya nests these under `data`; the others are flat.
 NESTED_EVENTS = {"message_chunk", "tool_started", "tool_completed", "policy_violation"}
-
-
-async def append_event(
-    conn: Conn,
-    execution_id: uuid.UUID,
-    event_type: str,
-    data: dict[str, Any],
-    event_key: str | None = None,
-) -> int | None:
-    """Store one event; returns its seq, or None when `event_key` was stored before.
-    Must run inside a transaction: the row lock on the execution orders the seqs."""
-    if event_key is not None:
-        existing = await conn.fetchval(
-            "SELECT seq FROM execution_events WHERE execution_id = $1 AND event_key = $2",
-            execution_id,
-            event_key,
-        )
-        if existing is not None:
-            return None
-    seq: int = await conn.fetchval(
-        "UPDATE executions SET last_event_seq = last_event_seq + 1 WHERE id = $1 "
-        "RETURNING last_event_seq",
-        execution_id,
-    )
-    await conn.execute(
-        "INSERT INTO execution_events (execution_id, seq, event_type, data, event_key) "
-        "VALUES ($1, $2, $3, $4, $5)",
-        execution_id,
-        seq,
-        event_type,
-        data,
-        event_key,
-    )
-    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(execution_id))
-    return seq
 
 
 class EventHub:

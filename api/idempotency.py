@@ -26,8 +26,6 @@ from api.state import AppState
 
 HEADER = b"idempotency-key"
 MAX_KEY_LENGTH = 255
-# Records older than this are forgotten; a retry after a day is a new request.
-RETENTION = "24 hours"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -209,9 +207,3 @@ class IdempotencyMiddleware:
 
 def _credential(principal: Principal) -> str:
     return str(principal.api_key_id or principal.worker_id or "")
-
-
-async def prune_idempotency_keys(state: AppState) -> None:
-    await state.pool.execute(
-        f"DELETE FROM idempotency_keys WHERE created_at < now() - interval '{RETENTION}'"
-    )

@@ -8,6 +8,8 @@ from typing import Any, Generic, TypeVar
 import asyncpg
 from pydantic import BaseModel, Field
 
+from controlplane import crud
+
 T = TypeVar("T")
 
 
@@ -39,26 +41,15 @@ async def fetch_page(
     order: str = "created_at, id",
     filters: Mapping[str, object] | None = None,
 ) -> tuple[list[asyncpg.Record], int]:
-    """One page of rows and the total that matches `where`, in a stable order.
-
-    `filters` narrows by `column = value` for each value that is not None (a filter the
-    client did not send). `table`, `columns`, `where`, `order` and the filter columns are
-    code, never user input; values go in `args`."""
-    args = list(args)
-    for column, value in (filters or {}).items():
-        if value is not None:
-            args.append(value)
-            where += f" AND {column} = ${len(args)}"
-    n = len(args)
-    rows = await db.fetch(
-        f"SELECT {columns}, count(*) OVER () AS total_rows FROM {table} WHERE {where} "
-        f"ORDER BY {order} LIMIT ${n + 1} OFFSET ${n + 2}",
-        *args,
-        query.limit,
-        query.start,
+    """One page as `query` asks (see controlplane.crud.fetch_page)."""
+    return await crud.fetch_page(
+        db,
+        table=table,
+        columns=columns,
+        where=where,
+        args=args,
+        limit=query.limit,
+        offset=query.start,
+        order=order,
+        filters=filters,
     )
-    if rows:
-        return list(rows), int(rows[0]["total_rows"])
-    # An offset past the end returns no row to carry the window count.
-    total = await db.fetchval(f"SELECT count(*) FROM {table} WHERE {where}", *args)
-    return [], int(total)

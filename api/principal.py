@@ -14,8 +14,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Literal
 
-# What an API key row may hold.
-KeyRole = Literal["viewer", "member", "admin", "worker"]
 # A principal's role: an API key's, or `worker_token` for a running worker.
 Role = Literal["viewer", "member", "admin", "worker", "worker_token"]
 # What a route asks for: the least human role, or one of the worker-facing levels.

@@ -19,9 +19,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api.errors import ApiError, error_response, not_found
+from api.errors import ApiError, error_response, from_domain, not_found
 from api.principal import ACCESS_DESCRIPTION, Access, Principal
 from api.schemas import Deleted
+from controlplane.errors import DomainError
+from controlplane.executions.launch import Caller, Services
+from controlplane.policy_engine import get_engine
 
 if TYPE_CHECKING:
     import asyncpg
@@ -71,6 +74,11 @@ class Call:
         if deleted is None:
             raise not_found(kind, ident)
         return Deleted(id=ident)
+
+    @property
+    def caller(self) -> Caller:
+        """The principal as the domain sees it."""
+        return Caller(self.org, self.principal.actor, self.principal.role)
 
     def path_uuid(self, name: str, kind: str) -> uuid.UUID:
         """A path id that is not a UUID names nothing: 404, like any missing id."""
@@ -127,6 +135,8 @@ class Endpoint:
             return await self._serve(request)
         except ApiError as error:
             return error_response(error)
+        except DomainError as error:
+            return error_response(from_domain(error))
 
     async def _serve(self, request: Request) -> Response:
         call = Call(request)
@@ -255,3 +265,13 @@ def _dispatcher(methods: dict[str, Endpoint]) -> Callable[[Request], Awaitable[R
         return await methods[method](request)
 
     return dispatch
+
+
+def launch_services(call: Call) -> Services:
+    """What `start_execution` needs from this API process."""
+    settings = call.state.settings
+    return Services(
+        temporal=call.state.temporal,
+        policy_engine=get_engine(settings),
+        policy_fail_open=settings.policy_fail_open,
+    )

@@ -9,8 +9,8 @@ import asyncpg
 
 from api.event_stream import EventHub
 from api.metrics import Metrics
-from api.temporal_gateway import TemporalGateway
 from controlplane.settings import Settings
+from controlplane.temporal import TemporalGateway
 from controlplane.temporal_auth import SigningKey
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from api.errors import ApiError
 from api.routing import Call
-from api.tenancy import take_mint_budget
+from controlplane.tenancy import take_mint_budget
 
 
 async def require_mint_budget(call: Call) -> None:

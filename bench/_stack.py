@@ -20,9 +20,9 @@ import asyncpg
 import httpx
 
 from api.db import apply_schema_at
-from api.tenancy import create_key, create_org
 from controlplane.services import EmbeddedPostgres, free_port, start_temporal, stop_process
 from controlplane.settings import REPO_ROOT
+from controlplane.tenancy import create_key, create_org
 
 ORG = "bench"
 

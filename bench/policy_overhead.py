@@ -32,9 +32,9 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.reporting import ControlPlane
 from activities.tool_runner import ToolActivities
-from api.policy_engine import PolicySource, RegorusEngine
-from api.vault import new_key
+from controlplane.policy_engine import PolicySource, RegorusEngine
 from controlplane.services import free_port
+from controlplane.vault import new_key
 from workflows.contracts import PolicyContext, ToolCall, ToolSpec
 
 ALLOW_POLICY = """package bench.p{n}

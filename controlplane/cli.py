@@ -109,7 +109,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_orgs_create(args: argparse.Namespace) -> int:
-    from api.tenancy import OrgExists, create_org
+    from controlplane.tenancy import OrgExists, create_org
 
     async def work(conn: asyncpg.Connection[Any]) -> str:
         try:
@@ -129,18 +129,17 @@ def cmd_orgs_create(args: argparse.Namespace) -> int:
 async def _register_namespace(conn: asyncpg.Connection[Any], organization_id: str) -> str:
     """The organization's Temporal namespace, registered now when Temporal answers (else the
     API registers it when it starts or first needs it); returns a line saying which."""
-    from api.errors import ApiError
-    from api.metrics import Metrics
-    from api.temporal_gateway import TemporalGateway
-    from api.vault import vault_from_key
+    from controlplane.errors import Unavailable
     from controlplane.settings import Settings
+    from controlplane.temporal import TemporalGateway
     from controlplane.temporal_auth import CONTROL_PLANE_PERMISSIONS, load_signing_key, mint
+    from controlplane.vault import vault_from_key
 
     settings = Settings.from_env()
     namespace = settings.namespace_for(organization_id)
     vault = vault_from_key(settings.secret_key) if settings.secret_key else None
     key = await load_signing_key(conn, vault)
-    gateway = TemporalGateway(settings, Metrics(lambda: None))
+    gateway = TemporalGateway(settings)
     gateway.token_source = lambda: mint(
         key,
         subject="controlplane-cli",
@@ -150,7 +149,7 @@ async def _register_namespace(conn: asyncpg.Connection[Any], organization_id: st
     )
     try:
         await gateway.client(organization_id)
-    except ApiError as exc:
+    except Unavailable as exc:
         return (
             f"Temporal namespace {namespace} not registered yet ({exc.message}); the API "
             "registers it when it starts or first needs it"
@@ -159,7 +158,7 @@ async def _register_namespace(conn: asyncpg.Connection[Any], organization_id: st
 
 
 def cmd_orgs_list(args: argparse.Namespace) -> int:
-    from api.tenancy import list_orgs
+    from controlplane.tenancy import list_orgs
 
     rows = _with_connection(list_orgs)
     _table(
@@ -170,7 +169,7 @@ def cmd_orgs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_orgs_update(args: argparse.Namespace) -> int:
-    from api.tenancy import UnknownOrg, set_rate_limit
+    from controlplane.tenancy import UnknownOrg, set_rate_limit
 
     async def work(conn: asyncpg.Connection[Any]) -> None:
         try:
@@ -186,7 +185,7 @@ def cmd_orgs_update(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from api.tenancy import UnknownOrg, UnknownQueue, create_key
+    from controlplane.tenancy import UnknownOrg, UnknownQueue, create_key
 
     role: CliRole = args.role
     name: str = args.name or f"{role} key"
@@ -218,7 +217,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    from api.tenancy import KEY_COLUMNS
+    from controlplane.tenancy import KEY_COLUMNS
 
     async def work(conn: asyncpg.Connection[Any]) -> list[asyncpg.Record]:
         await _require_org(conn, args.org)
@@ -247,7 +246,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from api.tenancy import revoke_key
+    from controlplane.tenancy import revoke_key
 
     try:
         key_id = uuid.UUID(args.key_id)
@@ -319,6 +318,15 @@ def cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
     return worker_main(rest)
 
 
+def cmd_system_worker(args: argparse.Namespace) -> int:
+    from controlplane.logs import configure_logging
+    from controlplane.system.worker import main as system_worker_main
+
+    database_url()
+    configure_logging()
+    return system_worker_main()
+
+
 def cmd_tls_certs(args: argparse.Namespace) -> int:
     from controlplane.tls_certs import generate
 
@@ -363,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a worker on a queue: --queue-id ID [--control-plane-url URL] "
         "[--api-key-file FILE | --api-key-stdin]",
         add_help=False,
+    )
+
+    commands.add_parser(
+        "system-worker",
+        help="run the control plane's own Temporal worker (needs DATABASE_URL)",
     )
 
     commands.add_parser("migrate", help="apply schema.sql to DATABASE_URL")
@@ -430,9 +443,10 @@ HANDLERS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
     ("keys", "revoke"): cmd_keys_revoke,
     ("dev", None): cmd_dev,
     ("tls-certs", None): cmd_tls_certs,
+    ("system-worker", None): cmd_system_worker,
 }
 # Long-running commands that own their process and may have made a Temporal client.
-HARD_EXIT = {"api", "worker", "dev", "orgs"}
+HARD_EXIT = {"api", "worker", "dev", "orgs", "system-worker"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -156,7 +156,7 @@ def _write_secret(path: Path, text: str) -> None:
 def dev_secret_key(home: Path) -> str:
     """CONTROLPLANE_SECRET_KEY if set, else the key kept in `$CONTROLPLANE_HOME/secret-key`,
     generated (0600) on first use. Losing that file loses every stored secret."""
-    from api.vault import VaultKeyError, new_key, parse_key
+    from controlplane.vault import VaultKeyError, new_key, parse_key
 
     given = os.environ.get(SECRET_KEY_ENV, "").strip()
     if given:
@@ -415,7 +415,7 @@ class DevRun:
     async def prepare_database(self) -> AdminKey:
         """Schema, the `default` organization and the admin key of the key file."""
         from api.db import apply_schema
-        from api.tenancy import OrgExists, create_key, create_org, hash_key
+        from controlplane.tenancy import OrgExists, create_key, create_org, hash_key
 
         try:
             conn = await asyncpg.connect(self.database_url, timeout=10)
@@ -572,7 +572,7 @@ class DevRun:
         return path
 
     async def _worker_key_works(self, key: str, queue_id: str) -> bool:
-        from api.tenancy import hash_key
+        from controlplane.tenancy import hash_key
 
         conn = await asyncpg.connect(self.database_url, timeout=10)
         try:

@@ -36,7 +36,7 @@ def _secret_key_env() -> str:
     """CONTROLPLANE_SECRET_KEY, checked now so a malformed key stops the API at start-up."""
     raw = os.environ.get("CONTROLPLANE_SECRET_KEY", "").strip()
     if raw:
-        from api.vault import VaultKeyError, parse_key
+        from controlplane.vault import VaultKeyError, parse_key
 
         try:
             parse_key(raw)
@@ -53,6 +53,8 @@ class Settings:
     # run in a namespace of their own, `temporal_namespace_prefix` + the organization's slug.
     temporal_namespace: str = "default"
     temporal_namespace_prefix: str = "org-"
+    # The task queue of the system worker (the control plane's own workflows).
+    system_task_queue: str = "controlplane-system"
     temporal_retention_days: int = 7
     # Where workers reach Temporal, when not at `temporal_address` (e.g. a public host name).
     temporal_public_address: str = ""
@@ -95,6 +97,7 @@ class Settings:
             "temporal_address": os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233"),
             "temporal_namespace": os.environ.get("TEMPORAL_NAMESPACE", "default"),
             "temporal_namespace_prefix": os.environ.get("TEMPORAL_NAMESPACE_PREFIX", "org-"),
+            "system_task_queue": os.environ.get("SYSTEM_TASK_QUEUE", "controlplane-system"),
             "temporal_retention_days": _int_env("TEMPORAL_RETENTION_DAYS", 7),
             "temporal_public_address": os.environ.get("TEMPORAL_PUBLIC_ADDRESS", ""),
             "temporal_tls": _bool_env("TEMPORAL_TLS", False),

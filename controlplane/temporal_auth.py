@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from controlplane.vault import Vault
+
 ALGORITHM = "RS256"
 PERMISSIONS_CLAIM = "permissions"
 CONTROL_PLANE_PERMISSIONS = ("system:admin",)
@@ -99,12 +101,12 @@ def _pem(key: rsa.RSAPrivateKey) -> bytes:
 
 
 async def load_signing_key(
-    conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any], vault: Any | None
+    conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any], vault: Vault | None
 ) -> SigningKey:
-    """The newest signing key this process can open, created on first use. `vault`
-    (api.vault.Vault or None) seals the private key at rest; a key sealed under another vault
-    key (or sealed, for a process without one) is skipped, and this process makes its own.
-    Every key stays in the JWKS, so tokens of any replica verify."""
+    """The newest signing key this process can open, created on first use. `vault` seals the
+    private key at rest; a key sealed under another vault key (or sealed, for a process without
+    one) is skipped, and this process makes its own. Every key stays in the JWKS, so tokens of
+    any replica verify."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _KEY_LOCK_ID)
         rows = await conn.fetch(
@@ -133,7 +135,7 @@ async def load_signing_key(
         return key
 
 
-def _open(row: asyncpg.Record, vault: Any | None) -> SigningKey | None:
+def _open(row: asyncpg.Record, vault: Vault | None) -> SigningKey | None:
     pem: bytes = row["private_pem"]
     if (row["nonce"] is None) != (vault is None):
         return None

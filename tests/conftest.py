@@ -20,12 +20,11 @@ from starlette.applications import Starlette
 from temporalio.client import Client
 
 from api.app import create_app
-from api.principal import KeyRole
-from api.temporal_gateway import NamespaceWarmup
-from api.tenancy import create_key, create_org
-from api.vault import new_key
 from controlplane.services import EmbeddedPostgres, free_port, start_temporal, stop_process
 from controlplane.settings import Settings
+from controlplane.temporal import NamespaceWarmup
+from controlplane.tenancy import KeyRole, create_key, create_org
+from controlplane.vault import new_key
 
 
 @pytest.fixture(scope="session")

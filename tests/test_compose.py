@@ -104,9 +104,8 @@ def depends_on(service: str) -> dict[str, str]:
 
 
 def test_the_platform_services_are_present() -> None:
-    assert {"postgres", "certs", "temporal", "temporal-ui", "opa", "migrate", "api"} <= set(
-        SERVICES
-    )
+    expected = {"postgres", "certs", "temporal", "temporal-ui", "opa", "migrate", "api"}
+    assert expected | {"system-worker"} <= set(SERVICES)
     assert WORKERS, "at least one worker-<queue> service"
     assert SERVICES["postgres"]["image"].startswith("postgres:16")
     assert SERVICES["temporal"]["image"].startswith(
@@ -119,7 +118,7 @@ def test_the_platform_services_are_present() -> None:
 
 
 def test_our_services_run_our_image() -> None:
-    ours = ["api", "migrate", "certs", *WORKERS]
+    ours = ["api", "migrate", "certs", "system-worker", *WORKERS]
     images = {SERVICES[name]["image"] for name in ours}
     assert len(images) == 1, images
     for name in ours:
@@ -351,3 +350,17 @@ def test_dockerfile_command_is_the_console_script() -> None:
     assert program in scripts
     for service in ["api", "migrate", *WORKERS]:
         assert command(service)[0] in scripts, service
+
+
+def test_the_system_worker_runs_beside_the_api_with_its_credentials() -> None:
+    assert command("system-worker") == ["controlplane", "system-worker"]
+    variables, api = env("system-worker"), env("api")
+    for name in (
+        "DATABASE_URL",
+        "TEMPORAL_ADDRESS",
+        "TEMPORAL_NAMESPACE",
+        "CONTROLPLANE_SECRET_KEY",
+    ):
+        assert variables[name] == api[name], name
+    assert variables["TEMPORAL_TLS"] == "true"
+    assert depends_on("system-worker")["api"] == "service_healthy"

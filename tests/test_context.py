@@ -12,8 +12,8 @@ import asyncpg
 import httpx
 import pytest
 
-from api.context import ContextLayer, ResolvedContext, context_prompt, resolve_context
 from api.errors import ApiError
+from controlplane.context import ContextLayer, ResolvedContext, context_prompt, resolve_context
 from tests.conftest import Tenant, assert_error
 from tests.resource_helpers import (
     MISSING,

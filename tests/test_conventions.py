@@ -20,10 +20,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.app import all_endpoints, create_app
-from api.tenancy import create_key
 from controlplane.logs import JsonFormatter
 from controlplane.services import free_port
 from controlplane.settings import Settings
+from controlplane.tenancy import create_key
 from tests.conftest import Tenant, assert_error, client_for, make_tenant
 
 

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from starlette.applications import Starlette
 
-from api.execution_environment import Layer, merge, token_env_names
+from controlplane.environments import Layer, merge, token_env_names
 from tests.conftest import Tenant, assert_error, client_for
 from tests.resource_helpers import MISSING, assert_all_not_found, create_environment
 from tests.test_secrets import (

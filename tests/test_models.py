@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
-from api.model_catalogue import resolve_model
+from controlplane.models import resolve_model
 from tests.conftest import Tenant, assert_error
 from tests.resource_helpers import (
     assert_all_not_found,

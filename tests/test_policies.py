@@ -19,8 +19,8 @@ import regorus  # type: ignore[import-untyped]
 from starlette.applications import Starlette
 
 from api.app import create_app
-from api.policy_engine import RegorusEngine, get_engine
-from api.routes.policies import agent_scope, enforce
+from controlplane.policies import agent_scope, enforce
+from controlplane.policy_engine import RegorusEngine, get_engine
 from controlplane.services import free_port
 from controlplane.settings import Settings
 from tests.conftest import Tenant, as_worker, assert_error, client_for
@@ -1003,7 +1003,7 @@ async def test_fail_open_setting(fail_open_app: Starlette, tenant: Tenant) -> No
 
 async def test_engine_caches_compiled_policies() -> None:
     engine = RegorusEngine()
-    from api.policy_engine import PolicySource
+    from controlplane.policy_engine import PolicySource
 
     first = PolicySource(id="p", version=1, content=NO_SLEEP, name="p")
     second = PolicySource(id="p", version=2, content=NO_RM, name="p")

@@ -6,7 +6,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from api.reconciler import reconcile_executions
+from controlplane.executions.reconcile import reconcile_executions
 from tests.conftest import Tenant, temporal_for
 from tests.execution_helpers import events_of, execute, make_agent, make_queue
 
@@ -21,7 +21,9 @@ async def test_a_workflow_terminated_outside_settles_its_execution(
     await client.get_workflow_handle(f"agent-execution-{execution_id}").terminate("by hand")
 
     # Other tests' executions share this database, so count only on ours below.
-    assert await reconcile_executions(app.state.cp, quiet_seconds=0) >= 1
+    assert (
+        await reconcile_executions(app.state.cp.pool, app.state.cp.temporal, quiet_seconds=0) >= 1
+    )
     body = (await tenant.viewer.get(f"/api/v1/executions/{execution_id}")).json()
     assert body["status"] == "failed"
     assert "terminated outside the control plane" in body["error_message"]
@@ -30,5 +32,7 @@ async def test_a_workflow_terminated_outside_settles_its_execution(
     assert kinds_before_again[-2:] == ["status", "error"]
     # The live one is only quiet: its workflow still runs.
     assert (await tenant.viewer.get(f"/api/v1/executions/{live}")).json()["status"] == "pending"
-    await reconcile_executions(app.state.cp, quiet_seconds=0)  # settled once, not again
+    await reconcile_executions(
+        app.state.cp.pool, app.state.cp.temporal, quiet_seconds=0
+    )  # settled once, not again
     assert [e["event_type"] for e in await events_of(db, execution_id)] == kinds_before_again

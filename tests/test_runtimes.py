@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from api.model_catalogue import RUNTIMES, compatibility_errors, resolve_model
+from controlplane.models import RUNTIMES, compatibility_errors, resolve_model
 from tests.conftest import Tenant, assert_error
 from tests.resource_helpers import assert_not_found, assert_validation
 

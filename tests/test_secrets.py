@@ -21,10 +21,10 @@ from starlette.applications import Starlette
 from temporalio.client import Client
 
 from api.app import create_app
-from api.vault import Vault, VaultError, VaultKeyError, parse_key
 from controlplane.dev import DevError, dev_secret_key
 from controlplane.logs import JsonFormatter
 from controlplane.settings import Settings
+from controlplane.vault import Vault, VaultError, VaultKeyError, parse_key
 from tests.conftest import Tenant, assert_error, client_for
 from tests.resource_helpers import assert_validation, create_environment, create_queue, rows_of
 

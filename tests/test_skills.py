@@ -1,6 +1,6 @@
 """`/api/v1/skills` and `/api/v1/toolsets` (reference §3.10): the catalogue, CRUD, associations,
 resolution along environments → team environments → team → agent, and the tool specs an
-execution offers (controlplane/tool_catalogue.py, api/skills.py)."""
+execution offers (controlplane/tool_catalogue.py, controlplane/skills.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from api.errors import ApiError
-from api.skills import resolve_agent_skills, tools_for_agent
+from controlplane.skills import resolve_agent_skills, tools_for_agent
 from controlplane.tool_catalogue import (
     SKILL_TYPES,
     effective_config,

@@ -13,6 +13,10 @@ from typing import Any
 
 AGENT_EXECUTION_WORKFLOW = "AgentExecutionWorkflow"
 QUEUE_PROBE_WORKFLOW = "QueueProbeWorkflow"
+# The control plane's own workflows, on its system worker's task queue.
+HOUSEKEEPING_WORKFLOW = "HousekeepingWorkflow"
+PRUNE_COUNTERS = "prune_counters"
+RECONCILE_EXECUTIONS = "reconcile_executions"
 # Signals and the query of an execution's workflow (reference §5.1).
 ADD_MESSAGE = "add_message"
 MARK_AS_DONE = "mark_as_done"
@@ -243,3 +247,15 @@ class ToolOutcome:
     is_error: bool = False
     status: str = "success"  # success | error | denied
     violations: list[str] = field(default_factory=list)
+
+
+# --- the control plane's own workflows ---------------------------------------------------------
+
+
+@dataclass
+class HousekeepingResult:
+    """What one housekeeping round did: stale counters and idempotency records removed, and
+    executions settled from their closed workflows."""
+
+    pruned: int = 0
+    settled: int = 0

@@ -11,19 +11,19 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import AliasChoices, BaseModel, Field
 
-from api.db import conflict_on_duplicate, patch_assignments
 from api.errors import ApiError, not_found
-from api.model_catalogue import (
+from api.pagination import ListQuery, Page, fetch_page
+from api.routing import Call, Router
+from api.schemas import Deleted, PatchBody
+from controlplane.db import conflict_on_duplicate, patch_assignments
+from controlplane.environments import ExecutionEnvironmentIn
+from controlplane.models import (
     RuntimeId,
     check_runtime_model,
     config_errors,
     default_model_row,
 )
-from api.pagination import ListQuery, Page, fetch_page
-from api.routes.environments import ExecutionEnvironmentIn
-from api.routes.projects import default_project
-from api.routing import Call, Router
-from api.schemas import Deleted, PatchBody
+from controlplane.projects import default_project_id
 
 router = Router("agents")
 
@@ -275,7 +275,7 @@ async def create_agent(call: Call, body: AgentCreate) -> AgentOut:
         configuration=configuration,
         environment_ids=environment_ids,
     )
-    project = await default_project(call)
+    project_id = await default_project_id(call.db, call.org)
     agent_id = uuid.uuid4()
     async with call.db.acquire() as conn, conn.transaction():
         with conflict_on_duplicate(f"An agent named '{body.name}' exists"):
@@ -305,7 +305,7 @@ async def create_agent(call: Call, body: AgentCreate) -> AgentOut:
             "INSERT INTO project_agents (id, project_id, agent_id, added_by) "
             "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             uuid.uuid4(),
-            project.id,
+            project_id,
             agent_id,
             call.principal.actor,
         )

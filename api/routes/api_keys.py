@@ -9,10 +9,9 @@ from pydantic import BaseModel, Field, model_validator
 
 from api.errors import not_found
 from api.pagination import ListQuery, Page, fetch_page
-from api.principal import KeyRole
 from api.routing import Call, Router
-from api.tenancy import KEY_COLUMNS, UnknownQueue, create_key, revoke_key
 from api.worker_credentials import require_mint_budget
+from controlplane.tenancy import KEY_COLUMNS, KeyRole, UnknownQueue, create_key, revoke_key
 
 router = Router("api-keys")
 

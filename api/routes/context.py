@@ -13,9 +13,9 @@ from typing import Annotated, Any
 import asyncpg
 from pydantic import BaseModel, Field
 
-from api.context import EntityType, ResolvedContext, entity_id_for, resolve_context
-from api.db import Queryable
 from api.routing import Call, Router
+from controlplane.context import EntityType, ResolvedContext, entity_id_for, resolve_context
+from controlplane.db import Queryable
 
 router = Router("context")
 

@@ -8,23 +8,16 @@ from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
-from api.db import conflict_on_duplicate, patch_assignments
 from api.errors import not_found
 from api.pagination import ListQuery, Page, fetch_page
-from api.routes.worker_queues import (
-    COLUMNS as QUEUE_COLUMNS,
-)
-from api.routes.worker_queues import (
-    NAME_PATTERN,
-    WorkerCommand,
-    WorkerQueueOut,
-    live_workers_sql,
-    worker_command_for,
-)
+from api.queue_shapes import WorkerCommand, WorkerQueueOut, worker_command_for
 from api.routing import Call, Router
 from api.schemas import Deleted, PatchBody
+from controlplane.db import conflict_on_duplicate, patch_assignments
+from controlplane.environments import ExecutionEnvironmentIn
+from controlplane.queues import NAME_PATTERN, QUEUE_COLUMNS, live_workers_sql
 
 router = Router("environments")
 
@@ -43,41 +36,6 @@ COLUMNS = (
     f"{live_workers_sql(_IN_ENV, 'idle')} AS idle_workers, "
     f"{live_workers_sql(_IN_ENV, 'busy')} AS busy_workers"
 )
-
-
-class McpServer(BaseModel, extra="allow"):
-    """stdio `{command, args, env}` or http/sse `{type, url, headers}`."""
-
-    command: str | None = None
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    type: Literal["stdio", "http", "sse"] | None = None
-    url: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-
-
-class ExecutionEnvironment(BaseModel):
-    env_vars: dict[str, str] = Field(default_factory=dict)
-    secrets: list[str] = Field(default_factory=list)
-    integration_ids: list[str] = Field(default_factory=list)
-    mcp_servers: dict[str, McpServer] = Field(default_factory=dict)
-
-
-class ExecutionEnvironmentIn(ExecutionEnvironment):
-    """An execution environment as a client writes it on an environment, team or agent: MCP
-    servers here are remote (http/sse). A server that runs a command on the worker (stdio) comes
-    only from a skill of type mcp_server, which only admins write."""
-
-    @field_validator("mcp_servers")
-    @classmethod
-    def remote_only(cls, servers: dict[str, McpServer]) -> dict[str, McpServer]:
-        stdio = [name for name, s in servers.items() if s.command or s.type == "stdio"]
-        if stdio:
-            raise ValueError(
-                f"{', '.join(stdio)}: stdio MCP servers (a command run on the worker) come from "
-                "skills of type mcp_server; here only http/sse servers (url) are allowed"
-            )
-        return servers
 
 
 class EnvironmentCreate(BaseModel):

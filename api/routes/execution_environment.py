@@ -14,18 +14,17 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from api.access import execution_for, vault_of
 from api.errors import ApiError, not_found
-from api.execution_environment import (
+from api.routing import Call, Router
+from controlplane.environments import (
     Layer,
     ResolvedEnvironment,
     ResolvedIntegration,
     resolve_for_agent,
     resolve_for_execution,
 )
-from api.routes.executions import load_execution
-from api.routes.secrets import vault
-from api.routing import Call, Router
-from api.vault import Reader, reveal
+from controlplane.vault import Reader, reveal
 from workflows.contracts import TERMINAL_STATES
 from workflows.templates import TemplateError, render_config
 
@@ -199,7 +198,7 @@ async def execution_environment(call: Call) -> EnvironmentValues:
     """Worker → control plane: the running execution's env vars, secret values, MCP server
     configs and integration credentials, every secret read audited. Worker tokens only, for
     executions on their queue that have not ended."""
-    execution = await load_execution(call)
+    execution = await execution_for(call)
     execution_id: uuid.UUID = execution["id"]
     if execution["status"] in TERMINAL_STATES:
         # Values are served while the run needs them, not after.
@@ -210,7 +209,7 @@ async def execution_environment(call: Call) -> EnvironmentValues:
     if names:
         reader = Reader(call.principal.actor, "execution_environment", execution_id)
         async with call.db.acquire() as conn, conn.transaction():
-            secrets = await reveal(conn, vault(call), call.org, names, reader)
+            secrets = await reveal(conn, vault_of(call), call.org, names, reader)
     env = {
         name: _rendered(f"env_vars.{name}", value, resolved.env_vars, secrets)
         for name, value in resolved.env_vars.items()

@@ -15,12 +15,14 @@ from starlette.responses import Response, StreamingResponse
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError
 
-from api.db import Conn, Queryable
-from api.errors import ApiError, not_found
-from api.event_stream import append_event, stream_events
+from api.access import execution_for
+from api.errors import ApiError
+from api.event_stream import stream_events
 from api.pagination import ListQuery, Page, fetch_page
 from api.routing import Call, Router
 from api.schemas import Deleted
+from controlplane.executions.events import append_event
+from controlplane.executions.lifecycle import COLUMNS, Report, report
 from workflows.contracts import (
     ADD_MESSAGE,
     MARK_AS_DONE,
@@ -43,12 +45,6 @@ ExecutionStatus = Literal[
     "failed",
     "cancelled",
 ]
-COLUMNS = (
-    "id, organization_id, execution_type, entity_id, entity_name, prompt, system_prompt, status, "
-    "response, error_message, usage, execution_metadata, runner_name, user_id, user_name, "
-    "user_email, user_avatar, created_at, started_at, completed_at, updated_at, "
-    "last_message_at, last_message_preview, temporal_workflow_id, worker_queue_id"
-)
 
 
 class Participant(BaseModel):
@@ -177,34 +173,6 @@ class StreamQuery(BaseModel):
     last_event_id: int | None = Field(None, ge=0)
 
 
-def _worker_scope(call: Call, first_param: int) -> tuple[str, list[Any]]:
-    """A worker token reaches only executions on its own queue."""
-    if not call.principal.is_worker_token:
-        return "", []
-    return f" AND worker_queue_id = ${first_param}", [call.principal.worker_queue_id]
-
-
-async def load_execution(
-    call: Call,
-    conn: Queryable | None = None,
-    *,
-    lock: bool = False,
-) -> asyncpg.Record:
-    execution_id = call.path_uuid("execution_id", "Execution")
-    scope, args = _worker_scope(call, 3)
-    row = await (conn or call.db).fetchrow(
-        f"SELECT {COLUMNS} FROM executions WHERE id = $1 AND organization_id = $2{scope}"
-        + (" FOR UPDATE" if lock else ""),
-        execution_id,
-        call.org,
-        *args,
-    )
-    if row is None:
-        raise not_found("Execution", execution_id)
-    record: asyncpg.Record = row
-    return record
-
-
 async def execution_out(call: Call, row: asyncpg.Record) -> ExecutionOut:
     participants = await call.db.fetch(
         "SELECT id, user_id, user_name, user_email, user_avatar, role, joined_at, last_active_at "
@@ -240,13 +208,13 @@ async def list_executions(call: Call, query: ExecutionQuery) -> Page[ExecutionOu
 @router.get("/api/v1/executions/{execution_id}")
 async def get_execution(call: Call) -> ExecutionOut:
     """One execution with its participants."""
-    return await execution_out(call, await load_execution(call))
+    return await execution_out(call, await execution_for(call))
 
 
 @router.get("/api/v1/executions/{execution_id}/transitions")
 async def list_transitions(call: Call) -> TransitionList:
     """Every status change of the execution, with its time, oldest first."""
-    row = await load_execution(call)
+    row = await execution_for(call)
     rows = await call.db.fetch(
         "SELECT from_state, to_state, reasoning, created_at FROM execution_transitions "
         "WHERE execution_id = $1 ORDER BY id",
@@ -262,87 +230,17 @@ async def report_status(call: Call, body: StatusReport) -> ExecutionOut:
     """Worker → control plane: status and result. Records the transition and streams a
     `status` event, and `done` or `error` when the execution ends."""
     async with call.db.acquire() as conn, conn.transaction():
-        current = await load_execution(call, conn, lock=True)
-        execution_id = current["id"]
-        stale = body.version is not None and body.version <= await conn.fetchval(
-            "SELECT status_version FROM executions WHERE id = $1", execution_id
-        )
-        if not stale:
-            await apply_report(conn, current, body)
-        row = await load_execution(call, conn)
+        current = await execution_for(call, conn, lock=True)
+        await report(conn, current, Report(**body.model_dump()))
+        row = await execution_for(call, conn)
     return await execution_out(call, row)
-
-
-async def apply_report(conn: Conn, current: asyncpg.Record, body: StatusReport) -> None:
-    execution_id = current["id"]
-    new_status = body.status or current["status"]
-    if current["status"] in TERMINAL_STATES and new_status != current["status"]:
-        return  # an execution that ended stays ended
-    now = datetime.now(UTC)
-    started = body.started_at or (now if body.mark_started else None)
-    completed = body.completed_at or (now if body.mark_completed else None)
-    await conn.execute(
-        "UPDATE executions SET status = $2, response = coalesce($3, response), "
-        "error_message = coalesce($4, error_message), usage = coalesce($5, usage), "
-        "execution_metadata = execution_metadata || coalesce($6, '{}'::jsonb), "
-        "started_at = coalesce(started_at, $7), completed_at = coalesce(completed_at, $8), "
-        "status_version = greatest(status_version, coalesce($9, status_version)), "
-        "updated_at = now() WHERE id = $1",
-        execution_id,
-        new_status,
-        body.response,
-        body.error_message,
-        body.usage,
-        body.execution_metadata,
-        started,
-        completed,
-        body.version,
-    )
-    if new_status == current["status"]:
-        return
-    await conn.execute(
-        "INSERT INTO execution_transitions (execution_id, organization_id, from_state, to_state, "
-        "reasoning) VALUES ($1, $2, $3, $4, $5)",
-        execution_id,
-        current["organization_id"],
-        current["status"],
-        new_status,
-        body.reason,
-    )
-    await append_event(
-        conn, execution_id, "status", {"status": new_status, "execution_id": str(execution_id)}
-    )
-    if new_status == "completed":
-        await append_event(
-            conn,
-            execution_id,
-            "done",
-            {
-                "execution_id": str(execution_id),
-                "status": new_status,
-                "response": body.response,
-                "usage": body.usage or {},
-            },
-        )
-    elif new_status in ("failed", "cancelled"):
-        await append_event(
-            conn,
-            execution_id,
-            "error",
-            {
-                "execution_id": str(execution_id),
-                "status": new_status,
-                "error": body.error_message or new_status,
-                "error_type": "cancelled" if new_status == "cancelled" else "execution_failed",
-            },
-        )
 
 
 @router.post("/api/v1/executions/{execution_id}/events", status=202, role="worker_token")
 async def publish_event(call: Call, body: EventIn) -> EventAccepted:
     """Worker → control plane: one stream event; a repeated `event_key` is stored once."""
     async with call.db.acquire() as conn, conn.transaction():
-        row = await load_execution(call, conn, lock=True)
+        row = await execution_for(call, conn, lock=True)
         data = dict(body.data)
         seq = await append_event(conn, row["id"], body.event_type, data, body.event_key)
         if seq is not None and body.event_type == "message" and data.get("content"):
@@ -358,7 +256,7 @@ async def publish_event(call: Call, body: EventIn) -> EventAccepted:
 @router.post("/api/v1/executions/{execution_id}/session", status=201, role="worker_token")
 async def persist_session(call: Call, body: SessionIn) -> SessionOut:
     """Worker → control plane: the conversation so far (replaces what was stored)."""
-    row = await load_execution(call)
+    row = await execution_for(call)
     await call.db.execute(
         "INSERT INTO sessions (execution_id, session_id, organization_id, user_id, messages, "
         "metadata) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (execution_id) DO UPDATE SET "
@@ -382,7 +280,7 @@ async def persist_session(call: Call, body: SessionIn) -> SessionOut:
 @router.get("/api/v1/executions/{execution_id}/session")
 async def get_session(call: Call) -> SessionOut:
     """The stored conversation of an execution."""
-    row = await load_execution(call)
+    row = await execution_for(call)
     session = await call.db.fetchrow(
         "SELECT session_id, messages, metadata FROM sessions WHERE execution_id = $1", row["id"]
     )
@@ -395,7 +293,7 @@ async def get_session(call: Call) -> SessionOut:
 async def stream(call: Call, query: StreamQuery) -> Response:
     """SSE: `connected`, the history (or what follows Last-Event-ID), `history_complete`, then
     live events until `done` or `error`; a keepalive comment every 15 s."""
-    row = await load_execution(call)
+    row = await execution_for(call)
     last_event_id = query.last_event_id
     header = call.request.headers.get("last-event-id")
     if header is not None:
@@ -446,7 +344,7 @@ async def _signal(call: Call, row: asyncpg.Record, signal: str, *args: Any) -> s
 @router.post("/api/v1/executions/{execution_id}/message", status=202)
 async def send_message(call: Call, body: MessageIn) -> MessageAccepted:
     """A follow-up user message (signal `add_message`)."""
-    row = await load_execution(call)
+    row = await execution_for(call)
     _require_status(row, ("pending", "running", "waiting_for_input", "paused"), "message")
     now = datetime.now(UTC)
     message = ChatMessage(
@@ -469,7 +367,7 @@ async def send_message(call: Call, body: MessageIn) -> MessageAccepted:
 @router.post("/api/v1/executions/{execution_id}/pause")
 async def pause(call: Call) -> ActionResult:
     """Hold the execution after its current step (signal `pause_execution`)."""
-    row = await load_execution(call)
+    row = await execution_for(call)
     _require_status(row, ("running", "waiting_for_input"), "pause")
     workflow_id = await _signal(call, row, PAUSE_EXECUTION)
     return ActionResult(
@@ -484,7 +382,7 @@ async def pause(call: Call) -> ActionResult:
 @router.post("/api/v1/executions/{execution_id}/resume")
 async def resume(call: Call) -> ActionResult:
     """Continue a paused execution (signal `resume_execution`)."""
-    row = await load_execution(call)
+    row = await execution_for(call)
     _require_status(row, ("paused",), "resume")
     workflow_id = await _signal(call, row, RESUME_EXECUTION)
     return ActionResult(
@@ -499,7 +397,7 @@ async def resume(call: Call) -> ActionResult:
 @router.post("/api/v1/executions/{execution_id}/mark-done", status=202)
 async def mark_done(call: Call) -> ActionResult:
     """End the conversation after the current turn (signal `mark_as_done`)."""
-    row = await load_execution(call)
+    row = await execution_for(call)
     _require_status(row, ("pending", "running", "waiting_for_input", "paused"), "mark done")
     workflow_id = await _signal(call, row, MARK_AS_DONE)
     return ActionResult(
@@ -514,7 +412,7 @@ async def mark_done(call: Call) -> ActionResult:
 @router.post("/api/v1/executions/{execution_id}/cancel")
 async def cancel(call: Call) -> ActionResult:
     """Cancel the workflow; the execution ends `cancelled`."""
-    row = await load_execution(call)
+    row = await execution_for(call)
     _require_status(row, ("pending", "running", "waiting_for_input", "paused"), "cancel")
     handle = await _handle(call, row)
     try:
@@ -537,7 +435,7 @@ async def cancel(call: Call) -> ActionResult:
 @router.delete("/api/v1/executions/{execution_id}")
 async def delete_execution(call: Call) -> Deleted:
     """Delete an execution's records; a live workflow is terminated first."""
-    row = await load_execution(call)
+    row = await execution_for(call)
     if row["status"] not in TERMINAL_STATES:
         handle = await _handle(call, row)
         with contextlib.suppress(RPCError):  # already closed

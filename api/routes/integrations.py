@@ -21,19 +21,19 @@ from typing import Annotated, Any, Literal
 import asyncpg
 from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
-from api.db import conflict_on_duplicate, patch_assignments
+from api.access import running_execution_for_worker, vault_of
 from api.errors import ApiError, not_found
-from api.execution_environment import (
+from api.pagination import ListQuery, Page, fetch_page
+from api.routing import Call, Router
+from api.schemas import Deleted, PatchBody
+from controlplane.db import conflict_on_duplicate, patch_assignments
+from controlplane.environments import (
     INTEGRATION_ENV,
     integration_from_row,
     resolve_for_execution,
     token_env_names,
 )
-from api.pagination import ListQuery, Page, fetch_page
-from api.routes.secrets import execution_for_worker, vault
-from api.routing import Call, Router
-from api.schemas import Deleted, PatchBody
-from api.vault import NAME_PATTERN, Reader, reveal
+from controlplane.vault import NAME_PATTERN, Reader, reveal
 
 router = Router("integrations")
 
@@ -417,7 +417,7 @@ async def _token(call: Call, kind: str, raw_execution_id: str | None) -> Integra
     execution_id: uuid.UUID | None = None
     purpose = "integration_token"
     if call.principal.is_worker_token:
-        execution = await execution_for_worker(call, raw_execution_id)
+        execution = await running_execution_for_worker(call, raw_execution_id)
         execution_id = execution["id"]
         resolved = await resolve_for_execution(call.db, call.org, execution_id)
         if str(row["id"]) not in {i.id for i in resolved.integrations}:
@@ -431,7 +431,7 @@ async def _token(call: Call, kind: str, raw_execution_id: str | None) -> Integra
         raise ApiError(409, f"Integration '{row['id']}' is {row['status']}")
     reader = Reader(call.principal.actor, purpose, execution_id)
     async with call.db.acquire() as conn, conn.transaction():
-        values = await reveal(conn, vault(call), call.org, [integration.token_secret], reader)
+        values = await reveal(conn, vault_of(call), call.org, [integration.token_secret], reader)
     if integration.token_secret not in values:
         raise ApiError(
             404,

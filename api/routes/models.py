@@ -11,9 +11,12 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel, Field, RootModel
 
-from api.db import conflict_on_duplicate, patch_assignments
 from api.errors import ApiError, not_found
-from api.model_catalogue import (
+from api.pagination import ListQuery, Page, fetch_page
+from api.routing import Call, Router
+from api.schemas import Deleted, PatchBody
+from controlplane.db import conflict_on_duplicate, patch_assignments
+from controlplane.models import (
     MODEL_COLUMNS,
     RUNTIME_IDS,
     VISIBLE,
@@ -23,9 +26,6 @@ from api.model_catalogue import (
     find_model_row,
     runtime_rule_errors,
 )
-from api.pagination import ListQuery, Page, fetch_page
-from api.routing import Call, Router
-from api.schemas import Deleted, PatchBody
 
 router = Router("models")
 

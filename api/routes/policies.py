@@ -1,14 +1,7 @@
 """`/api/v1/policies` (reference §3.14, §9): Rego policies, their associations with agents,
-teams, environments and roles, resolution with inheritance, evaluation, and the enforcement
-check that workers make before every tool call (`POST /policies/enforce`).
-
-Resolution: an agent's policies are its own associations plus those of its environments and of
-its team, and the policies its projects (`settings.policy_ids`) and resolved context
-(`policy_ids`) list by id. A run adds its queue's environment and the role of the key that
-started it (`role` associations). Each association has a priority (by default environment 300,
-team 200, agent 100, role 100); a policy attached at several levels counts once, at its highest
-priority. There is no teams table yet: the team layer is in the code and stays empty until one
-exists, and team entities answer 404 until then.
+teams, environments and roles, the resolved policies of an entity, evaluation, and the check
+workers make before every tool call (`POST /policies/enforce`). Resolution and the checks
+themselves are the domain's (controlplane/policies.py); this module is their HTTP shape.
 
 Policies and associations are written by admin keys only: they decide what every agent may do.
 """
@@ -17,35 +10,34 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
 from pydantic import BaseModel, Field, RootModel, model_validator
 
-from api.context import resolve_context
-from api.db import Queryable, conflict_on_duplicate, patch_assignments
 from api.errors import ApiError, not_found
-from api.execution_environment import resolve_for_execution
 from api.pagination import ListQuery, Page, fetch_page
-from api.policy_engine import (
-    PolicyEngine,
-    PolicyResult,
-    PolicySource,
-    decide,
-    get_engine,
-)
 from api.routing import Call, Router
 from api.schemas import Deleted, PatchBody
-from workflows.contracts import TERMINAL_STATES
+from controlplane.db import conflict_on_duplicate, patch_assignments
+from controlplane.policies import (
+    DEFAULT_PRIORITY,
+    Evaluation,
+    check_entity,
+    check_tool_call,
+    entity_scope,
+    evaluate,
+    org_enabled_policies,
+    resolve_layers,
+    scope_policies,
+    source_of,
+)
+from controlplane.policy_engine import PolicyEngine, PolicySource, get_engine
 
 router = Router("policies")
 
 EntityType = Literal["agent", "team", "environment", "role"]
-DEFAULT_PRIORITY: dict[str, int] = {"environment": 300, "team": 200, "agent": 100, "role": 100}
-# At equal priority the broader layer's association is the one reported.
-LAYER_RANK: dict[str, int] = {"environment": 0, "team": 1, "agent": 2, "role": 3}
 MAX_REGO_CHARS = 256 * 1024
 
 COLUMNS = (
@@ -325,107 +317,6 @@ def _policy_out(row: asyncpg.Record) -> PolicyOut:
     return PolicyOut.model_validate(dict(row))
 
 
-def _source(row: asyncpg.Record) -> PolicySource:
-    return PolicySource(
-        id=str(row["id"]), version=row["version"], content=row["policy_content"], name=row["name"]
-    )
-
-
-def _as_uuid(raw: str, kind: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise not_found(kind, raw) from None
-
-
-def _canonical(ident: str) -> str:
-    """Associations store uuids in their canonical text form."""
-    try:
-        return str(uuid.UUID(ident))
-    except ValueError:
-        return ident
-
-
-async def _teams_table(db: Queryable) -> bool:
-    return bool(await db.fetchval("SELECT to_regclass('teams') IS NOT NULL"))
-
-
-async def _check_entity(db: Queryable, org: str, entity_type: str, entity_id: str) -> None:
-    """404 unless the entity is the organization's (roles are names: any will do)."""
-    if entity_type == "role":
-        return
-    kind = {"agent": "Agent", "environment": "Environment", "team": "Team"}[entity_type]
-    ident = _as_uuid(entity_id, kind)
-    if entity_type == "team" and not await _teams_table(db):
-        raise not_found(kind, entity_id)
-    table = {"agent": "agents", "environment": "environments", "team": "teams"}[entity_type]
-    found = await db.fetchval(
-        f"SELECT 1 FROM {table} WHERE id = $1 AND organization_id = $2", ident, org
-    )
-    if found is None:
-        raise not_found(kind, entity_id)
-
-
-async def _agent_layers(db: Queryable, org: str, agent_id: str) -> list[tuple[str, str]]:
-    """The agent's environments, its team (when a teams table exists) and itself."""
-    ident = _as_uuid(agent_id, "Agent")
-    row = await db.fetchrow(
-        "SELECT environment_ids, team_id, to_regclass('teams') IS NOT NULL AS has_teams "
-        "FROM agents WHERE id = $1 AND organization_id = $2",
-        ident,
-        org,
-    )
-    if row is None:
-        raise not_found("Agent", agent_id)
-    layers = [("environment", str(env)) for env in row["environment_ids"]]
-    if row["team_id"] is not None and row["has_teams"]:
-        layers.append(("team", str(row["team_id"])))
-    layers.append(("agent", str(ident)))
-    return layers
-
-
-async def _entity_layers(
-    db: Queryable, org: str, entity_type: str, entity_id: str
-) -> list[tuple[str, str]]:
-    if entity_type == "agent":
-        return await _agent_layers(db, org, entity_id)
-    await _check_entity(db, org, entity_type, entity_id)
-    ident = entity_id if entity_type == "role" else str(uuid.UUID(entity_id))
-    return [(entity_type, ident)]
-
-
-async def resolve_layers(
-    db: Queryable, org: str, layers: Sequence[tuple[str, str]]
-) -> list[asyncpg.Record]:
-    """The enabled associations of these (entity_type, entity_id) layers, one per policy at its
-    highest priority (ties: the broader layer), highest priority first. Associations of
-    environments that no longer exist are skipped."""
-    if not layers:
-        return []
-    types = [layer[0] for layer in layers]
-    ids = [layer[1] for layer in layers]
-    rows = await db.fetch(
-        "SELECT * FROM (SELECT DISTINCT ON (p.id) p.id, p.name, p.description, "
-        "p.policy_content, p.enabled AS policy_enabled, p.version, a.entity_type AS source_type, "
-        "a.entity_id AS source_id, a.priority, a.metadata AS association_metadata "
-        "FROM policy_associations a "
-        "JOIN policies p ON p.id = a.policy_id AND p.organization_id = a.organization_id "
-        "JOIN unnest($2::text[], $3::text[]) AS l(entity_type, entity_id) "
-        "ON l.entity_type = a.entity_type AND l.entity_id = a.entity_id "
-        "WHERE a.organization_id = $1 AND a.enabled AND (a.entity_type <> 'environment' "
-        "OR EXISTS (SELECT 1 FROM environments e WHERE e.organization_id = a.organization_id "
-        "AND e.id::text = a.entity_id)) "
-        "ORDER BY p.id, a.priority DESC, "
-        "array_position($4::text[], a.entity_type)) resolved "
-        "ORDER BY priority DESC, name, id",
-        org,
-        types,
-        ids,
-        sorted(LAYER_RANK, key=LAYER_RANK.__getitem__),
-    )
-    return list(rows)
-
-
 async def _policies_by_id(call: Call, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, PolicyOut]:
     rows = await call.db.fetch(
         f"SELECT {COLUMNS} FROM policies WHERE organization_id = $1 AND id = ANY($2::uuid[])",
@@ -435,145 +326,31 @@ async def _policies_by_id(call: Call, ids: Sequence[uuid.UUID]) -> dict[uuid.UUI
     return {row["id"]: _policy_out(row) for row in rows}
 
 
-async def _evaluate(
-    engine: PolicyEngine,
-    policies: Sequence[PolicySource],
-    input: Mapping[str, Any],
-    *,
-    fail_open: bool,
-) -> EvaluationOut:
-    results: dict[str, PolicyResult] = await engine.evaluate(policies, input) if policies else {}
-    decision = decide(policies, results, fail_open=fail_open)
-    outcomes = {
-        policy.id: PolicyOutcome(
-            policy_name=policy.name,
-            allow=results[policy.id].allow,
-            violations=results[policy.id].violations,
-            error=results[policy.id].error,
-        )
-        for policy in policies
-    }
+def _evaluation_out(evaluation: Evaluation) -> EvaluationOut:
     return EvaluationOut(
-        allowed=decision.allowed,
-        violations=decision.violations,
-        policy_results=outcomes,
-        policies_evaluated=len(policies),
-        engine_error=decision.engine_error,
-    )
-
-
-@dataclass
-class PolicyScope:
-    """Which policies govern an action: association layers (entity_type, entity_id) and the
-    policies listed by id in the agent's projects and resolved context."""
-
-    layers: list[tuple[str, str]] = field(default_factory=list)
-    listed: list[tuple[uuid.UUID, str, str]] = field(default_factory=list)  # id, source, source id
-
-
-async def agent_scope(
-    db: Queryable,
-    org: str,
-    agent_id: str | None,
-    *,
-    queue_id: uuid.UUID | None = None,
-    role: str | None = None,
-) -> PolicyScope:
-    """The policies that govern an agent's run: the agent's environments', its team's and its
-    own associations, those of the run's queue's environment, those of the caller's role, and
-    the policy ids its projects and its resolved context list. Everything comes from the
-    control plane's rows, never from what a worker or client claims."""
-    scope = PolicyScope()
-    if queue_id is not None:
-        environment_id = await db.fetchval(
-            "SELECT environment_id FROM worker_queues WHERE id = $1 AND organization_id = $2",
-            queue_id,
-            org,
-        )
-        if environment_id is not None:
-            scope.layers.append(("environment", str(environment_id)))
-    if agent_id is not None:
-        scope.layers += await _agent_layers(db, org, agent_id)
-        scope.listed = await _listed_policies(db, org, uuid.UUID(agent_id))
-    if role is not None:
-        scope.layers.append(("role", role))
-    scope.layers = list(dict.fromkeys(scope.layers))
-    return scope
-
-
-async def _listed_policies(
-    db: Queryable, org: str, agent_id: uuid.UUID
-) -> list[tuple[uuid.UUID, str, str]]:
-    """Policy ids named by the agent's projects (`settings.policy_ids`) and by its resolved
-    context (`policy_ids` of every layer), in that order; ids that are not uuids are skipped
-    (whether they are the organization's policies is checked when they are loaded)."""
-    listed: list[tuple[uuid.UUID, str, str]] = []
-    projects = await db.fetch(
-        "SELECT p.id, p.settings -> 'policy_ids' AS policy_ids FROM project_agents pa "
-        "JOIN projects p ON p.id = pa.project_id "
-        "WHERE pa.agent_id = $1 AND p.organization_id = $2 ORDER BY pa.added_at, p.id",
-        agent_id,
-        org,
-    )
-    for project in projects:
-        for raw in project["policy_ids"] or []:
-            listed += [(ident, "project", str(project["id"])) for ident in _uuid_list([raw])]
-    context = await resolve_context(db, org, "agent", agent_id)
-    for name, layer in context.layers.items():
-        listed += [(ident, "context", name) for ident in _uuid_list(layer.policy_ids)]
-    return listed
-
-
-def _uuid_list(values: Sequence[Any]) -> list[uuid.UUID]:
-    out = []
-    for value in values:
-        try:
-            out.append(uuid.UUID(str(value)))
-        except ValueError:
-            continue
-    return out
-
-
-async def scope_policies(db: Queryable, org: str, scope: PolicyScope) -> list[PolicySource]:
-    """The enabled policies of a scope, each once, highest association priority first, then
-    the listed ones."""
-    rows = await resolve_layers(db, org, scope.layers)
-    policies = [_source(row) for row in rows if row["policy_enabled"]]
-    seen = {policy.id for policy in policies}
-    wanted = [ident for ident, _, _ in scope.listed if str(ident) not in seen]
-    if wanted:
-        listed = await db.fetch(
-            "SELECT id, name, version, policy_content FROM policies "
-            "WHERE organization_id = $1 AND id = ANY($2::uuid[]) AND enabled",
-            org,
-            list(dict.fromkeys(wanted)),
-        )
-        by_id = {row["id"]: row for row in listed}
-        for ident in dict.fromkeys(wanted):
-            if ident in by_id:
-                policies.append(_source(by_id[ident]))
-    return policies
-
-
-async def enforce(
-    db: Queryable,
-    engine: PolicyEngine,
-    org: str,
-    *,
-    input: dict[str, Any],
-    scope: PolicyScope,
-    fail_open: bool,
-) -> EnforcementDecision:
-    """Evaluate every enabled policy of the scope against `input`. No policy: allowed. A policy
-    the engine could not evaluate denies with "Policy engine error: ..." unless `fail_open`."""
-    policies = await scope_policies(db, org, scope)
-    evaluation = await _evaluate(engine, policies, input, fail_open=fail_open)
-    return EnforcementDecision(
         allowed=evaluation.allowed,
         violations=evaluation.violations,
+        policy_results={
+            ident: PolicyOutcome(
+                policy_name=outcome.policy_name,
+                allow=outcome.allow,
+                violations=outcome.violations,
+                error=outcome.error,
+            )
+            for ident, outcome in evaluation.outcomes.items()
+        },
         policies_evaluated=evaluation.policies_evaluated,
         engine_error=evaluation.engine_error,
     )
+
+
+async def _evaluate(
+    call: Call, policies: Sequence[PolicySource], input: Mapping[str, Any]
+) -> EvaluationOut:
+    evaluation = await evaluate(
+        _engine(call), policies, input, fail_open=call.state.settings.policy_fail_open
+    )
+    return _evaluation_out(evaluation)
 
 
 def _authorization_input(call: Call, body: AuthorizationBody) -> dict[str, Any]:
@@ -588,25 +365,9 @@ def _authorization_input(call: Call, body: AuthorizationBody) -> dict[str, Any]:
     }
 
 
-async def _org_enabled_policies(call: Call) -> list[PolicySource]:
-    rows = await call.db.fetch(
-        "SELECT id, name, version, policy_content FROM policies "
-        "WHERE organization_id = $1 AND enabled ORDER BY created_at, id",
-        call.org,
-    )
-    return [_source(row) for row in rows]
-
-
-async def _entity_scope(call: Call, entity_type: str, entity_id: str) -> PolicyScope:
-    if entity_type == "agent":
-        return await agent_scope(call.db, call.org, str(_as_uuid(entity_id, "Agent")))
-    return PolicyScope(layers=await _entity_layers(call.db, call.org, entity_type, entity_id))
-
-
 async def _entity_policies(call: Call, entity_type: str, entity_id: str) -> list[PolicySource]:
-    return await scope_policies(
-        call.db, call.org, await _entity_scope(call, entity_type, entity_id)
-    )
+    scope = await entity_scope(call.db, call.org, entity_type, entity_id)
+    return await scope_policies(call.db, call.org, scope)
 
 
 def _engine(call: Call) -> PolicyEngine:
@@ -676,87 +437,23 @@ async def enforce_policies(call: Call, body: EnforceBody) -> EnforcementDecision
     ended) make this call? The tool must be one the execution was started with (or, with
     `mcp_server`, a server of its environment); everything else in the policy input comes from
     the control plane's rows. Engine errors deny unless the server runs with POLICY_FAIL_OPEN."""
-    execution = await call.db.fetchrow(
-        "SELECT e.id, e.entity_id, e.entity_name, e.status, e.worker_queue_id, e.tools, "
-        "e.user_id, e.user_name, e.user_email, e.user_role, a.team_id, a.environment_ids "
-        "FROM executions e LEFT JOIN agents a "
-        "ON a.id = e.entity_id AND a.organization_id = e.organization_id "
-        "WHERE e.id = $1 AND e.organization_id = $2 AND e.worker_queue_id = $3",
-        body.execution_id,
-        call.org,
-        call.principal.worker_queue_id,
-    )
-    if execution is None or execution["status"] in TERMINAL_STATES:
-        raise not_found("Running execution", body.execution_id)
-    tool = await _claimed_tool(call, execution, body)
-    if tool is None:
-        return EnforcementDecision(
-            allowed=False,
-            violations=[f"'{body.tool_name}' is not one of this execution's tools"],
-            policies_evaluated=0,
-        )
-    agent_id = str(execution["entity_id"]) if execution["entity_id"] else None
-    scope = await agent_scope(
-        call.db,
-        call.org,
-        agent_id,
-        queue_id=execution["worker_queue_id"],
-        role=execution["user_role"],
-    )
-    policy_input = {
-        "action": "tool_execution",
-        "tool": {**tool, "arguments": body.arguments},
-        "user": {
-            "id": execution["user_id"],
-            "name": execution["user_name"],
-            "email": execution["user_email"],
-            "roles": [execution["user_role"]] if execution["user_role"] else [],
-        },
-        "organization": {"id": call.org},
-        "team": {"id": str(execution["team_id"])} if execution["team_id"] else None,
-        "execution": {
-            "execution_id": str(execution["id"]),
-            "agent_id": agent_id,
-            "agent_name": execution["entity_name"],
-            "environment_ids": [ident for kind, ident in scope.layers if kind == "environment"],
-            "worker_queue_id": str(execution["worker_queue_id"]),
-            "timestamp": datetime.now(UTC).isoformat(),
-        },
-    }
-    return await enforce(
+    decision = await check_tool_call(
         call.db,
         _engine(call),
         call.org,
-        input=policy_input,
-        scope=scope,
+        queue_id=call.principal.worker_queue_id,
+        execution_id=body.execution_id,
+        tool_name=body.tool_name,
+        arguments=body.arguments,
+        mcp_server=body.mcp_server,
         fail_open=call.state.settings.policy_fail_open,
     )
-
-
-async def _claimed_tool(
-    call: Call, execution: asyncpg.Record, body: EnforceBody
-) -> dict[str, Any] | None:
-    """The tool as the control plane knows it, or None when the execution has no such tool."""
-    if body.mcp_server is None:
-        for spec in execution["tools"] or []:
-            if spec.get("name") == body.tool_name:
-                return {
-                    "name": spec["name"],
-                    "source": spec.get("source", "builtin"),
-                    "category": spec.get("category", ""),
-                    "risk_level": spec.get("risk_level", "medium"),
-                }
-        return None
-    environment = await resolve_for_execution(call.db, call.org, execution["id"])
-    if body.mcp_server not in environment.mcp_servers:
-        return None
-    return {
-        "name": body.tool_name,
-        "source": "mcp",
-        "category": "mcp",
-        "risk_level": "high",
-        "mcp_server": body.mcp_server,
-    }
+    return EnforcementDecision(
+        allowed=decision.allowed,
+        violations=decision.violations,
+        policies_evaluated=decision.policies_evaluated,
+        engine_error=decision.engine_error,
+    )
 
 
 @router.post("/api/v1/policies/evaluate", role="viewer")
@@ -773,15 +470,13 @@ async def evaluate_any(call: Call, body: EvaluateAnyBody) -> EvaluateAnyOut:
         )
         if row is None:
             raise not_found("Policy", body.policy_id or body.policy_name)
-        policies = [_source(row)]
+        policies = [source_of(row)]
     elif body.entity_type is not None and body.entity_id is not None:
         policies = await _entity_policies(call, body.entity_type, body.entity_id)
     else:
-        policies = await _org_enabled_policies(call)
+        policies = await org_enabled_policies(call.db, call.org)
     input = body.input if body.input is not None else (body.input_data or {})
-    result = await _evaluate(
-        _engine(call), policies, input, fail_open=call.state.settings.policy_fail_open
-    )
+    result = await _evaluate(call, policies, input)
     return EvaluateAnyOut(
         **result.model_dump(),
         allow=result.allowed,
@@ -796,13 +491,8 @@ async def authorize(call: Call, body: AuthorizeBody) -> AuthorizeOut:
     if body.entity_type is not None and body.entity_id is not None:
         policies = await _entity_policies(call, body.entity_type, body.entity_id)
     else:
-        policies = await _org_enabled_policies(call)
-    result = await _evaluate(
-        _engine(call),
-        policies,
-        _authorization_input(call, body),
-        fail_open=call.state.settings.policy_fail_open,
-    )
+        policies = await org_enabled_policies(call.db, call.org)
+    result = await _evaluate(call, policies, _authorization_input(call, body))
     return AuthorizeOut(
         authorized=result.allowed,
         violations=result.violations,
@@ -824,8 +514,7 @@ async def create_association(call: Call, body: AssociationCreate) -> Association
     )
     if policy_id is None:
         raise not_found("Policy", body.policy_id or body.policy_name)
-    await _check_entity(call.db, call.org, body.entity_type, body.entity_id)
-    entity_id = body.entity_id if body.entity_type == "role" else str(uuid.UUID(body.entity_id))
+    entity_id = await check_entity(call.db, call.org, body.entity_type, body.entity_id)
     priority = body.priority if body.priority is not None else DEFAULT_PRIORITY[body.entity_type]
     association_id = uuid.uuid4()
     with conflict_on_duplicate(f"The policy is already attached to this {body.entity_type}"):
@@ -905,7 +594,7 @@ async def resolved_policies(call: Call, query: ResolvedQuery) -> ResolvedPolicie
     own associations, one per policy at its highest priority, highest first; then the policies
     its projects and resolved context list, source `project` or `context`, priority 0)."""
     entity_type = _entity_type(call)
-    scope = await _entity_scope(call, entity_type, call.path["entity_id"])
+    scope = await entity_scope(call.db, call.org, entity_type, call.path["entity_id"])
     rows = await resolve_layers(call.db, call.org, scope.layers)
     resolved = [
         ResolvedPolicy(
@@ -969,9 +658,7 @@ async def evaluate_for_entity(call: Call, body: EvaluateBody) -> EvaluationOut:
                 details={"policy_ids": missing},
             )
         policies = [policy for policy in policies if policy.id in wanted]
-    return await _evaluate(
-        _engine(call), policies, body.input_data, fail_open=call.state.settings.policy_fail_open
-    )
+    return await _evaluate(call, policies, body.input_data)
 
 
 @router.post("/api/v1/policies/check-authorization/{entity_type}/{entity_id}", role="viewer")
@@ -979,12 +666,7 @@ async def check_authorization(call: Call, body: AuthorizationBody) -> Authorizat
     """May the entity do `action` on `resource`? Input: `context`'s keys, `action`, `resource`,
     `context` and `organization`."""
     policies = await _entity_policies(call, _entity_type(call), call.path["entity_id"])
-    result = await _evaluate(
-        _engine(call),
-        policies,
-        _authorization_input(call, body),
-        fail_open=call.state.settings.policy_fail_open,
-    )
+    result = await _evaluate(call, policies, _authorization_input(call, body))
     return AuthorizationOut(
         authorized=result.allowed,
         violations=result.violations,

@@ -10,23 +10,18 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from api.db import conflict_on_duplicate, patch_assignments
 from api.errors import not_found
 from api.pagination import ListQuery, Page, fetch_page
 from api.routing import Call, Router
 from api.schemas import Deleted, PatchBody
+from controlplane.db import conflict_on_duplicate, patch_assignments
+from controlplane.projects import default_project_id
 
 router = Router("projects")
 
 ProjectStatus = Literal["active", "archived", "draft"]
 Visibility = Literal["private", "org"]
 SETTINGS_FIELDS = ("goals", "policy_ids", "default_model", "restrict_to_environment")
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "goals": None,
-    "policy_ids": [],
-    "default_model": None,
-    "restrict_to_environment": False,
-}
 COLUMNS = (
     "id, organization_id, name, key, description, settings, status, visibility, owner_id, "
     "owner_email, created_at, updated_at, archived_at, "
@@ -194,27 +189,8 @@ async def list_projects(call: Call, query: ProjectQuery) -> Page[ProjectOut]:
 
 @router.get("/api/v1/projects/default")
 async def default_project(call: Call) -> ProjectOut:
-    """The organization's "Default" project (key DEFAULT), created on first use.
-
-    A project already keyed DEFAULT, or else one named "Default", is the default one: creating
-    another would collide with it."""
-    find = (
-        f"SELECT {COLUMNS} FROM projects WHERE organization_id = $1 "
-        "AND (key = 'DEFAULT' OR name = 'Default') ORDER BY key = 'DEFAULT' DESC LIMIT 1"
-    )
-    row = await call.db.fetchrow(find, call.org)
-    if row is None:
-        # A concurrent first call may win the insert; the second lookup then finds its row.
-        await call.db.execute(
-            "INSERT INTO projects (id, organization_id, name, key, settings, visibility) "
-            "VALUES ($1, $2, 'Default', 'DEFAULT', $3, 'org') ON CONFLICT DO NOTHING",
-            uuid.uuid4(),
-            call.org,
-            DEFAULT_SETTINGS,
-        )
-        row = await call.db.fetchrow(find, call.org)
-    assert row is not None
-    return ProjectOut.from_row(row)
+    """The organization's "Default" project (key DEFAULT), created on first use."""
+    return await _get(call, await default_project_id(call.db, call.org))
 
 
 @router.get("/api/v1/projects/{project_id}")

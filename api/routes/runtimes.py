@@ -8,13 +8,13 @@ from typing import Any
 from pydantic import BaseModel, Field, RootModel
 
 from api.errors import not_found
-from api.model_catalogue import (
+from api.routing import Call, Router
+from controlplane.models import (
     RUNTIMES,
     RuntimeInfo,
     RuntimeRequirements,
     check_runtime_model,
 )
-from api.routing import Call, Router
 
 router = Router("runtimes")
 

@@ -11,18 +11,16 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-import asyncpg
 from pydantic import BaseModel, Field
 
-from api.db import conflict_on_duplicate, patch_assignments
+from api.access import running_execution_for_worker, vault_of
 from api.errors import ApiError, not_found
-from api.execution_environment import resolve_for_execution
 from api.pagination import ListQuery, Page, fetch_page
-from api.routes.executions import load_execution
 from api.routing import Call, Router
 from api.schemas import PatchBody
-from api.vault import NAME_PATTERN, Reader, Vault, reveal, valid_name, vault_or_error
-from workflows.contracts import TERMINAL_STATES
+from controlplane.db import conflict_on_duplicate, patch_assignments
+from controlplane.environments import resolve_for_execution
+from controlplane.vault import NAME_PATTERN, Reader, reveal, valid_name
 
 router = Router("secrets")
 
@@ -92,10 +90,6 @@ class AccessLogEntry(BaseModel):
     at: datetime
 
 
-def vault(call: Call) -> Vault:
-    return vault_or_error(call.state.settings.secret_key)
-
-
 def _name(call: Call) -> str:
     """A path name that cannot be a secret's names nothing: 404, like a missing one."""
     name = call.path["name"]
@@ -104,24 +98,10 @@ def _name(call: Call) -> str:
     return name
 
 
-async def execution_for_worker(call: Call, raw_id: str | None) -> asyncpg.Record:
-    """The execution a worker token names, which must be on the worker's own queue and not
-    have ended (any other answers 404, as a missing one does)."""
-    if raw_id is None:
-        raise ApiError(
-            400, "A worker token must name the execution that needs it: ?execution_id=<id>"
-        )
-    call.path["execution_id"] = raw_id
-    execution = await load_execution(call)
-    if execution["status"] in TERMINAL_STATES:
-        raise not_found("Running execution", execution["id"])
-    return execution
-
-
 @router.post("/api/v1/secrets", status=201, role="admin")
 async def create_secret(call: Call, body: SecretCreate) -> SecretOut:
     """Store a secret (encrypted); its name is unique in the organization."""
-    sealed = vault(call).seal(call.org, body.name, body.value)
+    sealed = vault_of(call).seal(call.org, body.name, body.value)
     with conflict_on_duplicate(f"A secret named '{body.name}' exists"):
         row = await call.db.fetchrow(
             "INSERT INTO secrets (id, organization_id, name, description, ciphertext, nonce, "
@@ -178,11 +158,11 @@ async def secret_value(call: Call, query: ValueQuery) -> SecretValue:
     """A secret's value, audited. Admin keys; or a worker token with `?execution_id=` of an
     execution on its queue whose resolved environment lists the secret."""
     name = _name(call)
-    sealed_with = vault(call)
+    sealed_with = vault_of(call)
     execution_id: uuid.UUID | None = None
     purpose = "admin_read"
     if call.principal.is_worker_token:
-        execution = await execution_for_worker(call, query.execution_id)
+        execution = await running_execution_for_worker(call, query.execution_id)
         execution_id = execution["id"]
         purpose = "worker_read"
         resolved = await resolve_for_execution(call.db, call.org, execution_id)
@@ -214,7 +194,7 @@ async def update_secret(call: Call, body: SecretUpdate) -> SecretOut:
     name = _name(call)
     changes = body.changes()
     if "value" in changes:
-        sealed = vault(call).seal(call.org, name, changes.pop("value"))
+        sealed = vault_of(call).seal(call.org, name, changes.pop("value"))
         changes.update(
             ciphertext=sealed.ciphertext, nonce=sealed.nonce, key_version=sealed.key_version
         )

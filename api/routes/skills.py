@@ -17,13 +17,13 @@ from typing import Any
 import asyncpg
 from pydantic import AliasChoices, BaseModel, Field, RootModel, field_validator
 
-from api.context import entity_id_for
-from api.db import conflict_on_duplicate, patch_assignments
 from api.errors import ApiError, not_found
 from api.pagination import ListQuery, Page, fetch_page
 from api.routing import Call, Handler, Router
 from api.schemas import Deleted, PatchBody
-from api.skills import (
+from controlplane.context import entity_id_for
+from controlplane.db import conflict_on_duplicate, patch_assignments
+from controlplane.skills import (
     ASSOCIATION_ENTITIES,
     SKILL_COLUMNS,
     AssociationEntity,

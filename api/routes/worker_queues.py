@@ -4,51 +4,27 @@ task queue its workers poll."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-import asyncpg
 from pydantic import BaseModel, Field
 
-from api.db import conflict_on_duplicate, patch_assignments
 from api.errors import not_found
 from api.pagination import ListQuery, Page, fetch_page
+from api.queue_shapes import (
+    QueueStatus,
+    WorkerCommand,
+    WorkerQueueOut,
+    get_queue,
+    worker_command_for,
+)
 from api.routing import Call, Router
 from api.schemas import Deleted, PatchBody
-from api.tenancy import NewKey, create_key
 from api.worker_credentials import require_mint_budget
+from controlplane.db import conflict_on_duplicate, patch_assignments
+from controlplane.queues import EPHEMERAL_PREFIX, MAX_WORKERS_LIMIT, NAME_PATTERN, QUEUE_COLUMNS
+from controlplane.tenancy import create_key
 
 router = Router("worker-queues")
-
-QueueStatus = Literal["active", "inactive", "maintenance"]
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-# Queues named like this are made for one local execution and hidden from lists, as in Kubiya.
-EPHEMERAL_PREFIX = "local-exec"
-# The column is a Postgres integer; a larger limit means nothing more than "unlimited" anyway.
-MAX_WORKERS_LIMIT = 100_000
-# A worker counts as active while its last heartbeat is younger than this (2 x 60 s + 30 s).
-STALE_WORKER_SECONDS = 150
-
-
-def live_workers_sql(queue_filter: str, status: str | None = None) -> str:
-    """A correlated count of live workers; `queue_filter` picks the queues."""
-    status_clause = f" AND w.status = '{status}'" if status else ""
-    return (
-        "(SELECT count(*) FROM workers w WHERE "
-        + queue_filter
-        + " AND w.status IN ('active', 'idle', 'busy')"
-        + f" AND w.last_heartbeat > now() - interval '{STALE_WORKER_SECONDS} seconds'"
-        + status_clause
-        + ")"
-    )
-
-
-COLUMNS = (
-    "id, organization_id, environment_id, name, display_name, description, status, max_workers, "
-    "heartbeat_interval, tags, settings, ephemeral, created_at, updated_at, created_by, "
-    + live_workers_sql("w.worker_queue_id = worker_queues.id")
-    + " AS active_workers"
-)
 
 
 class WorkerQueueCreate(BaseModel):
@@ -76,87 +52,8 @@ class WorkerQueueUpdate(PatchBody):
     settings: dict[str, Any] | None = None
 
 
-class WorkerQueueOut(BaseModel):
-    id: uuid.UUID
-    organization_id: str
-    environment_id: uuid.UUID
-    name: str
-    display_name: str | None
-    description: str | None
-    status: QueueStatus
-    max_workers: int | None
-    heartbeat_interval: int
-    tags: list[str]
-    settings: dict[str, Any]
-    ephemeral: bool
-    created_at: datetime
-    updated_at: datetime
-    created_by: str | None
-    active_workers: int
-    task_queue_name: str
-
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> WorkerQueueOut:
-        return cls(**dict(row), task_queue_name=str(row["id"]))
-
-
-class WorkerCommand(BaseModel):
-    queue_id: uuid.UUID
-    command: str
-    command_parts: dict[str, Any]
-    can_register: bool
-    queue_status: QueueStatus
-    active_workers: int
-    max_workers: int | None
-    worker_key: str | None = Field(
-        description="A new worker key for this queue, shown once: save it in the file the "
-        "command names (mode 0600); it can start workers on this queue and nothing else. "
-        "Only `GET /worker-queues/{id}/worker-command` mints one."
-    )
-    worker_key_id: uuid.UUID | None
-
-
 class QueueListQuery(ListQuery):
     status_filter: QueueStatus | None = None
-
-
-WORKER_KEY_FILE = "worker.key"
-
-
-def worker_command_for(
-    queue: WorkerQueueOut, control_plane_url: str, key: NewKey | None
-) -> WorkerCommand:
-    room = queue.max_workers is None or queue.active_workers < queue.max_workers
-    flags = {"--queue-id": str(queue.id), "--api-key-file": WORKER_KEY_FILE}
-    return WorkerCommand(
-        queue_id=queue.id,
-        command=f"CONTROLPLANE_URL={control_plane_url} controlplane worker "
-        + " ".join(f"{flag} {value}" for flag, value in flags.items()),
-        command_parts={
-            "binary": "controlplane",
-            "subcommand": "worker",
-            "flags": flags,
-            "env": {"CONTROLPLANE_URL": control_plane_url},
-            "files": {WORKER_KEY_FILE: "worker_key"},
-        },
-        can_register=queue.status == "active" and room,
-        queue_status=queue.status,
-        active_workers=queue.active_workers,
-        max_workers=queue.max_workers,
-        worker_key=key.key if key else None,
-        worker_key_id=key.id if key else None,
-    )
-
-
-async def get_queue(call: Call, queue_id: uuid.UUID) -> WorkerQueueOut:
-    row = await call.db.fetchrow(
-        f"SELECT {COLUMNS} FROM worker_queues WHERE id = $1 AND organization_id = $2",
-        queue_id,
-        call.org,
-    )
-    if row is None:
-        raise not_found("Worker queue", queue_id)
-    return WorkerQueueOut.from_row(row)
 
 
 async def _list(
@@ -165,7 +62,7 @@ async def _list(
     rows, total = await fetch_page(
         call.db,
         table="worker_queues",
-        columns=COLUMNS,
+        columns=QUEUE_COLUMNS,
         where=where + " AND NOT ephemeral",
         args=args,
         query=query,
@@ -194,7 +91,7 @@ async def create_worker_queue(call: Call, body: WorkerQueueCreate) -> WorkerQueu
         row = await call.db.fetchrow(
             "INSERT INTO worker_queues (id, organization_id, environment_id, name, display_name, "
             "description, max_workers, heartbeat_interval, tags, settings, ephemeral, created_by) "
-            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}",
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {QUEUE_COLUMNS}",
             uuid.uuid4(),
             call.org,
             environment_id,
@@ -259,7 +156,7 @@ async def update_worker_queue(call: Call, body: WorkerQueueUpdate) -> WorkerQueu
     with conflict_on_duplicate("Another worker queue in this environment has that name"):
         row = await call.db.fetchrow(
             f"UPDATE worker_queues SET {assignments} WHERE id = $1 AND organization_id = $2 "
-            f"RETURNING {COLUMNS}",
+            f"RETURNING {QUEUE_COLUMNS}",
             queue_id,
             call.org,
             *values,

@@ -26,17 +26,13 @@ from temporalio.service import RPCError
 from api.auth import WORKER_TOKEN_PREFIX
 from api.errors import ApiError, not_found
 from api.pagination import ListQuery, Page, fetch_page
-from api.routes.worker_queues import (
-    NAME_PATTERN,
-    STALE_WORKER_SECONDS,
-    get_queue,
-    live_workers_sql,
-)
+from api.queue_shapes import get_queue
 from api.routing import Call, Router
-from api.tenancy import hash_key
 from api.worker_credentials import require_mint_budget
 from controlplane import VERSION
+from controlplane.queues import NAME_PATTERN, STALE_WORKER_SECONDS, live_workers_sql
 from controlplane.temporal_auth import mint, worker_permissions
+from controlplane.tenancy import hash_key
 
 router = Router("workers")
 

@@ -1,7 +1,9 @@
-"""Resolution of an agent's execution environment (reference §10).
+"""Execution environments (reference §10): the shape an environment, team, agent or run
+declares, and the resolution of what a run gets.
 
-Layers, first to last: the agent's environments (in the order of its `environment_ids`), its
-team (an empty slot until teams exist), the agent itself, and the run's own override.
+Layers, first to last, along the hierarchy (controlplane/hierarchy.py): the agent's
+environments (in the order of its `environment_ids`), its team's environments, its team, the
+agent itself, the MCP servers of its `mcp_server` skills, and the run's own override.
 `env_vars` and `mcp_servers` are merged by name, the later layer winning (an MCP server's
 config is replaced whole, not merged key by key); `secrets` and `integration_ids` are unioned
 in order of first appearance.
@@ -20,15 +22,15 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from api.db import Queryable
-from api.errors import ApiError, not_found
-from api.routes.environments import ExecutionEnvironment
-from api.skills import resolve_agent_skills
+from controlplane.db import Queryable
+from controlplane.errors import Invalid, Refused, not_found
+from controlplane.hierarchy import agent_hierarchy
+from controlplane.skills import resolve_agent_skills
 from controlplane.tool_catalogue import SkillConfigError, mcp_servers_of
 
 # The env vars an integration's token is given as, by integration type. Types whose credential
@@ -62,7 +64,42 @@ def token_env_names(integration_type: str) -> list[str]:
     return [re.sub(r"[^A-Z0-9]+", "_", integration_type.upper()).strip("_") + "_TOKEN"]
 
 
-class InvalidEnvironment(ApiError):
+class McpServer(BaseModel, extra="allow"):
+    """stdio `{command, args, env}` or http/sse `{type, url, headers}`."""
+
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    type: Literal["stdio", "http", "sse"] | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class ExecutionEnvironment(BaseModel):
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    secrets: list[str] = Field(default_factory=list)
+    integration_ids: list[str] = Field(default_factory=list)
+    mcp_servers: dict[str, McpServer] = Field(default_factory=dict)
+
+
+class ExecutionEnvironmentIn(ExecutionEnvironment):
+    """An execution environment as a client writes it on an environment, team or agent: MCP
+    servers here are remote (http/sse). A server that runs a command on the worker (stdio) comes
+    only from a skill of type mcp_server, which only admins write."""
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def remote_only(cls, servers: dict[str, McpServer]) -> dict[str, McpServer]:
+        stdio = [name for name, s in servers.items() if s.command or s.type == "stdio"]
+        if stdio:
+            raise ValueError(
+                f"{', '.join(stdio)}: stdio MCP servers (a command run on the worker) come from "
+                "skills of type mcp_server; here only http/sse servers (url) are allowed"
+            )
+        return servers
+
+
+class InvalidEnvironment(Invalid):
     """A stored layer (in practice: a run's override) that is not an execution environment."""
 
     def __init__(self, layer: str, error: ValidationError) -> None:
@@ -71,7 +108,6 @@ class InvalidEnvironment(ApiError):
             for e in error.errors(include_url=False)
         ]
         super().__init__(
-            422,
             f"The execution_environment of {layer} is not valid",
             details={"layer": layer, "validation_errors": problems},
         )
@@ -194,7 +230,7 @@ async def _skill_layers(db: Queryable, org: str, agent_id: uuid.UUID) -> list[La
     try:
         servers = mcp_servers_of((s.name, s.type, s.configuration) for s in skills)
     except SkillConfigError as error:
-        raise ApiError(400, f"An mcp_server skill is not valid: {error}") from None
+        raise Refused(f"An mcp_server skill is not valid: {error}") from None
     return [Layer(source="skill", mcp_servers=servers)]
 
 
@@ -226,45 +262,24 @@ def merge(layers: list[Layer]) -> ResolvedEnvironment:
     return result
 
 
-async def _team_layers(db: Queryable, org: str, team_id: uuid.UUID | None) -> list[Layer]:
-    """The team's layer. There is no `teams` table yet, so this slot is empty; once a table
-    with an `execution_environment` column exists, the agent's team contributes here."""
-    if team_id is None or not await db.fetchval("SELECT to_regclass('teams') IS NOT NULL"):
-        return []
-    try:
-        row = await db.fetchrow(
-            "SELECT name, execution_environment FROM teams WHERE id = $1 AND organization_id = $2",
-            team_id,
-            org,
-        )
-    except asyncpg.UndefinedColumnError:
-        return []
-    if row is None:
-        return []
-    return [make_layer(row["execution_environment"], "team", str(team_id), row["name"])]
-
-
-async def _agent_layers(db: Queryable, org: str, agent_id: uuid.UUID) -> tuple[Any, list[Layer]]:
-    agent = await db.fetchrow(
-        "SELECT id, name, team_id, execution_environment, environment_ids FROM agents "
-        "WHERE id = $1 AND organization_id = $2",
-        agent_id,
-        org,
-    )
-    if agent is None:
+async def _agent_layers(
+    db: Queryable, org: str, agent_id: uuid.UUID
+) -> tuple[dict[str, Any] | None, list[Layer]]:
+    """The agent and its layers along the hierarchy: its environments, its team's environments,
+    its team, itself, then the MCP servers of its skills."""
+    chain = await agent_hierarchy(db, org, agent_id)
+    if chain is None or chain.agent is None:
         return None, []
-    environments = await db.fetch(
-        "SELECT e.id, e.name, e.execution_environment "
-        "FROM jsonb_array_elements_text($2::jsonb) WITH ORDINALITY AS x(env_id, ord) "
-        "JOIN environments e ON e.id::text = x.env_id AND e.organization_id = $1 ORDER BY x.ord",
-        org,
-        agent["environment_ids"],
-    )
     layers = [
-        make_layer(env["execution_environment"], "environment", str(env["id"]), env["name"])
-        for env in environments
+        make_layer(env.execution_environment, "environment", str(env.id), env.name)
+        for env in chain.environments + chain.team_environments
     ]
-    layers += await _team_layers(db, org, agent["team_id"])
+    if chain.team is not None:
+        team = chain.team
+        layers.append(
+            make_layer(team.get("execution_environment"), "team", str(team["id"]), team["name"])
+        )
+    agent = chain.agent
     layers.append(make_layer(agent["execution_environment"], "agent", str(agent_id), agent["name"]))
     layers += await _skill_layers(db, org, agent_id)
     return agent, layers

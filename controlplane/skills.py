@@ -17,9 +17,9 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel
 
-from api.context import EntityChain, agent_chain, team_chain
-from api.db import Queryable
-from api.errors import ApiError, not_found
+from controlplane.db import Queryable
+from controlplane.errors import Refused, not_found
+from controlplane.hierarchy import Hierarchy, agent_hierarchy, team_hierarchy
 from controlplane.tool_catalogue import tools_for_skills, validate_config
 from workflows.contracts import ToolSpec
 
@@ -90,7 +90,7 @@ def _own_skill_ids(
     return out
 
 
-async def _attachments(db: Queryable, org: str, chain: EntityChain) -> list[_Attachment]:
+async def _attachments(db: Queryable, org: str, chain: Hierarchy) -> list[_Attachment]:
     """Every attachment along the chain, outermost layer first."""
     layers: list[tuple[Source, str, uuid.UUID]] = [
         ("environment", "environment", env) for env in chain.environment_ids
@@ -124,7 +124,7 @@ async def _attachments(db: Queryable, org: str, chain: EntityChain) -> list[_Att
     return out
 
 
-async def _resolve(db: Queryable, org: str, chain: EntityChain) -> list[ResolvedSkill]:
+async def _resolve(db: Queryable, org: str, chain: Hierarchy) -> list[ResolvedSkill]:
     attachments = await _attachments(db, org, chain)
     rows = await db.fetch(
         f"SELECT {SKILL_COLUMNS} FROM skills WHERE organization_id = $1 "
@@ -155,15 +155,15 @@ async def _resolve(db: Queryable, org: str, chain: EntityChain) -> list[Resolved
 
 async def resolve_agent_skills(db: Queryable, org: str, agent_id: uuid.UUID) -> list[ResolvedSkill]:
     """The agent's enabled skills, inherited ones first; 404 when it is not in the org."""
-    chain = await agent_chain(db, org, agent_id)
+    chain = await agent_hierarchy(db, org, agent_id)
     if chain is None:
         raise not_found("Agent", agent_id)
     return await _resolve(db, org, chain)
 
 
 async def resolve_team_skills(db: Queryable, org: str, team_id: uuid.UUID) -> list[ResolvedSkill]:
-    """The team's enabled skills; 404 when there is no such team (always, until teams exist)."""
-    chain = await team_chain(db, org, team_id)
+    """The team's enabled skills; 404 when there is no such team."""
+    chain = await team_hierarchy(db, org, team_id)
     if chain is None:
         raise not_found("Team", team_id)
     return await _resolve(db, org, chain)
@@ -175,8 +175,7 @@ def tool_specs_for(skills: list[ResolvedSkill]) -> list[ToolSpec]:
     for skill in skills:
         errors = validate_config(skill.type, skill.configuration)
         if errors:
-            raise ApiError(
-                400,
+            raise Refused(
                 f"Skill '{skill.name}' has an invalid configuration: {'; '.join(errors)}",
                 details={"skill_id": str(skill.id), "errors": errors},
             )

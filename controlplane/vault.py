@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from api.db import Queryable
-from api.errors import ApiError
+from controlplane.db import Queryable
+from controlplane.errors import Broken, Unavailable
 
 KEY_ENV = "CONTROLPLANE_SECRET_KEY"
 KEY_BYTES = 32
@@ -108,8 +108,7 @@ def vault_from_key(raw: str) -> Vault:
 def vault_or_error(raw_key: str) -> Vault:
     """The configured vault, or the 503 every secrets route answers without one."""
     if not raw_key:
-        raise ApiError(
-            503,
+        raise Unavailable(
             f"The secrets vault is not configured: set {KEY_ENV} on the API "
             "(`controlplane dev` generates one in its home)",
             code="CONFIGURATION_ERROR",
@@ -117,7 +116,7 @@ def vault_or_error(raw_key: str) -> Vault:
     try:
         return vault_from_key(raw_key)
     except VaultKeyError as error:
-        raise ApiError(503, str(error), code="CONFIGURATION_ERROR") from None
+        raise Unavailable(str(error), code="CONFIGURATION_ERROR") from None
 
 
 def valid_name(name: str) -> bool:
@@ -157,7 +156,7 @@ async def reveal(
         try:
             values[name] = vault.open(organization_id, name, row["ciphertext"], row["nonce"])
         except VaultError as error:
-            raise ApiError(500, str(error), code="CONFIGURATION_ERROR") from None
+            raise Broken(str(error), code="CONFIGURATION_ERROR") from None
     if values:
         await db.executemany(
             "INSERT INTO secret_access_log (organization_id, secret_name, accessor, "

@@ -1,4 +1,5 @@
-"""The API's connection to Temporal: one connection, one client per organization's namespace.
+"""The control plane's connection to Temporal: one connection, one client per organization's
+namespace.
 
 Every organization's workflows live in a namespace of their own (Settings.namespace_for), which
 the gateway registers the first time it is needed (and at start-up for every organization), so
@@ -32,8 +33,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
-from api.errors import ApiError
-from api.metrics import Metrics
+from controlplane.errors import Unavailable
 from controlplane.settings import Settings
 from controlplane.temporal_auth import Token
 
@@ -73,10 +73,13 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
 
 
 class TemporalGateway:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, count_error: Callable[[str], None] | None = None
+    ) -> None:
         self.settings = settings
         self.address = settings.temporal_address
-        self._metrics = metrics
+        # Told the operation of each call Temporal failed (the API counts them in a metric).
+        self.count_error = count_error or (lambda operation: None)
         self._base: Client | None = None
         self._clients: dict[str, Client] = {}
         self._lock = asyncio.Lock()
@@ -124,14 +127,12 @@ class TemporalGateway:
                         timeout=5,
                     )
                     await self._ensure_namespace(self._base, self.settings.temporal_namespace)
-                except ApiError:
+                except Unavailable:
                     self._base = None
                     raise
                 except Exception as exc:
-                    self._metrics.temporal_errors.labels(operation="connect").inc()
-                    raise ApiError(
-                        503, f"Temporal at {self.address} is unreachable: {exc}"
-                    ) from exc
+                    self.count_error("connect")
+                    raise Unavailable(f"Temporal at {self.address} is unreachable: {exc}") from exc
         return self._base
 
     def _renew_token(self) -> None:
@@ -168,9 +169,9 @@ class TemporalGateway:
                 # Temporal rate-limits namespace registration: wait and try again.
                 busy = error.status == RPCStatusCode.RESOURCE_EXHAUSTED
                 if not busy or asyncio.get_running_loop().time() > deadline:
-                    self._metrics.temporal_errors.labels(operation="register_namespace").inc()
-                    raise ApiError(
-                        503, f"Could not register Temporal namespace {namespace}: {error.message}"
+                    self.count_error("register_namespace")
+                    raise Unavailable(
+                        f"Could not register Temporal namespace {namespace}: {error.message}"
                     ) from None
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
@@ -182,7 +183,7 @@ class TemporalGateway:
                 return
             except RPCError:
                 if asyncio.get_running_loop().time() > deadline:
-                    raise ApiError(503, f"Temporal namespace {namespace} is not ready") from None
+                    raise Unavailable(f"Temporal namespace {namespace} is not ready") from None
                 await asyncio.sleep(0.05)
 
     async def ensure_namespaces(self, organization_ids: list[str]) -> None:
@@ -195,5 +196,5 @@ class TemporalGateway:
             client = await self.system_client()
             return await asyncio.wait_for(client.service_client.check_health(), timeout=2)
         except Exception:
-            self._metrics.temporal_errors.labels(operation="health").inc()
+            self.count_error("health")
             return False

@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.routes.executions import COLUMNS, StatusReport, apply_report
-from api.state import AppState
+from controlplane.executions.lifecycle import COLUMNS, Report, apply_report
+from controlplane.temporal import TemporalGateway
 from workflows.contracts import TERMINAL_STATES, workflow_id_for
 
 log = logging.getLogger("controlplane.api.reconciler")
@@ -33,9 +34,11 @@ _ENDINGS: dict[WorkflowExecutionStatus, tuple[str, str]] = {
 }
 
 
-async def reconcile_executions(state: AppState, quiet_seconds: int = QUIET_SECONDS) -> int:
+async def reconcile_executions(
+    db: asyncpg.Pool[Any], temporal: TemporalGateway, quiet_seconds: int = QUIET_SECONDS
+) -> int:
     """Record the ending of quiet executions whose workflow is closed; returns how many."""
-    rows = await state.pool.fetch(
+    rows = await db.fetch(
         "SELECT id, organization_id, temporal_workflow_id FROM executions "
         "WHERE status <> ALL($1::text[]) "
         "AND updated_at < now() - make_interval(secs => $2) ORDER BY updated_at LIMIT $3",
@@ -49,22 +52,22 @@ async def reconcile_executions(state: AppState, quiet_seconds: int = QUIET_SECON
     for row in rows:
         workflow_id = row["temporal_workflow_id"] or workflow_id_for(str(row["id"]))
         try:
-            client = await state.temporal.client(row["organization_id"])
+            client = await temporal.client(row["organization_id"])
             description = await client.get_workflow_handle(workflow_id).describe()
             ending = _ENDINGS.get(description.status) if description.status else None
         except RPCError as error:
             if error.status != RPCStatusCode.NOT_FOUND:
-                state.metrics.temporal_errors.labels(operation="describe").inc()
+                temporal.count_error("describe")
                 continue
             ending = ("failed", "The execution's workflow no longer exists")
         if ending is None:
             continue  # still running: just quiet (waiting for input, or a long tool)
-        settled += await _settle(state, row["id"], *ending)
+        settled += await _settle(db, row["id"], *ending)
     return settled
 
 
-async def _settle(state: AppState, execution_id: Any, status: str, reason: str) -> int:
-    async with state.pool.acquire() as conn, conn.transaction():
+async def _settle(db: asyncpg.Pool[Any], execution_id: Any, status: str, reason: str) -> int:
+    async with db.acquire() as conn, conn.transaction():
         current = await conn.fetchrow(
             f"SELECT {COLUMNS} FROM executions WHERE id = $1 FOR UPDATE", execution_id
         )
@@ -73,7 +76,7 @@ async def _settle(state: AppState, execution_id: Any, status: str, reason: str) 
         await apply_report(
             conn,
             current,
-            StatusReport(
+            Report(
                 status=status,
                 error_message=None if status == "completed" else reason,
                 reason=reason,

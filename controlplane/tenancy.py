@@ -9,12 +9,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
-from api.principal import KeyRole
-
+# What an API key row may hold: people's roles, and `worker` (a key bound to one worker queue).
+KeyRole = Literal["viewer", "member", "admin", "worker"]
 KEY_PREFIX = "cpk_"
 ORG_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 

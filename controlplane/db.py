@@ -1,0 +1,56 @@
+"""Postgres access shared by every part of the control plane: the asyncpg pool (with JSON
+codecs), the connection types, and the small helpers every resource uses."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from controlplane.errors import Conflict
+
+
+async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool[Any]:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection
+    )
+    assert pool is not None
+    return pool
+
+
+@contextlib.contextmanager
+def conflict_on_duplicate(message: str) -> Iterator[None]:
+    """A unique-constraint violation becomes a Conflict naming the constraint."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict(message, details={"constraint": exc.constraint_name}) from None
+
+
+def patch_assignments(
+    changes: dict[str, Any], allowed: Sequence[str], first_param: int
+) -> tuple[str, list[Any]]:
+    """`col = $n` pairs for an UPDATE from the fields a PATCH body set, plus updated_at."""
+    parts, values = [], []
+    for column in allowed:
+        if column in changes:
+            values.append(changes[column])
+            parts.append(f"{column} = ${first_param + len(values) - 1}")
+    parts.append("updated_at = now()")
+    return ", ".join(parts), values
+
+
+# A connection, checked out of the pool or not, and anything that runs queries.
+Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
+Queryable: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any] | asyncpg.Pool[Any]"

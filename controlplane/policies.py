@@ -1,0 +1,377 @@
+"""Who may see and do what by policy: resolution of an entity's policies, their evaluation, and
+the checks made before an execution starts and before every tool call.
+
+Resolution follows the hierarchy (controlplane/hierarchy.py). An agent's policies are the
+associations of its environments, its team's environments, its team and itself, plus the
+policies its projects (`settings.policy_ids`) and resolved context (`policy_ids`) list by id. A
+run adds its queue's environment and the role of the key that started it (`role`
+associations). Each association has a priority (by default environment 300, team 200, agent
+100, role 100); a policy attached at several levels counts once, at its highest priority.
+
+Everything an evaluation reads comes from the control plane's rows, never from what a worker or
+a client claims: the policy input of a tool call is built here from the execution row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from controlplane.context import resolve_context
+from controlplane.db import Queryable
+from controlplane.environments import resolve_for_execution
+from controlplane.errors import not_found
+from controlplane.hierarchy import Hierarchy, agent_hierarchy, team_hierarchy
+from controlplane.policy_engine import PolicyEngine, PolicyResult, PolicySource, decide
+from workflows.contracts import TERMINAL_STATES
+
+DEFAULT_PRIORITY: dict[str, int] = {"environment": 300, "team": 200, "agent": 100, "role": 100}
+# At equal priority the broader layer's association is the one reported.
+LAYER_RANK: dict[str, int] = {"environment": 0, "team": 1, "agent": 2, "role": 3}
+ENTITY_KIND = {"agent": "Agent", "environment": "Environment", "team": "Team"}
+
+
+@dataclass
+class PolicyScope:
+    """Which policies govern an action: association layers (entity_type, entity_id) and the
+    policies listed by id in projects and resolved context (id, source type, source id)."""
+
+    layers: list[tuple[str, str]] = field(default_factory=list)
+    listed: list[tuple[uuid.UUID, str, str]] = field(default_factory=list)
+
+    @property
+    def environment_ids(self) -> list[str]:
+        return [ident for kind, ident in self.layers if kind == "environment"]
+
+
+@dataclass
+class Outcome:
+    policy_name: str
+    allow: bool
+    violations: list[str]
+    error: str | None
+
+
+@dataclass
+class Evaluation:
+    allowed: bool
+    violations: list[str]
+    outcomes: dict[str, Outcome]
+    policies_evaluated: int
+    engine_error: str | None
+
+
+def source_of(row: asyncpg.Record) -> PolicySource:
+    return PolicySource(
+        id=str(row["id"]), version=row["version"], content=row["policy_content"], name=row["name"]
+    )
+
+
+def as_uuid(raw: str, kind: str) -> uuid.UUID:
+    """A path id that is not a uuid names nothing: not found, like any missing id."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise not_found(kind, raw) from None
+
+
+async def check_entity(db: Queryable, org: str, entity_type: str, entity_id: str) -> str:
+    """The entity's id in the form associations store it; not found unless the entity is the
+    organization's (roles are names: any will do)."""
+    if entity_type == "role":
+        return entity_id
+    kind = ENTITY_KIND[entity_type]
+    ident = as_uuid(entity_id, kind)
+    table = {"agent": "agents", "environment": "environments", "team": "teams"}[entity_type]
+    found = await db.fetchval(
+        f"SELECT 1 FROM {table} WHERE id = $1 AND organization_id = $2", ident, org
+    )
+    if found is None:
+        raise not_found(kind, entity_id)
+    return str(ident)
+
+
+def hierarchy_layers(chain: Hierarchy) -> list[tuple[str, str]]:
+    """Association layers along a hierarchy: environments, team environments, team, agent."""
+    layers = [("environment", str(ident)) for ident in chain.all_environment_ids]
+    if chain.team_id is not None:
+        layers.append(("team", str(chain.team_id)))
+    if chain.agent_id is not None:
+        layers.append(("agent", str(chain.agent_id)))
+    return layers
+
+
+async def agent_scope(
+    db: Queryable,
+    org: str,
+    agent_id: str | uuid.UUID,
+    *,
+    queue_id: uuid.UUID | None = None,
+    role: str | None = None,
+) -> PolicyScope:
+    """The policies that govern an agent's run (see the module docstring); not found when the
+    organization has no such agent."""
+    ident = as_uuid(str(agent_id), "Agent")
+    chain = await agent_hierarchy(db, org, ident)
+    if chain is None:
+        raise not_found("Agent", agent_id)
+    scope = PolicyScope()
+    if queue_id is not None:
+        environment_id = await db.fetchval(
+            "SELECT environment_id FROM worker_queues WHERE id = $1 AND organization_id = $2",
+            queue_id,
+            org,
+        )
+        if environment_id is not None:
+            scope.layers.append(("environment", str(environment_id)))
+    scope.layers += hierarchy_layers(chain)
+    if role is not None:
+        scope.layers.append(("role", role))
+    scope.layers = list(dict.fromkeys(scope.layers))
+    scope.listed = await _listed_policies(db, org, chain)
+    return scope
+
+
+async def entity_scope(db: Queryable, org: str, entity_type: str, entity_id: str) -> PolicyScope:
+    """An agent's, team's, environment's or role's own policies with their inheritance."""
+    if entity_type == "agent":
+        return await agent_scope(db, org, entity_id)
+    ident = await check_entity(db, org, entity_type, entity_id)
+    if entity_type == "team":
+        chain = await team_hierarchy(db, org, uuid.UUID(ident))
+        if chain is not None:
+            return PolicyScope(layers=hierarchy_layers(chain))
+    return PolicyScope(layers=[(entity_type, ident)])
+
+
+async def _listed_policies(
+    db: Queryable, org: str, chain: Hierarchy
+) -> list[tuple[uuid.UUID, str, str]]:
+    """Policy ids named by the agent's projects (`settings.policy_ids`) and by its resolved
+    context (`policy_ids` of every layer), in that order; ids that are not uuids are skipped
+    (whether they are the organization's policies is checked when they are loaded)."""
+    listed: list[tuple[uuid.UUID, str, str]] = []
+    if chain.project_ids:
+        projects = await db.fetch(
+            "SELECT id, settings -> 'policy_ids' AS policy_ids FROM projects "
+            "WHERE organization_id = $1 AND id = ANY($2::uuid[])",
+            org,
+            chain.project_ids,
+        )
+        by_id = {row["id"]: row["policy_ids"] for row in projects}
+        for project_id in chain.project_ids:
+            listed += [
+                (ident, "project", str(project_id))
+                for ident in _uuid_list(by_id.get(project_id) or [])
+            ]
+    if chain.agent_id is not None:
+        context = await resolve_context(db, org, "agent", chain.agent_id)
+        for name, layer in context.layers.items():
+            listed += [(ident, "context", name) for ident in _uuid_list(layer.policy_ids)]
+    return listed
+
+
+def _uuid_list(values: Sequence[Any]) -> list[uuid.UUID]:
+    out = []
+    for value in values:
+        try:
+            out.append(uuid.UUID(str(value)))
+        except ValueError:
+            continue
+    return out
+
+
+async def resolve_layers(
+    db: Queryable, org: str, layers: Sequence[tuple[str, str]]
+) -> list[asyncpg.Record]:
+    """The enabled associations of these (entity_type, entity_id) layers, one per policy at its
+    highest priority (ties: the broader layer), highest priority first. Associations of
+    environments that no longer exist are skipped."""
+    if not layers:
+        return []
+    rows = await db.fetch(
+        "SELECT * FROM (SELECT DISTINCT ON (p.id) p.id, p.name, p.description, "
+        "p.policy_content, p.enabled AS policy_enabled, p.version, a.entity_type AS source_type, "
+        "a.entity_id AS source_id, a.priority, a.metadata AS association_metadata "
+        "FROM policy_associations a "
+        "JOIN policies p ON p.id = a.policy_id AND p.organization_id = a.organization_id "
+        "JOIN unnest($2::text[], $3::text[]) AS l(entity_type, entity_id) "
+        "ON l.entity_type = a.entity_type AND l.entity_id = a.entity_id "
+        "WHERE a.organization_id = $1 AND a.enabled AND (a.entity_type <> 'environment' "
+        "OR EXISTS (SELECT 1 FROM environments e WHERE e.organization_id = a.organization_id "
+        "AND e.id::text = a.entity_id)) "
+        "ORDER BY p.id, a.priority DESC, "
+        "array_position($4::text[], a.entity_type)) resolved "
+        "ORDER BY priority DESC, name, id",
+        org,
+        [layer[0] for layer in layers],
+        [layer[1] for layer in layers],
+        sorted(LAYER_RANK, key=LAYER_RANK.__getitem__),
+    )
+    return list(rows)
+
+
+async def scope_policies(db: Queryable, org: str, scope: PolicyScope) -> list[PolicySource]:
+    """The enabled policies of a scope, each once, highest association priority first, then
+    the listed ones."""
+    rows = await resolve_layers(db, org, scope.layers)
+    policies = [source_of(row) for row in rows if row["policy_enabled"]]
+    seen = {policy.id for policy in policies}
+    wanted = list(dict.fromkeys(ident for ident, _, _ in scope.listed if str(ident) not in seen))
+    if wanted:
+        listed = await db.fetch(
+            "SELECT id, name, version, policy_content FROM policies "
+            "WHERE organization_id = $1 AND id = ANY($2::uuid[]) AND enabled",
+            org,
+            wanted,
+        )
+        by_id = {row["id"]: row for row in listed}
+        policies += [source_of(by_id[ident]) for ident in wanted if ident in by_id]
+    return policies
+
+
+async def org_enabled_policies(db: Queryable, org: str) -> list[PolicySource]:
+    rows = await db.fetch(
+        "SELECT id, name, version, policy_content FROM policies "
+        "WHERE organization_id = $1 AND enabled ORDER BY created_at, id",
+        org,
+    )
+    return [source_of(row) for row in rows]
+
+
+async def evaluate(
+    engine: PolicyEngine,
+    policies: Sequence[PolicySource],
+    input: Mapping[str, Any],
+    *,
+    fail_open: bool,
+) -> Evaluation:
+    """Every policy against `input`: allowed when each allows. An engine error denies unless
+    `fail_open` (it is reported either way)."""
+    results: dict[str, PolicyResult] = await engine.evaluate(policies, input) if policies else {}
+    decision = decide(policies, results, fail_open=fail_open)
+    return Evaluation(
+        allowed=decision.allowed,
+        violations=decision.violations,
+        outcomes={
+            policy.id: Outcome(
+                policy_name=policy.name,
+                allow=results[policy.id].allow,
+                violations=results[policy.id].violations,
+                error=results[policy.id].error,
+            )
+            for policy in policies
+        },
+        policies_evaluated=len(policies),
+        engine_error=decision.engine_error,
+    )
+
+
+async def enforce(
+    db: Queryable,
+    engine: PolicyEngine,
+    org: str,
+    *,
+    input: dict[str, Any],
+    scope: PolicyScope,
+    fail_open: bool,
+) -> Evaluation:
+    """Evaluate every enabled policy of the scope against `input`. No policy: allowed."""
+    return await evaluate(engine, await scope_policies(db, org, scope), input, fail_open=fail_open)
+
+
+def refused(violation: str) -> Evaluation:
+    """A decision made before any policy runs."""
+    return Evaluation(False, [violation], {}, 0, None)
+
+
+async def check_tool_call(
+    db: Queryable,
+    engine: PolicyEngine,
+    org: str,
+    *,
+    queue_id: uuid.UUID | None,
+    execution_id: uuid.UUID,
+    tool_name: str,
+    arguments: dict[str, Any],
+    mcp_server: str | None,
+    fail_open: bool,
+) -> Evaluation:
+    """May this execution (on `queue_id`, not ended) make this call? The tool must be one the
+    execution was started with (or, with `mcp_server`, a server of its environment); who acts,
+    for which agent, team and environments, and what the tool is come from the rows."""
+    execution = await db.fetchrow(
+        "SELECT e.id, e.entity_id, e.entity_name, e.status, e.worker_queue_id, e.tools, "
+        "e.user_id, e.user_name, e.user_email, e.user_role, a.team_id "
+        "FROM executions e LEFT JOIN agents a "
+        "ON a.id = e.entity_id AND a.organization_id = e.organization_id "
+        "WHERE e.id = $1 AND e.organization_id = $2 AND e.worker_queue_id = $3",
+        execution_id,
+        org,
+        queue_id,
+    )
+    if execution is None or execution["status"] in TERMINAL_STATES:
+        raise not_found("Running execution", execution_id)
+    tool = await _known_tool(db, org, execution, tool_name, mcp_server)
+    if tool is None:
+        return refused(f"'{tool_name}' is not one of this execution's tools")
+    agent_id = str(execution["entity_id"]) if execution["entity_id"] else None
+    scope = (
+        await agent_scope(
+            db, org, agent_id, queue_id=execution["worker_queue_id"], role=execution["user_role"]
+        )
+        if agent_id is not None
+        else PolicyScope()
+    )
+    policy_input = {
+        "action": "tool_execution",
+        "tool": {**tool, "arguments": arguments},
+        "user": {
+            "id": execution["user_id"],
+            "name": execution["user_name"],
+            "email": execution["user_email"],
+            "roles": [execution["user_role"]] if execution["user_role"] else [],
+        },
+        "organization": {"id": org},
+        "team": {"id": str(execution["team_id"])} if execution["team_id"] else None,
+        "execution": {
+            "execution_id": str(execution["id"]),
+            "agent_id": agent_id,
+            "agent_name": execution["entity_name"],
+            "environment_ids": scope.environment_ids,
+            "worker_queue_id": str(execution["worker_queue_id"]),
+            "timestamp": datetime.now(UTC).isoformat(),
+        },
+    }
+    return await enforce(db, engine, org, input=policy_input, scope=scope, fail_open=fail_open)
+
+
+async def _known_tool(
+    db: Queryable, org: str, execution: asyncpg.Record, tool_name: str, mcp_server: str | None
+) -> dict[str, Any] | None:
+    """The tool as the control plane knows it, or None when the execution has no such tool."""
+    if mcp_server is None:
+        for spec in execution["tools"] or []:
+            if spec.get("name") == tool_name:
+                return {
+                    "name": spec["name"],
+                    "source": spec.get("source", "builtin"),
+                    "category": spec.get("category", ""),
+                    "risk_level": spec.get("risk_level", "medium"),
+                }
+        return None
+    environment = await resolve_for_execution(db, org, execution["id"])
+    if mcp_server not in environment.mcp_servers:
+        return None
+    return {
+        "name": tool_name,
+        "source": "mcp",
+        "category": "mcp",
+        "risk_level": "high",
+        "mcp_server": mcp_server,
+    }

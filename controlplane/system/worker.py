@@ -1,0 +1,115 @@
+"""`controlplane system-worker`: the control plane's own Temporal worker.
+
+It polls `SYSTEM_TASK_QUEUE` (default `controlplane-system`) in the control plane's namespace
+(`TEMPORAL_NAMESPACE`), with the same database, vault key and signing key as the API. At start
+it makes sure the housekeeping Schedule exists (every minute, skipped while a round runs), so
+the upkeep the API processes used to do each on their own now happens once, visibly, in the
+Temporal UI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
+from temporalio.worker import Worker
+
+from controlplane.db import create_pool
+from controlplane.settings import Settings
+from controlplane.system.activities import SystemActivities
+from controlplane.temporal import TemporalGateway
+from controlplane.temporal_auth import CONTROL_PLANE_PERMISSIONS, load_signing_key, mint
+from controlplane.vault import vault_from_key
+from workflows.contracts import HOUSEKEEPING_WORKFLOW
+from workflows.housekeeping import HousekeepingWorkflow
+
+log = logging.getLogger("controlplane.system")
+HOUSEKEEPING_SCHEDULE = "controlplane-housekeeping"
+HOUSEKEEPING_EVERY = timedelta(minutes=1)
+# Let a running activity finish on SIGTERM before it is cancelled (and retried elsewhere).
+DRAIN = timedelta(seconds=20)
+
+
+def system_workflows() -> list[type[Any]]:
+    return [HousekeepingWorkflow]
+
+
+async def ensure_housekeeping_schedule(client: Client, task_queue: str) -> None:
+    """The Schedule that starts a housekeeping round every minute, created once."""
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            HOUSEKEEPING_WORKFLOW, id="controlplane-housekeeping-round", task_queue=task_queue
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=HOUSEKEEPING_EVERY)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+    with contextlib.suppress(ScheduleAlreadyRunningError):
+        await client.create_schedule(HOUSEKEEPING_SCHEDULE, schedule)
+
+
+async def connect(settings: Settings) -> tuple[Any, TemporalGateway]:
+    """The pool and a Temporal gateway carrying the control plane's own JWT."""
+    pool = await create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
+    gateway = TemporalGateway(settings)
+    vault = vault_from_key(settings.secret_key) if settings.secret_key else None
+    async with pool.acquire() as conn:
+        key = await load_signing_key(conn, vault)
+    gateway.token_source = lambda: mint(
+        key,
+        subject="controlplane-system-worker",
+        permissions=CONTROL_PLANE_PERMISSIONS,
+        ttl_seconds=settings.temporal_token_ttl_seconds,
+        issuer=settings.public_url,
+    )
+    return pool, gateway
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    pool, gateway = await connect(settings)
+    try:
+        client = await gateway.system_client()
+        await ensure_housekeeping_schedule(client, settings.system_task_queue)
+        activities = SystemActivities(pool, gateway)
+        worker = Worker(
+            client,
+            task_queue=settings.system_task_queue,
+            workflows=system_workflows(),
+            activities=[activities.prune_counters, activities.reconcile_executions],
+            graceful_shutdown_timeout=DRAIN,
+        )
+        log.info(
+            "system worker started",
+            extra={"task_queue": settings.system_task_queue, "namespace": client.namespace},
+        )
+        async with worker:
+            await stop.wait()
+    finally:
+        await pool.close()
+
+
+def main() -> int:
+    """Run until SIGTERM or SIGINT."""
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(Settings.from_env(), stop)
+
+    asyncio.run(serve())
+    return 0
