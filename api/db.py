@@ -1,8 +1,7 @@
-"""The asyncpg pool and the one-time schema application."""
+"""The asyncpg pool, the schema migrations at start-up, and small query helpers."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
@@ -13,10 +12,8 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from api.errors import ApiError
-from controlplane.settings import SCHEMA_PATH
-
-# Any process may apply the schema at start-up; the advisory lock serialises concurrent starts.
-_SCHEMA_LOCK_ID = 7_233_001
+from api.migrations import Outcome, migrate
+from controlplane.settings import MIGRATIONS_DIR
 
 
 async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
@@ -34,17 +31,18 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
     return pool
 
 
-async def apply_schema(conn: asyncpg.Connection[Any], schema_path: Path = SCHEMA_PATH) -> None:
-    sql = await asyncio.to_thread(schema_path.read_text)
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_ID)
-        await conn.execute(sql)
+async def apply_schema(
+    conn: asyncpg.Connection[Any], migrations_dir: Path = MIGRATIONS_DIR
+) -> Outcome:
+    """Bring the database to this release's schema: the migrations it has not recorded, then
+    the repeatable steps (api/migrations.py). Any process may call it at start-up."""
+    return await migrate(conn, migrations_dir)
 
 
-async def apply_schema_at(dsn: str) -> None:
+async def apply_schema_at(dsn: str) -> Outcome:
     conn = await asyncpg.connect(dsn)
     try:
-        await apply_schema(conn)
+        return await apply_schema(conn)
     finally:
         await conn.close()
 
