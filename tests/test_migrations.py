@@ -29,8 +29,10 @@ PREVIOUS_RELEASE = (MIGRATIONS_DIR / "0001_initial.sql").read_text() + (
 ).read_text()
 LAST_SCHEMA_SQL = (Path(__file__).parent / "schemas" / "schema_sql_54e6cec.sql").read_text()
 
-# Rows as the previous release wrote them.
+# Rows as the previous release wrote them, and references to nothing that 0008 must clean up.
 QUEUE_ID = "b0000000-0000-4000-8000-000000000001"
+AGENT_ID = "d0000000-0000-4000-8000-000000000001"
+PROJECT_ID = "f0000000-0000-4000-8000-000000000001"
 OLD_ROWS = f"""
 INSERT INTO organizations (id, name) VALUES ('acme', 'Acme');
 INSERT INTO api_keys (id, organization_id, name, prefix, key_hash, role) VALUES
@@ -44,6 +46,15 @@ INSERT INTO executions (id, organization_id, prompt, status, worker_queue_id) VA
     (gen_random_uuid(), 'acme', 'hello', 'completed', '{QUEUE_ID}');
 INSERT INTO idempotency_keys (organization_id, idempotency_key, request_hash, status_code)
     VALUES ('acme', 'retry-1', 'hash', 201);
+INSERT INTO agents (id, organization_id, name, team_id) VALUES
+    ('{AGENT_ID}', 'acme', 'coder', gen_random_uuid());
+INSERT INTO projects (id, organization_id, name, key) VALUES
+    ('{PROJECT_ID}', 'acme', 'Default', 'DEFAULT');
+INSERT INTO project_agents (id, project_id, agent_id) VALUES
+    (gen_random_uuid(), '{PROJECT_ID}', '{AGENT_ID}'),
+    (gen_random_uuid(), '{PROJECT_ID}', gen_random_uuid());
+INSERT INTO project_teams (id, project_id, team_id) VALUES
+    (gen_random_uuid(), '{PROJECT_ID}', gen_random_uuid());
 """
 
 
@@ -165,7 +176,9 @@ async def test_upgrade_from_the_previous_release(new_database: NewDatabase) -> N
         ("idempotency_keys", "replayable"),
         ("executions", "tools"),
         ("executions", "user_role"),
+        ("executions", "parent_execution_id"),
         ("signing_keys", "kid"),
+        ("teams", "coordination_type"),
     } <= columns
     constraints = {
         row["conname"]: row["def"]
@@ -180,6 +193,9 @@ async def test_upgrade_from_the_previous_release(new_database: NewDatabase) -> N
     assert constraints["idempotency_keys_pkey"] == (
         "PRIMARY KEY (organization_id, credential, idempotency_key)"
     )
+    assert constraints["agents_team_id_fkey"].endswith("ON DELETE SET NULL")
+    assert constraints["project_teams_team_id_fkey"].endswith("ON DELETE CASCADE")
+    assert constraints["project_agents_agent_id_fkey"].endswith("ON DELETE CASCADE")
 
     # The old rows survived, with the new columns' defaults.
     assert await fetch(old, "SELECT id, role FROM api_keys ORDER BY id") == before
@@ -191,6 +207,12 @@ async def test_upgrade_from_the_previous_release(new_database: NewDatabase) -> N
     assert tuple(idempotency) == ("", True)
     queues = await fetch(old, "SELECT id FROM worker_queues WHERE organization_id = 'acme'")
     assert [row["id"] for row in queues] == [uuid.UUID(QUEUE_ID)]
+    # References to nothing were removed; the agent itself stays.
+    (agent,) = await fetch(old, "SELECT id, team_id FROM agents")
+    assert tuple(agent) == (uuid.UUID(AGENT_ID), None)
+    members = await fetch(old, "SELECT agent_id FROM project_agents")
+    assert [row["agent_id"] for row in members] == [uuid.UUID(AGENT_ID)]
+    assert await fetch(old, "SELECT * FROM project_teams") == []
 
     # Worker keys now work, bound to a queue, and only so.
     await execute(
