@@ -5,13 +5,13 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml schema.sql ./
+COPY pyproject.toml ./
 COPY api ./api
 COPY workflows ./workflows
 COPY activities ./activities
 COPY worker ./worker
 COPY controlplane ./controlplane
-# controlplane/schema.sql links to ./schema.sql; the wheel carries the file itself.
+# The schema migrations are package data of controlplane (controlplane/migrations).
 RUN python -m venv /opt/controlplane \
     && /opt/controlplane/bin/pip install . \
     && /opt/controlplane/bin/controlplane --version

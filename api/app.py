@@ -16,7 +16,6 @@ from starlette.routing import BaseRoute, Route
 
 from api import docs_page
 from api.auth import AuthMiddleware
-from api.db import apply_schema_at
 from api.errors import ApiError, error_response
 from api.event_stream import EventHub
 from api.idempotency import IdempotencyMiddleware
@@ -45,6 +44,7 @@ from api.routes import (
 from api.routing import Endpoint, starlette_routes
 from api.state import AppState
 from controlplane.db import create_pool
+from controlplane.schema import apply_schema_at
 from controlplane.settings import Settings
 from controlplane.temporal import TemporalGateway
 from controlplane.temporal_auth import CONTROL_PLANE_PERMISSIONS, load_signing_key, mint

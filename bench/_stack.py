@@ -19,7 +19,7 @@ from types import FrameType
 import asyncpg
 import httpx
 
-from api.db import apply_schema_at
+from controlplane.schema import apply_schema_at
 from controlplane.services import EmbeddedPostgres, free_port, start_temporal, stop_process
 from controlplane.settings import REPO_ROOT
 from controlplane.tenancy import create_key, create_org

@@ -18,11 +18,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 import asyncpg
 
 from controlplane import VERSION
+
+if TYPE_CHECKING:
+    from controlplane.schema import Outcome
 
 T = TypeVar("T")
 CliRole = Literal["viewer", "member", "admin", "worker"]
@@ -59,10 +62,8 @@ def database_url() -> str:
     return url
 
 
-def _with_connection(work: Callable[[asyncpg.Connection[Any]], Awaitable[T]]) -> T:
-    """Apply the schema, then run `work` on one connection to DATABASE_URL."""
-    from api.db import apply_schema
-
+def _on_connection(work: Callable[[asyncpg.Connection[Any]], Awaitable[T]]) -> T:
+    """Run `work` on one connection to DATABASE_URL."""
     url = database_url()
 
     async def run() -> T:
@@ -71,12 +72,30 @@ def _with_connection(work: Callable[[asyncpg.Connection[Any]], Awaitable[T]]) ->
         except Exception as exc:  # bad DSN, refused, auth: all one message
             raise CliError(f"cannot connect to Postgres at DATABASE_URL: {exc}") from None
         try:
-            await apply_schema(conn)
             return await work(conn)
         finally:
             await conn.close()
 
     return asyncio.run(run())
+
+
+async def _apply_schema(conn: asyncpg.Connection[Any]) -> Outcome:
+    from controlplane.schema import MigrationError, apply_schema
+
+    try:
+        return await apply_schema(conn)
+    except MigrationError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _with_connection(work: Callable[[asyncpg.Connection[Any]], Awaitable[T]]) -> T:
+    """Migrate the schema, then run `work` on one connection to DATABASE_URL."""
+
+    async def migrated(conn: asyncpg.Connection[Any]) -> T:
+        await _apply_schema(conn)
+        return await work(conn)
+
+    return _on_connection(migrated)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -100,11 +119,10 @@ async def _require_org(conn: asyncpg.Connection[Any], slug: str) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    async def nothing(conn: asyncpg.Connection[Any]) -> None:
-        return None
-
-    _with_connection(nothing)
-    print("schema applied")
+    outcome = _on_connection(_apply_schema)
+    for migration in outcome.applied:
+        print(f"applied {migration.file_name}")
+    print(f"schema at version {outcome.version}")
     return 0
 
 
@@ -378,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the control plane's own Temporal worker (needs DATABASE_URL)",
     )
 
-    commands.add_parser("migrate", help="apply schema.sql to DATABASE_URL")
+    commands.add_parser("migrate", help="apply the schema migrations to DATABASE_URL")
 
     orgs = commands.add_parser("orgs", help="organizations").add_subparsers(
         dest="action", required=True, metavar="ACTION"

@@ -414,7 +414,7 @@ class DevRun:
 
     async def prepare_database(self) -> AdminKey:
         """Schema, the `default` organization and the admin key of the key file."""
-        from api.db import apply_schema
+        from controlplane.schema import MigrationError, apply_schema
         from controlplane.tenancy import OrgExists, create_key, create_org, hash_key
 
         try:
@@ -422,7 +422,10 @@ class DevRun:
         except Exception as exc:
             raise DevError(f"cannot connect to Postgres: {exc}") from None
         try:
-            await apply_schema(conn)
+            try:
+                await apply_schema(conn)
+            except MigrationError as exc:
+                raise DevError(str(exc)) from None
             with contextlib.suppress(OrgExists):
                 await create_org(conn, DEV_ORG, name="Default organization")
             key_file = self.home / KEY_FILE

@@ -1,8 +1,9 @@
 """The runtimes, the rule that says which model a runtime can run, and model resolution.
 
-The global model catalogue (rows of `llm_models` with a NULL organization) is seeded by
-`schema.sql`; organizations add their own rows. `resolve_model` is what the execution engine uses
-to turn an agent's `model_id` into the name, provider and prices it calls with.
+The global model catalogue (rows of `llm_models` with a NULL organization) is seeded at every
+start-up by `controlplane/migrations/repeatable/model_catalogue.sql`; organizations add their own
+rows. `resolve_model` is what the execution engine uses to turn an agent's `model_id` into the
+name, provider and prices it calls with.
 """
 
 from __future__ import annotations

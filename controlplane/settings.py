@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# A link to the top-level schema.sql, shipped as package data so installed copies find it.
-SCHEMA_PATH = Path(__file__).resolve().parent / "schema.sql"
+# The numbered schema migrations (controlplane/schema.py), shipped as package data.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def _int_env(name: str, default: int) -> int:

@@ -1,5 +1,5 @@
 """Small helpers shared by the resource tests: table snapshots that prove nothing was written,
-validation-error checks, a pagination check, and direct inserts of worker rows."""
+validation-error checks, a pagination check, and direct inserts of worker and team rows."""
 
 from __future__ import annotations
 
@@ -143,3 +143,14 @@ async def create_queue(
     assert r.status_code == 201, r.text
     body: dict[str, Any] = r.json()
     return body
+
+
+async def add_team(db: asyncpg.Pool[Any], org: str, name: str, **columns: Any) -> uuid.UUID:
+    """A row in `teams` (which has no routes yet), with any other columns given."""
+    team_id = uuid.uuid4()
+    values = {"id": team_id, "organization_id": org, "name": name, **columns}
+    placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+    await db.execute(
+        f"INSERT INTO teams ({', '.join(values)}) VALUES ({placeholders})", *values.values()
+    )
+    return team_id

@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import Tenant, assert_error
 from tests.resource_helpers import (
+    add_team,
     assert_all_not_found,
     assert_validation,
     check_pagination,
@@ -107,7 +108,7 @@ async def test_create_with_defaults(db: asyncpg.Pool[Any], tenant: Tenant) -> No
 async def test_create_with_everything(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
     prod = await create_environment(tenant.member, "prod")
     dev = await create_environment(tenant.member, "dev")
-    team_id, skill_id = str(uuid.uuid4()), str(uuid.uuid4())
+    team_id, skill_id = str(await add_team(db, tenant.id, "crew")), str(uuid.uuid4())
     agent = await create(
         tenant.member,
         "coder",
@@ -237,6 +238,28 @@ async def test_invalid_runtime_and_model_list_every_problem(
     assert await snapshot(db, tenant.id) == before
     # The default runtime runs any model in the catalogue.
     assert (await create(tenant.member, "ok", model_id="openai/gpt-4o"))["runtime"] == "default"
+
+
+async def test_team_must_be_the_organizations(
+    db: asyncpg.Pool[Any], tenant: Tenant, other_tenant: Tenant
+) -> None:
+    theirs, missing = await add_team(db, other_tenant.id, "crew"), uuid.uuid4()
+    agent = await create(tenant.member, "a")
+    before = await snapshot(db, tenant.id)
+    for team_id in (theirs, missing):
+        for request in (
+            tenant.member.post("/api/v1/agents", json={"name": "b", "team_id": str(team_id)}),
+            tenant.member.patch(f"/api/v1/agents/{agent['id']}", json={"team_id": str(team_id)}),
+        ):
+            error = assert_error(await request, 400, "BAD_REQUEST")
+            assert error["details"]["errors"] == [f"Team '{team_id}' not found"]
+    assert await snapshot(db, tenant.id) == before
+    # Deleting the team leaves its agents without one.
+    mine = await add_team(db, tenant.id, "crew")
+    r = await tenant.member.patch(f"/api/v1/agents/{agent['id']}", json={"team_id": str(mine)})
+    assert r.json()["team_id"] == str(mine)
+    await db.execute("DELETE FROM teams WHERE id = $1", mine)
+    assert (await tenant.viewer.get(f"/api/v1/agents/{agent['id']}")).json()["team_id"] is None
 
 
 async def test_name_is_unique_per_org(

@@ -17,6 +17,7 @@ from controlplane.context import ContextLayer, ResolvedContext, context_prompt, 
 from tests.conftest import Tenant, assert_error
 from tests.resource_helpers import (
     MISSING,
+    add_team,
     assert_all_not_found,
     assert_validation,
     create_environment,
@@ -368,14 +369,13 @@ async def test_resolve_layers_and_union_order(db: asyncpg.Pool[Any], tenant: Ten
 
 
 async def test_team_layers(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
-    """With a teams table (created in a transaction that is rolled back, since the teams
-    resource does not exist yet): team environments the agent does not have itself, then the
-    team, come between its environments and the agent."""
+    """With a team (a row of `teams`, which has no routes yet): team environments the agent does
+    not have itself, then the team, come between its environments and the agent."""
     member = tenant.member
     own = await create_environment(member, "own")
     team_env = await create_environment(member, "team-env")
-    team_id = uuid.uuid4()
-    agent = await create_agent(member, "teamed", environment_ids=[own["id"]], team_id=str(team_id))
+    team_id = await add_team(db, tenant.id, "crew", environment_ids=[own["id"], team_env["id"]])
+    agent = await create_agent(member, "teamed", environment_ids=[own["id"]])
     await put(member, "environment", own["id"], knowledge_uuids=["own-k"])
     await put(member, "environment", team_env["id"], knowledge_uuids=["team-env-k"])
     await put(member, "agent", agent["id"], knowledge_uuids=["agent-k", "team-k"])
@@ -389,24 +389,10 @@ async def test_team_layers(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
     )
     plain = await resolve_context(db, tenant.id, "agent", agent["id"])
     assert plain.team_id is None and "team" not in plain.layers
-    async with db.acquire() as conn:
-        transaction = conn.transaction()
-        await transaction.start()
-        try:
-            await conn.execute(
-                "CREATE TABLE teams (id uuid PRIMARY KEY, organization_id text, "
-                "environment_ids jsonb)"
-            )
-            await conn.execute(
-                "INSERT INTO teams VALUES ($1, $2, $3)",
-                team_id,
-                tenant.id,
-                [own["id"], team_env["id"]],
-            )
-            resolved = await resolve_context(conn, tenant.id, "agent", agent["id"])
-            team = await resolve_context(conn, tenant.id, "team", str(team_id))
-        finally:
-            await transaction.rollback()
+    r = await member.patch(f"/api/v1/agents/{agent['id']}", json={"team_id": str(team_id)})
+    assert r.status_code == 200, r.text
+    resolved = await resolve_context(db, tenant.id, "agent", agent["id"])
+    team = await resolve_context(db, tenant.id, "team", str(team_id))
     assert list(resolved.layers) == [
         "organization",
         "project",

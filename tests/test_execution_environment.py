@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 
 from controlplane.environments import Layer, merge, token_env_names
 from tests.conftest import Tenant, assert_error, client_for
-from tests.resource_helpers import MISSING, assert_all_not_found, create_environment
+from tests.resource_helpers import MISSING, add_team, assert_all_not_found, create_environment
 from tests.test_secrets import (
     SECRET_VALUE,
     VaultTenant,
@@ -136,7 +136,7 @@ def test_integration_types_map_to_env_vars() -> None:
 
 
 async def test_resolved_for_agent_shows_layers_and_names_only(
-    vt: VaultTenant, other_vt: VaultTenant
+    db: asyncpg.Pool[Any], vt: VaultTenant, other_vt: VaultTenant
 ) -> None:
     await put_secret(vt.admin, "S1")
     base = await create_environment(
@@ -193,13 +193,16 @@ async def test_resolved_for_agent_shows_layers_and_names_only(
     assert_error(
         await vt.viewer.get(f"/api/v1/execution-environment/agents/{agent['id']}/resolved"), 403
     )
-    # An agent naming a team: the team slot stays empty while teams do not exist.
+    # An agent naming a team: the team's layer comes before the agent's.
+    team_id = await add_team(
+        db, vt.id, "crew", execution_environment={"env_vars": {"X": "team", "T": "team"}}
+    )
     teamed = await make_agent(
-        vt.member, team_id=str(uuid.uuid4()), execution_environment={"env_vars": {"X": "1"}}
+        vt.member, team_id=str(team_id), execution_environment={"env_vars": {"X": "1"}}
     )
     r = await vt.member.get(f"/api/v1/execution-environment/agents/{teamed['id']}/resolved")
-    assert [layer["source"] for layer in r.json()["layers"]] == ["agent"]
-    assert r.json()["env_vars"] == {"X": "1"}
+    assert [layer["source"] for layer in r.json()["layers"]] == ["team", "agent"]
+    assert r.json()["env_vars"] == {"X": "1", "T": "team"}
     theirs = await make_agent(other_vt.member)
 
     async def resolved(ident: str) -> Any:

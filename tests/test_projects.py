@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import Tenant, assert_error
 from tests.resource_helpers import (
+    add_team,
     assert_all_not_found,
     assert_validation,
     check_pagination,
@@ -382,19 +383,34 @@ async def test_default_project_when_its_name_or_key_is_taken(tenant: Tenant) -> 
 async def test_delete_cascades_to_associations(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
     project = await create(tenant.member, "Doomed", "DOOM")
     keep = await create(tenant.member, "Kept", "KEPT")
+
+    async def member(column: str) -> uuid.UUID:
+        """A real agent or team to add (memberships have foreign keys)."""
+        name = f"member-{uuid.uuid4().hex[:8]}"
+        if column == "team_id":
+            return await add_team(db, tenant.id, name)
+        agent_id = uuid.uuid4()
+        await db.execute(
+            "INSERT INTO agents (id, organization_id, name) VALUES ($1, $2, $3)",
+            agent_id,
+            tenant.id,
+            name,
+        )
+        return agent_id
+
     for pid in (project["id"], keep["id"]):
         for table, column in [("project_agents", "agent_id"), ("project_teams", "team_id")]:
             await db.execute(
                 f"INSERT INTO {table} (id, project_id, {column}) VALUES ($1, $2, $3)",
                 uuid.uuid4(),
                 uuid.UUID(pid),
-                uuid.uuid4(),
+                await member(column),
             )
     await db.execute(
         "INSERT INTO project_agents (id, project_id, agent_id) VALUES ($1, $2, $3)",
         uuid.uuid4(),
         uuid.UUID(project["id"]),
-        uuid.uuid4(),
+        await member("agent_id"),
     )
     counted = (await tenant.viewer.get(f"/api/v1/projects/{project['id']}")).json()
     assert (counted["agent_count"], counted["team_count"]) == (2, 1)

@@ -24,6 +24,7 @@ from controlplane.tool_catalogue import (
 )
 from tests.conftest import Tenant, assert_error
 from tests.resource_helpers import (
+    add_team,
     assert_all_not_found,
     assert_validation,
     check_pagination,
@@ -613,9 +614,8 @@ async def test_resolution_table(tenant: Tenant, other_tenant: Tenant) -> None:
 
 
 async def test_team_layers(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
-    """With a teams table (created in a transaction that is rolled back, since the teams
-    resource does not exist yet), the chain is environments → team environments → team →
-    agent."""
+    """With a team (a row of `teams`, which has no routes yet), the chain is environments →
+    team environments → team → agent."""
     member = tenant.member
     own_env = await create_environment(member, "own")
     team_env = await create_environment(member, "team-env")
@@ -623,18 +623,18 @@ async def test_team_layers(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
     b = await create_skill(tenant.admin, "b", "sleep")
     c = await create_skill(tenant.admin, "c", "sleep")
     d = await create_skill(tenant.admin, "d", "sleep")
-    team_id = uuid.uuid4()
-    agent = await create_agent(
-        member, "teamed", environment_ids=[own_env["id"]], team_id=str(team_id)
+    team_id = await add_team(
+        db, tenant.id, "crew", environment_ids=[team_env["id"], own_env["id"]], skill_ids=[b["id"]]
     )
+    agent = await create_agent(member, "teamed", environment_ids=[own_env["id"]])
     await associate(member, "environment", own_env["id"], a["id"], {"max_seconds": 1})
     await associate(member, "environment", team_env["id"], b["id"])
     await associate(member, "environment", team_env["id"], a["id"], {"max_seconds": 2})
     await associate(member, "agent", agent["id"], d["id"])
-    # Without a teams table, the team layers are empty.
+    # Without a team, the team layers are empty.
     names = [s.name for s in await resolve_agent_skills(db, tenant.id, uuid.UUID(agent["id"]))]
     assert names == ["a", "d"]
-    # Associations with a team are stored as any other (the route 404s until teams exist).
+    # Associations with a team are stored as any other.
     await db.execute(
         "INSERT INTO skill_associations (id, organization_id, skill_id, entity_type, entity_id, "
         "configuration_override) VALUES ($1, $2, $3, 'team', $4, $5)",
@@ -644,24 +644,9 @@ async def test_team_layers(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
         team_id,
         {"max_seconds": 3},
     )
-    async with db.acquire() as conn:
-        transaction = conn.transaction()
-        await transaction.start()
-        try:
-            await conn.execute(
-                "CREATE TABLE teams (id uuid PRIMARY KEY, organization_id text, "
-                "environment_ids jsonb, skill_ids jsonb)"
-            )
-            await conn.execute(
-                "INSERT INTO teams VALUES ($1, $2, $3, $4)",
-                team_id,
-                tenant.id,
-                [team_env["id"], own_env["id"]],
-                [b["id"]],
-            )
-            skills = await resolve_agent_skills(conn, tenant.id, uuid.UUID(agent["id"]))
-        finally:
-            await transaction.rollback()
+    r = await member.patch(f"/api/v1/agents/{agent['id']}", json={"team_id": str(team_id)})
+    assert r.status_code == 200, r.text
+    skills = await resolve_agent_skills(db, tenant.id, uuid.UUID(agent["id"]))
     assert [(s.name, s.source, s.inherited, s.configuration) for s in skills] == [
         ("a", "environment", True, {"max_seconds": 2}),
         ("b", "team", True, {}),

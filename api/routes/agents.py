@@ -209,6 +209,7 @@ async def _check(
     check_model: bool,
     configuration: dict[str, Any],
     environment_ids: list[uuid.UUID] | None,
+    team_id: uuid.UUID | None,
 ) -> str | None:
     """Every problem with the agent-to-be in one 400; returns the model's stored value."""
     errors: list[str] = []
@@ -227,6 +228,10 @@ async def _check(
         errors.extend(config_errors(configuration))
     missing = await _environment_errors(call, environment_ids or [])
     errors.extend(f"Environment '{ident}' not found" for ident in missing)
+    if team_id is not None and not await call.db.fetchval(
+        "SELECT 1 FROM teams WHERE id = $1 AND organization_id = $2", team_id, call.org
+    ):
+        errors.append(f"Team '{team_id}' not found")
     if errors:
         extra = {"missing_environment_ids": [str(i) for i in missing]} if missing else {}
         raise _invalid(errors, **extra)
@@ -259,8 +264,8 @@ async def _get(call: Call, agent_id: uuid.UUID) -> AgentOut:
 
 @router.post("/api/v1/agents", status=201)
 async def create_agent(call: Call, body: AgentCreate) -> AgentOut:
-    """Create an agent; its runtime/model pair and environments are checked (400 lists every
-    problem) and it joins the organization's Default project."""
+    """Create an agent; its runtime/model pair, environments and team are checked (400 lists
+    every problem) and it joins the organization's Default project."""
     configuration = _configuration(body.configuration)
     if "system_prompt" in body.model_fields_set:
         _set_prompt(configuration, body.system_prompt)
@@ -274,6 +279,7 @@ async def create_agent(call: Call, body: AgentCreate) -> AgentOut:
         check_model=True,
         configuration=configuration,
         environment_ids=environment_ids,
+        team_id=body.team_id,
     )
     project_id = await default_project_id(call.db, call.org)
     agent_id = uuid.uuid4()
@@ -343,7 +349,7 @@ async def get_agent(call: Call) -> AgentOut:
 @router.patch("/api/v1/agents/{agent_id}")
 async def update_agent(call: Call, body: AgentUpdate) -> AgentOut:
     """Change the fields sent (`status` and `state` too). A changed runtime or model is checked
-    like at creation, and so are changed environments."""
+    like at creation, and so are changed environments and team."""
     agent_id = call.path_uuid("agent_id", "Agent")
     current = await _get(call, agent_id)
     changes = body.changes()
@@ -374,6 +380,7 @@ async def update_agent(call: Call, body: AgentUpdate) -> AgentOut:
         check_model=check_model,
         configuration=configuration,
         environment_ids=environment_ids,
+        team_id=changes.get("team_id"),
     )
     if "model_id" in changes:
         changes["model_id"] = model_value

@@ -1,4 +1,4 @@
-"""`/api/v1/models` (reference §3.11): the global catalogue seeded by schema.sql, read-only here,
+"""`/api/v1/models` (reference §3.11): the global catalogue seeded at start-up, read-only here,
 plus each organization's own models. A model is named by its id or its `value`
 (`anthropic/claude-sonnet-4-5`), so the path parameter may hold a slash."""
 

@@ -1,4 +1,8 @@
--- Read models of the control plane. Applied at every start-up, so every statement is idempotent.
+-- 0001: the schema of the last release that applied schema.sql at every start-up (commit 12b6226),
+-- kept as it was. Its statements are idempotent (IF NOT EXISTS), so on a database that file set
+-- up, of that release or an earlier one, it fills in what is missing exactly as that start-up
+-- did, and is recorded as on a new database. The model catalogue seed that file ended with is
+-- now repeatable/model_catalogue.sql, run after the migrations.
 -- Every tenant-owned row carries organization_id (the organization's slug) and every query filters on it.
 
 CREATE TABLE IF NOT EXISTS organizations (
@@ -8,16 +12,13 @@ CREATE TABLE IF NOT EXISTS organizations (
     created_at            timestamptz NOT NULL DEFAULT now()
 );
 
--- The Temporal namespace registered for the organization (NULL: not yet, the API registers it).
-ALTER TABLE organizations ADD COLUMN IF NOT EXISTS temporal_namespace text;
-
 CREATE TABLE IF NOT EXISTS api_keys (
     id              uuid PRIMARY KEY,
     organization_id text NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
     name            text NOT NULL,
     prefix          text NOT NULL,
     key_hash        text NOT NULL UNIQUE,
-    role            text NOT NULL,
+    role            text NOT NULL CHECK (role IN ('admin', 'member', 'viewer')),
     created_at      timestamptz NOT NULL DEFAULT now(),
     created_by      text,
     revoked_at      timestamptz
@@ -33,31 +34,16 @@ CREATE UNLOGGED TABLE IF NOT EXISTS rate_limit_counters (
 );
 
 -- Idempotency-Key records: the first request's fingerprint and, once finished, its response.
--- Keyed by the credential too, so one key's response is never replayed to another key.
--- A response that carried a credential is not stored (replayable = false).
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     organization_id text NOT NULL,
-    credential      text NOT NULL DEFAULT '',
     idempotency_key text NOT NULL,
     request_hash    text NOT NULL,
     status_code     integer,
     content_type    text,
     response_body   bytea,
-    replayable      boolean NOT NULL DEFAULT true,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (organization_id, credential, idempotency_key)
+    PRIMARY KEY (organization_id, idempotency_key)
 );
-ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS credential text NOT NULL DEFAULT '';
-ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS replayable boolean NOT NULL DEFAULT true;
-DO $$ BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid
-                   AND a.attnum = ANY(i.indkey)
-                   WHERE i.indrelid = 'idempotency_keys'::regclass AND i.indisprimary
-                   AND a.attname = 'credential') THEN
-        ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_pkey;
-        ALTER TABLE idempotency_keys ADD PRIMARY KEY (organization_id, credential, idempotency_key);
-    END IF;
-END $$;
 
 CREATE TABLE IF NOT EXISTS projects (
     id              uuid PRIMARY KEY,
@@ -159,30 +145,6 @@ CREATE TABLE IF NOT EXISTS workers (
     updated_at        timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS workers_queue ON workers (worker_queue_id, last_heartbeat);
-
--- Worker keys: API keys of role `worker`, bound to one queue; they may only start workers there.
-ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS worker_queue_id uuid
-    REFERENCES worker_queues(id) ON DELETE CASCADE;
-ALTER TABLE api_keys DROP CONSTRAINT IF EXISTS api_keys_role_check;
-DO $$ BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'api_keys_role_scope') THEN
-        ALTER TABLE api_keys ADD CONSTRAINT api_keys_role_scope CHECK (
-            role IN ('admin', 'member', 'viewer', 'worker')
-            AND (role = 'worker') = (worker_queue_id IS NOT NULL));
-    END IF;
-END $$;
-
--- The key pairs that sign the JWTs Temporal's authorizer checks (JWKS at /.well-known/jwks.json).
--- The private key is sealed with the vault key when the API has one.
-CREATE TABLE IF NOT EXISTS signing_keys (
-    kid          text PRIMARY KEY,
-    algorithm    text NOT NULL,
-    public_jwk   jsonb NOT NULL,
-    private_pem  bytea NOT NULL,
-    nonce        bytea,
-    created_at   timestamptz NOT NULL DEFAULT now(),
-    retired_at   timestamptz
-);
 
 -- ---------------------------------------------------------------------------------------------
 -- Executions: the read model of agent/team executions. The Temporal workflow is the source of
@@ -302,59 +264,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS llm_models_global_value ON llm_models (value)
 CREATE UNIQUE INDEX IF NOT EXISTS llm_models_org_value ON llm_models (organization_id, value)
     WHERE organization_id IS NOT NULL;
 
--- The shipped catalogue: refreshed at every start-up, except `enabled`, which an operator may
--- change in SQL to hide a model from every organization.
-INSERT INTO llm_models (value, label, provider, api_model, description, recommended,
-                        compatible_runtimes, capabilities, pricing, display_order) VALUES
-    ('anthropic/claude-sonnet-4-5', 'Claude Sonnet 4.5', 'anthropic', NULL,
-     'Best balance of intelligence, speed and cost for agents and coding', true,
-     '["default", "claude_code"]',
-     '{"tools": true, "vision": true, "streaming": true, "extended_thinking": true, "context_window": 200000, "max_output_tokens": 64000}',
-     '{"input_per_million": 3, "output_per_million": 15, "currency": "USD"}', 10),
-    ('anthropic/claude-opus-4-5', 'Claude Opus 4.5', 'anthropic', NULL,
-     'Most capable model for complex, long-running agent work', false,
-     '["default", "claude_code"]',
-     '{"tools": true, "vision": true, "streaming": true, "extended_thinking": true, "context_window": 200000, "max_output_tokens": 64000}',
-     '{"input_per_million": 5, "output_per_million": 25, "currency": "USD"}', 20),
-    ('anthropic/claude-haiku-4-5', 'Claude Haiku 4.5', 'anthropic', NULL,
-     'Fastest and cheapest of the current models', false,
-     '["default", "claude_code"]',
-     '{"tools": true, "vision": true, "streaming": true, "extended_thinking": true, "context_window": 200000, "max_output_tokens": 64000}',
-     '{"input_per_million": 1, "output_per_million": 5, "currency": "USD"}', 30),
-    ('anthropic/claude-opus-4-1', 'Claude Opus 4.1', 'anthropic', NULL,
-     'Previous Opus generation', false,
-     '["default", "claude_code"]',
-     '{"tools": true, "vision": true, "streaming": true, "extended_thinking": true, "context_window": 200000, "max_output_tokens": 32000}',
-     '{"input_per_million": 15, "output_per_million": 75, "currency": "USD"}', 40),
-    ('anthropic/claude-sonnet-4', 'Claude Sonnet 4', 'anthropic', 'claude-sonnet-4-20250514',
-     'Previous Sonnet generation', false,
-     '["default", "claude_code"]',
-     '{"tools": true, "vision": true, "streaming": true, "extended_thinking": true, "context_window": 200000, "max_output_tokens": 64000}',
-     '{"input_per_million": 3, "output_per_million": 15, "currency": "USD"}', 50),
-    ('anthropic/claude-3-5-haiku', 'Claude Haiku 3.5', 'anthropic', 'claude-3-5-haiku-20241022',
-     'Older fast model', false,
-     '["default", "claude_code"]',
-     '{"tools": true, "vision": true, "streaming": true, "extended_thinking": false, "context_window": 200000, "max_output_tokens": 8192}',
-     '{"input_per_million": 0.8, "output_per_million": 4, "currency": "USD"}', 60)
-ON CONFLICT (value) WHERE organization_id IS NULL DO UPDATE SET
-    label = EXCLUDED.label,
-    provider = EXCLUDED.provider,
-    api_model = EXCLUDED.api_model,
-    description = EXCLUDED.description,
-    recommended = EXCLUDED.recommended,
-    compatible_runtimes = EXCLUDED.compatible_runtimes,
-    capabilities = EXCLUDED.capabilities,
-    pricing = EXCLUDED.pricing,
-    display_order = EXCLUDED.display_order,
-    updated_at = now()
-WHERE (llm_models.label, llm_models.provider, llm_models.api_model, llm_models.description,
-       llm_models.recommended, llm_models.compatible_runtimes, llm_models.capabilities,
-       llm_models.pricing, llm_models.display_order)
-      IS DISTINCT FROM
-      (EXCLUDED.label, EXCLUDED.provider, EXCLUDED.api_model, EXCLUDED.description,
-       EXCLUDED.recommended, EXCLUDED.compatible_runtimes, EXCLUDED.capabilities,
-       EXCLUDED.pricing, EXCLUDED.display_order);
-
 -- Agents. system_prompt lives in configuration.system_prompt, as in Kubiya; team_id and
 -- skill_ids point at resources added later, so they carry no foreign key yet.
 CREATE TABLE IF NOT EXISTS agents (
@@ -388,10 +297,6 @@ CREATE INDEX IF NOT EXISTS project_agents_agent ON project_agents (agent_id);
 
 -- The run's own execution_environment override (env_vars, secrets, integration_ids, mcp_servers).
 ALTER TABLE executions ADD COLUMN IF NOT EXISTS execution_environment jsonb NOT NULL DEFAULT '{}';
--- What the control plane decided at start and checks every worker claim against: the tools the
--- run offers, and the role of the key that started it (for `role` policy associations).
-ALTER TABLE executions ADD COLUMN IF NOT EXISTS tools jsonb NOT NULL DEFAULT '[]';
-ALTER TABLE executions ADD COLUMN IF NOT EXISTS user_role text;
 
 -- Skills (reference §3.10; 0.3 "toolsets"; controlplane/tool_catalogue.py has the types) and
 -- their associations with agents, teams and environments (api/skills.py resolves them).
@@ -529,29 +434,3 @@ CREATE TABLE IF NOT EXISTS custom_integrations (
 CREATE UNIQUE INDEX IF NOT EXISTS custom_integrations_name ON custom_integrations (organization_id, name)
     WHERE status <> 'deleted';
 CREATE INDEX IF NOT EXISTS custom_integrations_org ON custom_integrations (organization_id, created_at, id);
-
--- (Interim, until numbered migrations land: the teams table and parent executions.)
-CREATE TABLE IF NOT EXISTS teams (
-    id                    uuid PRIMARY KEY,
-    organization_id       text NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
-    name                  text NOT NULL,
-    description           text,
-    status                text NOT NULL DEFAULT 'active'
-                          CHECK (status IN ('active', 'inactive', 'archived', 'idle')),
-    runtime               text NOT NULL DEFAULT 'default' CHECK (runtime IN ('default', 'claude_code')),
-    coordination_type     text NOT NULL DEFAULT 'leader'
-                          CHECK (coordination_type IN ('leader', 'sequential', 'parallel')),
-    configuration         jsonb NOT NULL DEFAULT '{}',
-    skill_ids             jsonb NOT NULL DEFAULT '[]',
-    skill_configurations  jsonb NOT NULL DEFAULT '{}',
-    environment_ids       jsonb NOT NULL DEFAULT '[]',
-    execution_environment jsonb NOT NULL DEFAULT '{}',
-    model_id              text,
-    created_by            text,
-    created_at            timestamptz NOT NULL DEFAULT now(),
-    updated_at            timestamptz NOT NULL DEFAULT now(),
-    last_active_at        timestamptz,
-    UNIQUE (organization_id, name)
-);
-ALTER TABLE executions ADD COLUMN IF NOT EXISTS parent_execution_id uuid
-    REFERENCES executions(id) ON DELETE CASCADE;
