@@ -12,8 +12,8 @@ import asyncpg
 import httpx
 import pytest
 
-from api.errors import ApiError
 from controlplane.context import ContextLayer, ResolvedContext, context_prompt, resolve_context
+from controlplane.errors import NotFound, Refused
 from tests.conftest import Tenant, assert_error
 from tests.resource_helpers import (
     MISSING,
@@ -418,15 +418,14 @@ async def test_resolve_context_function(db: asyncpg.Pool[Any], tenant: Tenant) -
     await put(tenant.member, "agent", agent["id"], knowledge_uuids=["k"])
     resolved = await resolve_context(db, tenant.id, "agent", uuid.UUID(agent["id"]))
     assert resolved.knowledge_uuids == ["k"] and resolved.entity_id == agent["id"]
-    for entity_type, ident, status in [
-        ("agent", str(uuid.uuid4()), 404),
-        ("agent", "nope", 404),
-        ("widget", agent["id"], 400),
-        ("organization", "another-org", 404),
+    for entity_type, ident, kind in [
+        ("agent", str(uuid.uuid4()), NotFound),
+        ("agent", "nope", NotFound),
+        ("widget", agent["id"], Refused),
+        ("organization", "another-org", NotFound),
     ]:
-        with pytest.raises(ApiError) as error:
+        with pytest.raises(kind):
             await resolve_context(db, tenant.id, entity_type, ident)
-        assert error.value.status == status
 
 
 def _layer(entity_type: Any, knowledge: list[str], resources: list[str]) -> ContextLayer:

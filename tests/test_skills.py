@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
-from api.errors import ApiError
+from controlplane.errors import NotFound, Refused
 from controlplane.skills import resolve_agent_skills, tools_for_agent
 from controlplane.tool_catalogue import (
     SKILL_TYPES,
@@ -731,9 +731,8 @@ async def test_tools_for_agent(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
 
     none = await create_agent(member, "toolless")
     assert await tools_for_agent(db, tenant.id, uuid.UUID(none["id"])) == []
-    with pytest.raises(ApiError) as missing:
+    with pytest.raises(NotFound):
         await tools_for_agent(db, tenant.id, uuid.uuid4())
-    assert missing.value.status == 404
 
     # A stored override that no longer fits its skill (say, written before a rule changed) is
     # a 400 that names the skill, not a crash.
@@ -742,9 +741,9 @@ async def test_tools_for_agent(db: asyncpg.Pool[Any], tenant: Tenant) -> None:
         {"timeout": -5},
         uuid.UUID(shell["id"]),
     )
-    with pytest.raises(ApiError) as invalid:
+    with pytest.raises(Refused) as invalid:
         await tools_for_agent(db, tenant.id, uuid.UUID(agent["id"]))
-    assert invalid.value.status == 400 and "Ops Shell" in invalid.value.message
+    assert "Ops Shell" in invalid.value.message
 
 
 def test_tool_specs_per_type() -> None:

@@ -3,17 +3,13 @@ them (signals to the workflow), the worker protocol reports, and the SSE stream.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
 from pydantic import BaseModel, Field
 from starlette.responses import Response, StreamingResponse
-from temporalio.client import WorkflowHandle
-from temporalio.service import RPCError
 
 from api.access import execution_for
 from api.errors import ApiError
@@ -21,17 +17,9 @@ from api.event_stream import stream_events
 from api.pagination import ListQuery, Page, fetch_page
 from api.routing import Call, Router
 from api.schemas import Deleted
+from controlplane.executions import actions
 from controlplane.executions.events import append_event
 from controlplane.executions.lifecycle import COLUMNS, Report, report
-from workflows.contracts import (
-    ADD_MESSAGE,
-    MARK_AS_DONE,
-    PAUSE_EXECUTION,
-    RESUME_EXECUTION,
-    TERMINAL_STATES,
-    ChatMessage,
-    workflow_id_for,
-)
 
 router = Router("executions")
 
@@ -308,57 +296,26 @@ async def stream(call: Call, query: StreamQuery) -> Response:
     )
 
 
-# --- user actions: signals to the workflow ---------------------------------------------------
+# --- user actions: signals to the workflow (controlplane/executions/actions.py) ---------------
 
 
-async def _handle(call: Call, row: asyncpg.Record) -> WorkflowHandle[Any, Any]:
-    client = await call.state.temporal.client(call.org)
-    return client.get_workflow_handle(
-        row["temporal_workflow_id"] or workflow_id_for(str(row["id"]))
+def _acted(row: asyncpg.Record, workflow_id: str, status: str, message: str) -> ActionResult:
+    return ActionResult(
+        success=True,
+        execution_id=row["id"],
+        workflow_id=workflow_id,
+        status=status,
+        message=message,
     )
-
-
-def _require_status(row: asyncpg.Record, allowed: tuple[str, ...], action: str) -> None:
-    if row["status"] not in allowed:
-        raise ApiError(
-            409,
-            f"Cannot {action} an execution that is {row['status']}",
-            details={"status": row["status"], "allowed_from": list(allowed)},
-        )
-
-
-async def _signal(call: Call, row: asyncpg.Record, signal: str, *args: Any) -> str:
-    handle = await _handle(call, row)
-    try:
-        await handle.signal(signal, *args)
-    except RPCError as error:
-        call.state.metrics.temporal_errors.labels(operation="signal").inc()
-        raise ApiError(
-            409,
-            f"The execution's workflow cannot take '{signal}': {error.message}",
-            details={"status": row["status"]},
-        ) from None
-    return handle.id
 
 
 @router.post("/api/v1/executions/{execution_id}/message", status=202)
 async def send_message(call: Call, body: MessageIn) -> MessageAccepted:
     """A follow-up user message (signal `add_message`)."""
     row = await execution_for(call)
-    _require_status(row, ("pending", "running", "waiting_for_input", "paused"), "message")
-    now = datetime.now(UTC)
-    message = ChatMessage(
-        role=body.role,
-        content=body.message,
-        timestamp=now.isoformat(),
-        message_id=f"{row['id']}_{int(now.timestamp() * 1_000_000)}",
-        user_id=call.principal.actor,
+    message = await actions.send_message(
+        call.db, call.state.temporal, row, body.message, call.principal.actor
     )
-    await _signal(call, row, ADD_MESSAGE, message)
-    async with call.db.acquire() as conn, conn.transaction():
-        await append_event(
-            conn, row["id"], "message", asdict(message), f"message:{message.message_id}"
-        )
     return MessageAccepted(
         success=True, execution_id=row["id"], message_id=message.message_id, status=row["status"]
     )
@@ -368,79 +325,37 @@ async def send_message(call: Call, body: MessageIn) -> MessageAccepted:
 async def pause(call: Call) -> ActionResult:
     """Hold the execution after its current step (signal `pause_execution`)."""
     row = await execution_for(call)
-    _require_status(row, ("running", "waiting_for_input"), "pause")
-    workflow_id = await _signal(call, row, PAUSE_EXECUTION)
-    return ActionResult(
-        success=True,
-        execution_id=row["id"],
-        workflow_id=workflow_id,
-        status="paused",
-        message="Execution paused",
-    )
+    workflow_id = await actions.pause(call.state.temporal, row)
+    return _acted(row, workflow_id, "paused", "Execution paused")
 
 
 @router.post("/api/v1/executions/{execution_id}/resume")
 async def resume(call: Call) -> ActionResult:
     """Continue a paused execution (signal `resume_execution`)."""
     row = await execution_for(call)
-    _require_status(row, ("paused",), "resume")
-    workflow_id = await _signal(call, row, RESUME_EXECUTION)
-    return ActionResult(
-        success=True,
-        execution_id=row["id"],
-        workflow_id=workflow_id,
-        status="running",
-        message="Execution resumed",
-    )
+    workflow_id = await actions.resume(call.state.temporal, row)
+    return _acted(row, workflow_id, "running", "Execution resumed")
 
 
 @router.post("/api/v1/executions/{execution_id}/mark-done", status=202)
 async def mark_done(call: Call) -> ActionResult:
     """End the conversation after the current turn (signal `mark_as_done`)."""
     row = await execution_for(call)
-    _require_status(row, ("pending", "running", "waiting_for_input", "paused"), "mark done")
-    workflow_id = await _signal(call, row, MARK_AS_DONE)
-    return ActionResult(
-        success=True,
-        execution_id=row["id"],
-        workflow_id=workflow_id,
-        status=row["status"],
-        message="Execution will complete",
-    )
+    workflow_id = await actions.mark_done(call.state.temporal, row)
+    return _acted(row, workflow_id, row["status"], "Execution will complete")
 
 
 @router.post("/api/v1/executions/{execution_id}/cancel")
 async def cancel(call: Call) -> ActionResult:
     """Cancel the workflow; the execution ends `cancelled`."""
     row = await execution_for(call)
-    _require_status(row, ("pending", "running", "waiting_for_input", "paused"), "cancel")
-    handle = await _handle(call, row)
-    try:
-        await handle.cancel()
-    except RPCError as error:
-        raise ApiError(
-            409,
-            f"The workflow cannot be cancelled: {error.message}",
-            details={"status": row["status"]},
-        ) from None
-    return ActionResult(
-        success=True,
-        execution_id=row["id"],
-        workflow_id=handle.id,
-        status="cancelled",
-        message="Cancellation requested",
-    )
+    workflow_id = await actions.cancel(call.state.temporal, row)
+    return _acted(row, workflow_id, "cancelled", "Cancellation requested")
 
 
 @router.delete("/api/v1/executions/{execution_id}")
 async def delete_execution(call: Call) -> Deleted:
     """Delete an execution's records; a live workflow is terminated first."""
     row = await execution_for(call)
-    if row["status"] not in TERMINAL_STATES:
-        handle = await _handle(call, row)
-        with contextlib.suppress(RPCError):  # already closed
-            await handle.terminate(reason="execution deleted")
-    await call.db.execute(
-        "DELETE FROM executions WHERE id = $1 AND organization_id = $2", row["id"], call.org
-    )
+    await actions.delete(call.db, call.state.temporal, row)
     return Deleted(id=row["id"])

@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from controlplane import outbox
 from controlplane.db import Conn, Queryable
 from controlplane.executions.events import append_event
 from workflows.contracts import TERMINAL_STATES
@@ -126,6 +127,7 @@ async def apply_report(conn: Conn, current: asyncpg.Record, change: Report) -> N
     await append_event(
         conn, execution_id, "status", {"status": new_status, "execution_id": str(execution_id)}
     )
+    await _announce(conn, current, new_status, change)
     if new_status == "completed":
         await append_event(
             conn,
@@ -150,3 +152,35 @@ async def apply_report(conn: Conn, current: asyncpg.Record, change: Report) -> N
                 "error_type": "cancelled" if new_status == "cancelled" else "execution_failed",
             },
         )
+
+
+# The statuses webhook subscribers hear about, and as what.
+ANNOUNCED = {
+    "running": "execution.started",
+    "waiting_for_input": "execution.waiting_for_input",
+    "completed": "execution.completed",
+    "failed": "execution.failed",
+    "cancelled": "execution.cancelled",
+}
+
+
+async def _announce(conn: Conn, current: asyncpg.Record, new_status: str, change: Report) -> None:
+    event_type = ANNOUNCED.get(new_status)
+    if event_type is None:
+        return
+    if new_status == "running" and current["started_at"] is not None:
+        return  # started once; running again after input or a pause is not a new start
+    data: dict[str, Any] = {
+        "execution_id": str(current["id"]),
+        "execution_type": current["execution_type"],
+        "entity_id": str(current["entity_id"]) if current["entity_id"] else None,
+        "entity_name": current["entity_name"],
+        "status": new_status,
+        "previous_status": current["status"],
+    }
+    if new_status == "completed":
+        data["response"] = change.response
+        data["usage"] = change.usage or {}
+    if new_status in ("failed", "cancelled"):
+        data["error_message"] = change.error_message
+    await outbox.record(conn, current["organization_id"], event_type, data)

@@ -1,0 +1,124 @@
+"""What a user may do to a running execution, each a signal (or a cancel) to its workflow in
+the organization's namespace: send a message, pause, resume, mark done, cancel, delete.
+
+Each checks the status the read model shows first (the workflow is the source of truth, so a
+signal it refuses is a conflict too)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from temporalio.client import WorkflowHandle
+from temporalio.service import RPCError
+
+from controlplane.errors import Conflict
+from controlplane.executions.events import append_event
+from controlplane.temporal import TemporalGateway
+from workflows.contracts import (
+    ADD_MESSAGE,
+    MARK_AS_DONE,
+    PAUSE_EXECUTION,
+    RESUME_EXECUTION,
+    TERMINAL_STATES,
+    ChatMessage,
+    workflow_id_for,
+)
+
+LIVE = ("pending", "running", "waiting_for_input", "paused")
+
+
+async def handle_of(temporal: TemporalGateway, row: asyncpg.Record) -> WorkflowHandle[Any, Any]:
+    client = await temporal.client(row["organization_id"])
+    return client.get_workflow_handle(
+        row["temporal_workflow_id"] or workflow_id_for(str(row["id"]))
+    )
+
+
+def require_status(row: asyncpg.Record, allowed: tuple[str, ...], action: str) -> None:
+    if row["status"] not in allowed:
+        raise Conflict(
+            f"Cannot {action} an execution that is {row['status']}",
+            details={"status": row["status"], "allowed_from": list(allowed)},
+        )
+
+
+async def signal(temporal: TemporalGateway, row: asyncpg.Record, name: str, *args: Any) -> str:
+    """Send a signal; returns the workflow id."""
+    handle = await handle_of(temporal, row)
+    try:
+        await handle.signal(name, *args)
+    except RPCError as error:
+        temporal.count_error("signal")
+        raise Conflict(
+            f"The execution's workflow cannot take '{name}': {error.message}",
+            details={"status": row["status"]},
+        ) from None
+    return handle.id
+
+
+async def send_message(
+    db: Any, temporal: TemporalGateway, row: asyncpg.Record, text: str, actor: str
+) -> ChatMessage:
+    """A follow-up user message (signal `add_message`), also streamed as a `message` event."""
+    require_status(row, LIVE, "message")
+    now = datetime.now(UTC)
+    message = ChatMessage(
+        role="user",
+        content=text,
+        timestamp=now.isoformat(),
+        message_id=f"{row['id']}_{int(now.timestamp() * 1_000_000)}",
+        user_id=actor,
+    )
+    await signal(temporal, row, ADD_MESSAGE, message)
+    async with db.acquire() as conn, conn.transaction():
+        await append_event(
+            conn, row["id"], "message", asdict(message), f"message:{message.message_id}"
+        )
+    return message
+
+
+async def pause(temporal: TemporalGateway, row: asyncpg.Record) -> str:
+    require_status(row, ("running", "waiting_for_input"), "pause")
+    return await signal(temporal, row, PAUSE_EXECUTION)
+
+
+async def resume(temporal: TemporalGateway, row: asyncpg.Record) -> str:
+    require_status(row, ("paused",), "resume")
+    return await signal(temporal, row, RESUME_EXECUTION)
+
+
+async def mark_done(temporal: TemporalGateway, row: asyncpg.Record) -> str:
+    require_status(row, LIVE, "mark done")
+    return await signal(temporal, row, MARK_AS_DONE)
+
+
+async def cancel(temporal: TemporalGateway, row: asyncpg.Record) -> str:
+    """Cancel the workflow (a team's members, its child workflows, are cancelled with it); the
+    execution ends `cancelled` when the workflow reports it."""
+    require_status(row, LIVE, "cancel")
+    handle = await handle_of(temporal, row)
+    try:
+        await handle.cancel()
+    except RPCError as error:
+        raise Conflict(
+            f"The workflow cannot be cancelled: {error.message}",
+            details={"status": row["status"]},
+        ) from None
+    return handle.id
+
+
+async def delete(db: Any, temporal: TemporalGateway, row: asyncpg.Record) -> None:
+    """Delete an execution's records; a live workflow is terminated first."""
+    if row["status"] not in TERMINAL_STATES:
+        handle = await handle_of(temporal, row)
+        with contextlib.suppress(RPCError):  # already closed
+            await handle.terminate(reason="execution deleted")
+    await db.execute(
+        "DELETE FROM executions WHERE id = $1 AND organization_id = $2",
+        row["id"],
+        row["organization_id"],
+    )
