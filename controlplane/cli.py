@@ -329,7 +329,7 @@ def cmd_tls_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from controlplane.dev import DevOptions, run_dev
+    from controlplane.devtools.stack import DevOptions, run_dev
 
     return run_dev(
         DevOptions.from_env(

@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controlplane.dev import pid_alive
+from controlplane.devtools.stack import pid_alive
 from controlplane.services import free_port
 
+CHECKOUT = Path(__file__).resolve().parents[2]
 RUNNING = "controlplane dev is running"
 NO_KEY_NOTE = "ANTHROPIC_API_KEY is not set: executions will fail"
 
@@ -64,6 +65,9 @@ class Dev:
             )
         }
         env["CONTROLPLANE_HOME"] = str(self.home)
+        # The processes run in a temporary directory, where `python -m controlplane.cli` would
+        # import whatever checkout the venv's editable install points at: make it this one.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHECKOUT), env.get("PYTHONPATH")]))
         return env
 
 

@@ -81,7 +81,7 @@ class DevOptions:
     ui_port: int = 8233
     database_url: str | None = None  # set: use it instead of embedded Postgres
     temporal_address: str | None = None  # set: use it instead of the Temporal dev server
-    fake_llm: bool = False  # run controlplane.fake_anthropic and point the worker at it
+    fake_llm: bool = False  # run controlplane.devtools.fake_anthropic and point the worker at it
     fake_llm_port: int = 8099
 
     @classmethod
@@ -294,7 +294,7 @@ class DevRun:
             "temporal": "temporal",
             "api": "controlplane",
             "worker": "controlplane",
-            "fake": "controlplane.fake_anthropic",
+            "fake": "controlplane.devtools.fake_anthropic",
         }
         with contextlib.suppress(OSError, ValueError):
             recorded: dict[str, int] = json.loads(pids_file.read_text())
@@ -539,7 +539,7 @@ class DevRun:
             {name: value for name, value in os.environ.items() if name not in WORKER_HIDDEN_ENV},
             "fake-anthropic.log",
             stop_timeout=10,
-            module="controlplane.fake_anthropic",
+            module="controlplane.devtools.fake_anthropic",
         )
         try:
             wait_for_port(port, FAKE_LLM_READY_TIMEOUT, child.process)
