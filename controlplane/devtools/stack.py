@@ -37,6 +37,12 @@ from typing import Any
 import asyncpg
 import httpx
 
+from controlplane.devtools.record import (
+    DevRecord,
+    remove_record,
+    write_private,
+    write_record,
+)
 from controlplane.devtools.supervise import (
     Backoff,
     Child,
@@ -138,13 +144,6 @@ def postmaster_pid(data_dir: Path) -> int | None:
         return None
 
 
-def _write_secret(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        handle.write(text + "\n")
-
-
 def dev_secret_key(home: Path) -> str:
     """CONTROLPLANE_SECRET_KEY if set, else the key kept in `$CONTROLPLANE_HOME/secret-key`,
     generated (0600) on first use. Losing that file loses every stored secret."""
@@ -165,7 +164,7 @@ def dev_secret_key(home: Path) -> str:
             ) from None
         return kept
     key = new_key()
-    _write_secret(path, key)
+    write_private(path, key)
     return key
 
 
@@ -259,6 +258,7 @@ class DevRun:
         self.start_temporal()
         key = asyncio.run(self.prepare_database())
         self.admin_key = key.key
+        self.record_running()
         self.start_api()
         queue = self.ensure_default_queue(key.key)
         worker_env = self.start_sidecars()
@@ -316,6 +316,8 @@ class DevRun:
         pids_file.unlink(missing_ok=True)
         # Removed last, once every child has stopped.
         self.stack.callback(pids_file.unlink, missing_ok=True)
+        # Left by a run that was killed (this one holds the home's lock).
+        remove_record(self.home)
 
     def check_ports(self) -> None:
         wanted = [(self.options.port, "the API", "--port", self.options.host)]
@@ -413,6 +415,20 @@ class DevRun:
             f"{TEMPORAL_HEALTH_TIMEOUT:.0f} s: {last_error}"
         )
 
+    def record_running(self) -> None:
+        """dev.json, where the CLI finds this stack's database and Temporal when DATABASE_URL is
+        not set. Written once the schema is applied; removed when stopping, after the API and
+        the workers and before Temporal and Postgres."""
+        record = DevRecord(
+            pid=os.getpid(),
+            database_url=self.database_url,
+            temporal_address=self.temporal_address,
+            api_url=self.options.api_url,
+        )
+        # Pushed first: a signal between the two must not leave the file behind.
+        self.stack.callback(remove_record, self.home)
+        write_record(self.home, record)
+
     async def prepare_database(self) -> AdminKey:
         """Schema, the `default` organization and the admin key of the key file."""
         from api.db import apply_schema
@@ -442,7 +458,7 @@ class DevRun:
             )
         finally:
             await conn.close()
-        _write_secret(key_file, new.key)
+        write_private(key_file, new.key)
         return AdminKey(new.key, new=True, replaced=bool(old))
 
     def _spawn(
@@ -578,7 +594,7 @@ class DevRun:
                 f"could not create the dev worker key: {response.status_code} "
                 f"{_error_message(response)}"
             )
-        _write_secret(path, response.json()["key"])
+        write_private(path, response.json()["key"])
         return path
 
     async def _worker_key_works(self, key: str, queue_id: str) -> bool:

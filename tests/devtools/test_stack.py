@@ -136,6 +136,15 @@ def assert_gone(pids: dict[str, int]) -> None:
     assert not [name for name, pid in pids.items() if pid_alive(pid)], pids
 
 
+def cli(dev: Dev, *args: str) -> subprocess.CompletedProcess[str]:
+    """`controlplane <args>` in the directory holding the dev home, with its default home."""
+    env = {name: value for name, value in dev.env().items() if name != "CONTROLPLANE_HOME"}
+    command = [sys.executable, "-m", "controlplane.cli", *args]
+    return subprocess.run(
+        command, env=env, cwd=dev.home.parent, capture_output=True, text=True, timeout=60
+    )
+
+
 def client(dev: Dev, key: str) -> httpx.Client:
     return httpx.Client(base_url=dev.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
@@ -222,9 +231,9 @@ def worker_registered(http: httpx.Client, queue_id: object, pid: int) -> bool:
 
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[Dev]:
-    """A dev home on free ports. A run the test left running (it failed) is stopped, so that
-    its services do not outlive the test."""
-    dev = Dev(tmp_path / "home", free_port(), free_port(), free_port())
+    """A dev home at the default place (.controlplane in the working directory), on free ports.
+    A run the test left running (it failed) is stopped, so its services do not outlive it."""
+    dev = Dev(tmp_path / ".controlplane", free_port(), free_port(), free_port())
     yield dev
     for run in dev.runs:
         if run.process.poll() is None:
@@ -252,11 +261,26 @@ def test_dev_starts_restarts_and_stops(dev: Dev) -> None:
         # The summary is printed once the worker serves the queue.
         assert worker_registered(http, default_queue(http)["id"], pids["worker"])
         assert httpx.get(f"{dev.url}/api/ready").status_code == 200
+    # The CLI beside it, as a new user runs it (no DATABASE_URL, no CONTROLPLANE_HOME), finds the
+    # dev stack through its dev.json, and says so.
+    record_file = dev.home / "dev.json"
+    assert record_file.stat().st_mode & 0o777 == 0o600
+    assert json.loads(record_file.read_text())["pid"] == run.process.pid
+    created = cli(dev, "orgs", "create", "acme")
+    assert created.returncode == 0, created.stderr
+    assert created.stderr.strip() == (
+        f"controlplane: using the dev stack's database in .controlplane (pid {run.process.pid})"
+    )
+    assert "Temporal namespace org-acme is ready" in created.stdout
     run.process.send_signal(signal.SIGTERM)
     assert wait_exit(run) == 0, run.stderr()
     assert_gone(pids)
     assert not (dev.home / "dev.pids").exists()
+    assert not record_file.exists()
     assert "Traceback" not in run.stderr()
+    refused = cli(dev, "orgs", "list")
+    assert refused.returncode == 1
+    assert "no dev stack is running in .controlplane" in refused.stderr, refused.stderr
 
     # Second run, with --fake-llm: the same state and key; the key is not printed again. An
     # agent runs to completion on the fake's default reply. Revoke the key.
