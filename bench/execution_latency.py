@@ -532,7 +532,7 @@ def main() -> int:
         stack.start_services()
         key = asyncio.run(seed(stack.database_url))
         fake_port = free_port()
-        command = [sys.executable, "-m", "controlplane.fake_anthropic", "--zero-latency"]
+        command = [sys.executable, "-m", "controlplane.devtools.fake_anthropic", "--zero-latency"]
         fake = stack.spawn([*command, "--port", str(fake_port)], "fake.log")
         wait_for_port(fake_port, timeout=30, process=fake)
         args.fake_url, args.fake_pid = f"http://127.0.0.1:{fake_port}", fake.pid

@@ -1,7 +1,10 @@
 """The `controlplane` console command: the API server, a worker, the schema, organizations and
 API keys, and `dev` (the whole platform on one machine).
 
-Expected failures (no DATABASE_URL, a port in use, an unknown organization) print one line on
+The database commands (migrate, orgs, keys) work on DATABASE_URL or, when it is not set, on the
+database of the `controlplane dev` running in CONTROLPLANE_HOME.
+
+Expected failures (no database, a port in use, an unknown organization) print one line on
 stderr and exit 1; tracebacks are for bugs.
 """
 
@@ -16,6 +19,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
@@ -55,22 +59,65 @@ def exit_hard(code: int) -> NoReturn:
 # ---- database commands -------------------------------------------------------------------
 
 
+DATABASE_URL_EXAMPLE = "postgresql://user:pass@host:5432/db"
+
+
 def database_url() -> str:
     url = os.environ.get("DATABASE_URL", "")
     if not url:
-        raise CliError("DATABASE_URL is not set (e.g. postgresql://user:pass@host:5432/db)")
+        raise CliError(f"DATABASE_URL is not set (e.g. {DATABASE_URL_EXAMPLE})")
     return url
 
 
-def _on_connection(work: Callable[[asyncpg.Connection[Any]], Awaitable[T]]) -> T:
-    """Run `work` on one connection to DATABASE_URL."""
-    url = database_url()
+@dataclass(frozen=True)
+class Database:
+    """The database a command works on: DATABASE_URL's, or a running dev stack's."""
+
+    url: str
+    source: str  # for messages: "DATABASE_URL" or "the dev stack in .controlplane"
+    temporal_address: str | None = None  # the dev stack's; None: TEMPORAL_ADDRESS or default
+
+
+def find_database() -> Database:
+    """DATABASE_URL if set; else the database of the `controlplane dev` running in
+    CONTROLPLANE_HOME (default .controlplane), which it records in its dev.json. Says on stderr
+    when it uses the dev stack's."""
+    url = os.environ.get("DATABASE_URL", "")
+    if url:
+        return Database(url, "DATABASE_URL")
+    from controlplane.devtools.record import DevRecordError, read_record
+
+    home = os.environ.get("CONTROLPLANE_HOME") or ".controlplane"
+    try:
+        record = read_record(Path(home))
+    except DevRecordError as exc:
+        raise CliError(
+            f"DATABASE_URL is not set, and {exc}; start the dev stack with `controlplane dev` "
+            "(`make dev`) or set DATABASE_URL"
+        ) from None
+    if record is None:
+        raise CliError(
+            f"DATABASE_URL is not set and no dev stack is running in {home}: set DATABASE_URL "
+            f"(e.g. {DATABASE_URL_EXAMPLE}) or start one with `controlplane dev` (`make dev`)"
+        )
+    print(
+        f"controlplane: using the dev stack's database in {home} (pid {record.pid})",
+        file=sys.stderr,
+    )
+    return Database(record.database_url, f"the dev stack in {home}", record.temporal_address)
+
+
+def _on_connection(
+    work: Callable[[asyncpg.Connection[Any]], Awaitable[T]], database: Database | None = None
+) -> T:
+    """Run `work` on one connection to the database (by default `find_database()`'s)."""
+    target = database or find_database()
 
     async def run() -> T:
         try:
-            conn = await asyncpg.connect(url, timeout=10)
+            conn = await asyncpg.connect(target.url, timeout=10)
         except Exception as exc:  # bad DSN, refused, auth: all one message
-            raise CliError(f"cannot connect to Postgres at DATABASE_URL: {exc}") from None
+            raise CliError(f"cannot connect to Postgres at {target.source}: {exc}") from None
         try:
             return await work(conn)
         finally:
@@ -88,14 +135,17 @@ async def _apply_schema(conn: asyncpg.Connection[Any]) -> Outcome:
         raise CliError(str(exc)) from None
 
 
-def _with_connection(work: Callable[[asyncpg.Connection[Any]], Awaitable[T]]) -> T:
-    """Migrate the schema, then run `work` on one connection to DATABASE_URL."""
+def _with_connection(
+    work: Callable[[asyncpg.Connection[Any]], Awaitable[T]], database: Database | None = None
+) -> T:
+    """Migrate the schema, then run `work` on one connection to the database (by default
+    `find_database()`'s)."""
 
     async def migrated(conn: asyncpg.Connection[Any]) -> T:
         await _apply_schema(conn)
         return await work(conn)
 
-    return _on_connection(migrated)
+    return _on_connection(migrated, database)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -129,6 +179,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_orgs_create(args: argparse.Namespace) -> int:
     from controlplane.tenancy import OrgExists, create_org
 
+    database = find_database()
+
     async def work(conn: asyncpg.Connection[Any]) -> str:
         try:
             await create_org(conn, args.slug, name=args.name, rate_limit_per_minute=args.rate_limit)
@@ -136,24 +188,31 @@ def cmd_orgs_create(args: argparse.Namespace) -> int:
             raise CliError(f"organization '{args.slug}' already exists") from None
         except ValueError as exc:
             raise CliError(str(exc)) from None
-        return await _register_namespace(conn, args.slug)
+        return await _register_namespace(conn, args.slug, database.temporal_address)
 
-    namespace_note = _with_connection(work)
+    namespace_note = _with_connection(work, database)
     print(f"created organization {args.slug} ({args.rate_limit} requests/min per key)")
     print(namespace_note)
     return 0
 
 
-async def _register_namespace(conn: asyncpg.Connection[Any], organization_id: str) -> str:
-    """The organization's Temporal namespace, registered now when Temporal answers (else the
-    API registers it when it starts or first needs it); returns a line saying which."""
+async def _register_namespace(
+    conn: asyncpg.Connection[Any], organization_id: str, temporal_address: str | None
+) -> str:
+    """The organization's Temporal namespace, registered now when Temporal (at
+    `temporal_address`, by default TEMPORAL_ADDRESS's) answers, else the API registers it when
+    it starts or first needs it; returns a line saying which."""
     from controlplane.errors import Unavailable
     from controlplane.settings import Settings
     from controlplane.temporal import TemporalGateway
     from controlplane.temporal_auth import CONTROL_PLANE_PERMISSIONS, load_signing_key, mint
     from controlplane.vault import vault_from_key
 
-    settings = Settings.from_env()
+    settings = (
+        Settings.from_env()
+        if temporal_address is None
+        else Settings.from_env(temporal_address=temporal_address)
+    )
     namespace = settings.namespace_for(organization_id)
     vault = vault_from_key(settings.secret_key) if settings.secret_key else None
     key = await load_signing_key(conn, vault)
@@ -355,7 +414,7 @@ def cmd_tls_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from controlplane.dev import DevOptions, run_dev
+    from controlplane.devtools.stack import DevOptions, run_dev
 
     return run_dev(
         DevOptions.from_env(
@@ -396,7 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the control plane's own Temporal worker (needs DATABASE_URL)",
     )
 
-    commands.add_parser("migrate", help="apply the schema migrations to DATABASE_URL")
+    commands.add_parser(
+        "migrate",
+        help="apply the schema migrations to DATABASE_URL (or the running dev stack's database)",
+    )
 
     orgs = commands.add_parser("orgs", help="organizations").add_subparsers(
         dest="action", required=True, metavar="ACTION"

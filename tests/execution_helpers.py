@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from controlplane.fake_anthropic import FakeAnthropicServer
+from controlplane.devtools.fake_anthropic import FakeAnthropicServer
 from tests.conftest import Tenant, temporal_for, worker_key_for
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from controlplane.fake_anthropic import (
+from controlplane.devtools.fake_anthropic import (
     AsyncFakeAnthropicClient,
     FakeAnthropicServer,
     error_reply,

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from controlplane.fake_anthropic import (
+from controlplane.devtools.fake_anthropic import (
     AsyncFakeAnthropicClient,
     FakeAnthropicServer,
     error_reply,

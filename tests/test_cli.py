@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -97,13 +98,46 @@ def test_migrate(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.splitlines()[-1].startswith("schema at version ")
 
 
-def test_missing_database_url(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_no_database_url_and_no_dev_stack(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """The error names both ways to get a database. (With a running dev stack, see
+    tests/devtools/test_stack.py.)"""
     monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("CONTROLPLANE_HOME", str(tmp_path / "home"))
+    for command in (["orgs", "list"], ["migrate"], ["keys", "list", "--org", "default"]):
+        code, _, err = run(capsys, *command)
+        assert code == 1
+        line = one_line(err)
+        assert "DATABASE_URL is not set" in line
+        assert f"no dev stack is running in {tmp_path / 'home'}" in line
+        assert "`controlplane dev`" in line
+
+
+def test_a_dev_stack_that_was_killed_is_not_used(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    record = {
+        "pid": gone.pid,
+        "database_url": "postgresql://nobody@127.0.0.1:1/none",
+        "temporal_address": "127.0.0.1:1",
+        "api_url": "http://127.0.0.1:1",
+    }
+    (tmp_path / "dev.json").write_text(json.dumps(record))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("CONTROLPLANE_HOME", str(tmp_path))
+    code, _, err = run(capsys, "orgs", "create", new_slug())
+    assert code == 1
+    line = one_line(err)
+    assert f"the dev stack in {tmp_path} (pid {gone.pid}) is not running" in line
+    assert "left from a run that was killed" in line
+    assert "set DATABASE_URL" in line
+    (tmp_path / "dev.json").write_text("{not json")
     code, _, err = run(capsys, "orgs", "list")
     assert code == 1
-    assert "DATABASE_URL" in one_line(err)
+    assert "is not a dev stack record" in one_line(err)
 
 
 async def test_keys(app: Starlette, capsys: pytest.CaptureFixture[str], cli_env: None) -> None:

@@ -11,7 +11,11 @@ from typing import Any
 from starlette.applications import Starlette
 
 from api.event_stream import stream_events
-from controlplane.fake_anthropic import AsyncFakeAnthropicClient, FakeAnthropicServer, text_reply
+from controlplane.devtools.fake_anthropic import (
+    AsyncFakeAnthropicClient,
+    FakeAnthropicServer,
+    text_reply,
+)
 from tests.conftest import Tenant, as_worker, assert_error, temporal_for, worker_key_for
 from tests.execution_helpers import (
     events_of,

@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from temporalio.client import Client
 
 from api.app import create_app
-from controlplane.dev import DevError, dev_secret_key
+from controlplane.devtools.stack import DevError, dev_secret_key
 from controlplane.logs import JsonFormatter
 from controlplane.settings import Settings
 from controlplane.vault import Vault, VaultError, VaultKeyError, parse_key
@@ -206,10 +206,10 @@ def test_dev_mode_keeps_one_key_in_its_home(
 
 
 def test_dev_mode_gives_the_key_to_the_api_only() -> None:
-    from controlplane import dev
+    from controlplane.devtools import stack
 
-    assert "CONTROLPLANE_SECRET_KEY" in dev.WORKER_HIDDEN_ENV
-    source = Path(dev.__file__).read_text()
+    assert "CONTROLPLANE_SECRET_KEY" in stack.WORKER_HIDDEN_ENV
+    source = Path(stack.__file__).read_text()
     assert "CONTROLPLANE_SECRET_KEY=dev_secret_key(self.home)" in source
 
 

@@ -14,7 +14,7 @@ import jwt
 import pytest
 
 from api.app import create_app
-from controlplane.fake_anthropic import (
+from controlplane.devtools.fake_anthropic import (
     AsyncFakeAnthropicClient,
     FakeAnthropicServer,
     text_reply,

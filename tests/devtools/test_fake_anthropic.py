@@ -14,7 +14,7 @@ import httpx
 import pytest
 from anthropic.types import MessageParam, TextBlock, ToolUseBlock
 
-from controlplane.fake_anthropic import (
+from controlplane.devtools.fake_anthropic import (
     DEFAULT_REPLY_PREFIX,
     AsyncFakeAnthropicClient,
     FakeAnthropicClient,

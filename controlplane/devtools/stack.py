@@ -5,6 +5,10 @@ or TEMPORAL_ADDRESS point elsewhere; the API and one worker run as child process
 `--fake-llm` the fake Anthropic server too, which only the worker is pointed at. The state
 survives restarts: the same database, Temporal history and admin key.
 
+A worker that dies is started again (with backoff): Temporal hands its work to the new one. Any
+other service dying ends the run (supervise.py). The summary is printed once the worker has
+registered on its queue, so what it lists is ready to use.
+
 Every service started is pushed on one exit stack, so they stop in reverse order (worker, fake
 Anthropic server, API, Temporal, Postgres) whether the run ends by a signal, a child dying or a
 start-up failure.
@@ -24,7 +28,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -33,6 +37,20 @@ from typing import Any
 import asyncpg
 import httpx
 
+from controlplane.devtools.record import (
+    DevRecord,
+    remove_record,
+    write_private,
+    write_record,
+)
+from controlplane.devtools.supervise import (
+    Backoff,
+    Child,
+    Restart,
+    Supervisor,
+    describe_exit,
+    pid_alive,
+)
 from controlplane.services import (
     ServiceError,
     port_is_free,
@@ -57,7 +75,10 @@ PIDS_FILE = "dev.pids"
 LOCK_FILE = "dev.lock"
 TEMPORAL_HEALTH_TIMEOUT = 20.0
 API_READY_TIMEOUT = 30.0
-WORKER_REGISTER_TIMEOUT = 15.0
+# A worker imports a lot before it registers; on a busy two-core machine that takes a while.
+WORKER_REGISTER_TIMEOUT = 60.0
+# 1 s doubling to 30 s; back to 1 s once a worker has stayed up a minute.
+WORKER_BACKOFF = Backoff(first=1.0, longest=30.0, stable_after=60.0)
 FAKE_LLM_READY_TIMEOUT = 15.0
 FAKE_LLM_API_KEY = "fake-key"
 # The worker drains in-flight activities on SIGTERM (worker.main.DRAIN_SECONDS = 30).
@@ -81,7 +102,7 @@ class DevOptions:
     ui_port: int = 8233
     database_url: str | None = None  # set: use it instead of embedded Postgres
     temporal_address: str | None = None  # set: use it instead of the Temporal dev server
-    fake_llm: bool = False  # run controlplane.fake_anthropic and point the worker at it
+    fake_llm: bool = False  # run controlplane.devtools.fake_anthropic and point the worker at it
     fake_llm_port: int = 8099
 
     @classmethod
@@ -105,15 +126,6 @@ class DevOptions:
 
 
 @dataclass
-class Child:
-    """A process dev mode started and watches; if it exits on its own the run ends."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_file: Path
-
-
-@dataclass
 class AdminKey:
     key: str
     new: bool
@@ -124,33 +136,12 @@ def _say(message: str = "") -> None:
     print(message, flush=True)
 
 
-def pid_alive(pid: int, marker: str | None = None) -> bool:
-    """Whether `pid` runs (zombies count as gone) and, where /proc tells, its command line
-    contains `marker`."""
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The pid in Postgres's postmaster.pid, if there is one."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    proc = Path(f"/proc/{pid}")
-    if not proc.exists():
-        return True
-    try:
-        if "\nState:\tZ" in (proc / "status").read_text():
-            return False
-        if marker is not None:
-            return marker in (proc / "cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-    return True
-
-
-def _write_secret(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        handle.write(text + "\n")
+        return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def dev_secret_key(home: Path) -> str:
@@ -173,7 +164,7 @@ def dev_secret_key(home: Path) -> str:
             ) from None
         return kept
     key = new_key()
-    _write_secret(path, key)
+    write_private(path, key)
     return key
 
 
@@ -183,13 +174,15 @@ class DevRun:
         self.home = options.home
         self.logs = self.home / "logs"
         self.stack = contextlib.ExitStack()
-        self.children: list[Child] = []
+        self.supervisor = Supervisor(on_restart=lambda child: self._record_pids())
         self.stop_signal: int | None = None
         self.raise_on_signal = True
         self.deferring = False
         self.database_url = ""
         self.temporal_address = ""
         self.postgres_started = False
+        self.postgres_pid: int | None = None  # watched while serving
+        self.admin_key = ""
 
     # ---- the run --------------------------------------------------------------------------
 
@@ -232,24 +225,29 @@ class DevRun:
             raise Interrupted()
 
     def _stopping_banner(self) -> None:
-        if self.children or self.postgres_started:
+        if self.supervisor.children or self.postgres_started:
             _say("stopping ...")
 
     def serve(self) -> int:
-        """Wait for a signal or a child's death."""
+        """Until a signal, or a service dies that the rest cannot do without: restart workers
+        that die, end the run if anything else does."""
         while self.stop_signal is None:
-            for child in self.children:
-                code = child.process.poll()
-                if code is not None:
-                    print(
-                        f"controlplane dev: the {child.name} exited unexpectedly with code {code} "
-                        f"(see {child.log_file}); stopping the rest",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    return 1
+            if self.supervisor.check() is not None or not self._postgres_running():
+                return 1
             time.sleep(0.2)
         return 0
+
+    def _postgres_running(self) -> bool:
+        """Embedded Postgres is pg_ctl's daemon, not our child: watched by its pid."""
+        if self.postgres_pid is None or pid_alive(self.postgres_pid, "postgres"):
+            return True
+        print(
+            f"controlplane dev: Postgres (pid {self.postgres_pid}) stopped unexpectedly "
+            f"(see {self.home / 'postgres' / 'log'}); stopping the rest",
+            file=sys.stderr,
+            flush=True,
+        )
+        return False
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -259,6 +257,8 @@ class DevRun:
         self.start_postgres()
         self.start_temporal()
         key = asyncio.run(self.prepare_database())
+        self.admin_key = key.key
+        self.record_running()
         self.start_api()
         queue = self.ensure_default_queue(key.key)
         worker_env = self.start_sidecars()
@@ -293,8 +293,9 @@ class DevRun:
         markers = {
             "temporal": "temporal",
             "api": "controlplane",
-            "worker": "controlplane",
-            "fake": "controlplane.fake_anthropic",
+            # The worker may have re-executed itself as `python -m worker` (credentials.py).
+            "worker": "--queue-id",
+            "fake": "controlplane.devtools.fake_anthropic",
         }
         with contextlib.suppress(OSError, ValueError):
             recorded: dict[str, int] = json.loads(pids_file.read_text())
@@ -302,10 +303,9 @@ class DevRun:
                 if name in markers and pid_alive(pid, markers[name]):
                     stale.append((name, pid))
         if self.options.database_url is None:
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                pid_line = (self.home / "postgres" / "postmaster.pid").read_text().splitlines()[0]
-                if pid_alive(int(pid_line), "postgres"):
-                    stale.append(("postgres", int(pid_line)))
+            postmaster = postmaster_pid(self.home / "postgres")
+            if postmaster is not None and pid_alive(postmaster, "postgres"):
+                stale.append(("postgres", postmaster))
         if stale:
             names = ", ".join(f"{name} (pid {pid})" for name, pid in stale)
             pids = " ".join(str(pid) for _, pid in stale)
@@ -316,6 +316,8 @@ class DevRun:
         pids_file.unlink(missing_ok=True)
         # Removed last, once every child has stopped.
         self.stack.callback(pids_file.unlink, missing_ok=True)
+        # Left by a run that was killed (this one holds the home's lock).
+        remove_record(self.home)
 
     def check_ports(self) -> None:
         wanted = [(self.options.port, "the API", "--port", self.options.host)]
@@ -369,6 +371,7 @@ class DevRun:
             except ServiceError as exc:
                 raise DevError(str(exc)) from None
             self.postgres_started = True
+        self.postgres_pid = postmaster_pid(self.home / "postgres")
 
     def _stop_postgres(self, server: Any) -> None:
         server.stop()
@@ -412,6 +415,20 @@ class DevRun:
             f"{TEMPORAL_HEALTH_TIMEOUT:.0f} s: {last_error}"
         )
 
+    def record_running(self) -> None:
+        """dev.json, where the CLI finds this stack's database and Temporal when DATABASE_URL is
+        not set. Written once the schema is applied; removed when stopping, after the API and
+        the workers and before Temporal and Postgres."""
+        record = DevRecord(
+            pid=os.getpid(),
+            database_url=self.database_url,
+            temporal_address=self.temporal_address,
+            api_url=self.options.api_url,
+        )
+        # Pushed first: a signal between the two must not leave the file behind.
+        self.stack.callback(remove_record, self.home)
+        write_record(self.home, record)
+
     async def prepare_database(self) -> AdminKey:
         """Schema, the `default` organization and the admin key of the key file."""
         from controlplane.schema import MigrationError, apply_schema
@@ -444,7 +461,7 @@ class DevRun:
             )
         finally:
             await conn.close()
-        _write_secret(key_file, new.key)
+        write_private(key_file, new.key)
         return AdminKey(new.key, new=True, replaced=bool(old))
 
     def _spawn(
@@ -455,30 +472,39 @@ class DevRun:
         log_name: str,
         stop_timeout: float,
         module: str = "controlplane.cli",
+        restart: Backoff | None = None,
+        ready: Callable[[subprocess.Popen[bytes]], str | None] | None = None,
     ) -> Child:
         """Start `python -m <module> <args>` (by default `controlplane <args>`) as a watched
-        child, stopped with the rest."""
+        child, stopped with the rest. With `restart` it is started again when it dies, and
+        `ready` tells when it serves again; without, its death ends the run."""
         log_file = self.logs / log_name
-        with self.uninterrupted(), open(log_file, "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", module, *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                # Own session: a Ctrl-C in the terminal reaches only us, and we stop the
-                # children in order.
-                start_new_session=True,
-            )
-            child = Child(name, process, log_file)
+
+        def launch() -> subprocess.Popen[bytes]:
+            with open(log_file, "ab") as log:
+                return subprocess.Popen(
+                    [sys.executable, "-m", module, *args],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    # Own session: a Ctrl-C in the terminal reaches only us, and we stop the
+                    # children in order.
+                    start_new_session=True,
+                )
+
+        with self.uninterrupted():
+            policy = None if restart is None else Restart(launch, restart, ready)
+            child = Child(name, launch(), log_file, restart=policy)
             self._watch(child, stop_timeout)
         return child
 
     def _watch(self, child: Child, stop_timeout: float) -> None:
-        self.children.append(child)
+        self.supervisor.add(child)
         self._record_pids()
 
         def stop() -> None:
+            # child.process is the latest one, if the child was restarted.
             stop_process(child.process, timeout=stop_timeout)
             code = child.process.returncode
             note = "" if code in (0, -signal.SIGTERM) else f" (exit code {code})"
@@ -542,7 +568,7 @@ class DevRun:
             {name: value for name, value in os.environ.items() if name not in WORKER_HIDDEN_ENV},
             "fake-anthropic.log",
             stop_timeout=10,
-            module="controlplane.fake_anthropic",
+            module="controlplane.devtools.fake_anthropic",
         )
         try:
             wait_for_port(port, FAKE_LLM_READY_TIMEOUT, child.process)
@@ -571,7 +597,7 @@ class DevRun:
                 f"could not create the dev worker key: {response.status_code} "
                 f"{_error_message(response)}"
             )
-        _write_secret(path, response.json()["key"])
+        write_private(path, response.json()["key"])
         return path
 
     async def _worker_key_works(self, key: str, queue_id: str) -> bool:
@@ -598,31 +624,63 @@ class DevRun:
         env.update(CONTROLPLANE_URL=self.options.api_url, **extra_env)
         _say(f"starting a worker on queue {DEV_QUEUE} ({queue_id}) ...")
         args = ["worker", "--queue-id", queue_id, "--api-key-file", str(key_file)]
-        child = self._spawn("worker", args, env, "worker.log", WORKER_STOP_TIMEOUT)
-        self._wait_worker_registered(child, queue_id, key)
 
-    def _wait_worker_registered(self, child: Child, queue_id: str, key: str) -> None:
-        headers = {"Authorization": f"Bearer {key}"}
+        def registered(process: subprocess.Popen[bytes]) -> str | None:
+            return (
+                f"registered on queue {DEV_QUEUE}" if self._registered(process, queue_id) else None
+            )
+
+        child = self._spawn(
+            "worker",
+            args,
+            env,
+            "worker.log",
+            WORKER_STOP_TIMEOUT,
+            restart=WORKER_BACKOFF,
+            ready=registered,
+        )
+        self._wait_worker_registered(child, queue_id)
+
+    def _wait_worker_registered(self, child: Child, queue_id: str) -> None:
+        """Until the worker has registered on its queue: the summary promises a live worker. A
+        worker that dies here is a start-up failure (bad key, queue), not one to restart."""
         deadline = time.monotonic() + WORKER_REGISTER_TIMEOUT
-        with httpx.Client(base_url=self.options.api_url, headers=headers, timeout=5) as http:
-            while time.monotonic() < deadline:
-                if child.process.poll() is not None:
-                    raise DevError(
-                        f"the worker exited with code {child.process.returncode} while starting "
-                        f"(see {child.log_file})"
-                    )
-                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-                    queue = http.get(f"/api/v1/worker-queues/{queue_id}").json()
-                    if queue["active_workers"] > 0:
-                        return
-                time.sleep(0.3)
-        _say(f"  the worker has not registered yet; see {child.log_file}")
+        while not self._registered(child.process, queue_id):
+            code = child.process.poll()
+            if code is not None:
+                raise DevError(
+                    f"the worker {describe_exit(code)} while starting (see {child.log_file})"
+                )
+            if time.monotonic() > deadline:
+                raise DevError(
+                    f"the worker did not register on queue {DEV_QUEUE} within "
+                    f"{WORKER_REGISTER_TIMEOUT:.0f} s (see {child.log_file})"
+                )
+            # Not faster: each look costs a request of the admin key's rate limit.
+            time.sleep(0.5)
+
+    def _registered(self, process: subprocess.Popen[bytes], queue_id: str) -> bool:
+        """Whether this worker process is a live worker of the queue. Matched by pid: a worker
+        killed a moment ago still counts as live until its heartbeats are overdue."""
+        headers = {"Authorization": f"Bearer {self.admin_key}"}
+        try:
+            with httpx.Client(base_url=self.options.api_url, headers=headers, timeout=5) as http:
+                response = http.get(
+                    f"/api/v1/worker-queues/{queue_id}/workers", params={"limit": 20}
+                )
+            workers: list[dict[str, Any]] = response.json()["items"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return False
+        return any(
+            worker["is_active"] and worker["system_info"].get("pid") == process.pid
+            for worker in workers
+        )
 
     def _record_pids(self) -> None:
         """What a later run checks for leftovers, should this one be killed without cleanup."""
         pids = {"dev": os.getpid()}
-        for child in self.children:
-            pids[child.name.split()[0].lower()] = child.process.pid
+        for child in self.supervisor.children:
+            pids[child.pid_key] = child.process.pid
         (self.home / PIDS_FILE).write_text(json.dumps(pids) + "\n")
 
     def print_summary(self, key: AdminKey, queue: dict[str, Any]) -> None:

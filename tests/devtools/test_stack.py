@@ -11,15 +11,18 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from controlplane.dev import pid_alive
+from controlplane.devtools.fake_anthropic import FakeAnthropicClient, text_reply
+from controlplane.devtools.supervise import pid_alive
 from controlplane.services import free_port
 
+CHECKOUT = Path(__file__).resolve().parents[2]
 RUNNING = "controlplane dev is running"
 NO_KEY_NOTE = "ANTHROPIC_API_KEY is not set: executions will fail"
 
@@ -30,6 +33,7 @@ class Dev:
     port: int
     temporal_port: int
     ui_port: int
+    runs: list[Run] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -64,6 +68,9 @@ class Dev:
             )
         }
         env["CONTROLPLANE_HOME"] = str(self.home)
+        # The processes run in a temporary directory, where `python -m controlplane.cli` would
+        # import whatever checkout the venv's editable install points at: make it this one.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHECKOUT), env.get("PYTHONPATH")]))
         return env
 
 
@@ -95,6 +102,7 @@ def start(dev: Dev, name: str, *extra: str) -> Run:
             dev.args(*extra), stdout=stdout, stderr=stderr, env=dev.env(), cwd=dev.home.parent
         )
     run = Run(process, out, err)
+    dev.runs.append(run)
     deadline = time.monotonic() + 45
     while RUNNING not in run.stdout():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -128,6 +136,15 @@ def assert_gone(pids: dict[str, int]) -> None:
     assert not [name for name, pid in pids.items() if pid_alive(pid)], pids
 
 
+def cli(dev: Dev, *args: str) -> subprocess.CompletedProcess[str]:
+    """`controlplane <args>` in the directory holding the dev home, with its default home."""
+    env = {name: value for name, value in dev.env().items() if name != "CONTROLPLANE_HOME"}
+    command = [sys.executable, "-m", "controlplane.cli", *args]
+    return subprocess.run(
+        command, env=env, cwd=dev.home.parent, capture_output=True, text=True, timeout=60
+    )
+
+
 def client(dev: Dev, key: str) -> httpx.Client:
     return httpx.Client(base_url=dev.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
@@ -150,8 +167,8 @@ def process_env(pid: int) -> dict[str, str]:
     return dict(entry.split("=", 1) for entry in raw.split("\0") if "=" in entry)
 
 
-def run_agent(http: httpx.Client, queue_id: object, prompt: str) -> dict[str, object]:
-    """Create a one-shot agent, execute it on the queue and wait for the execution to end."""
+def start_agent(http: httpx.Client, queue_id: object, prompt: str) -> str:
+    """Create a one-shot agent and start an execution of it on the queue; returns its id."""
     agent = http.post(
         "/api/v1/agents",
         json={
@@ -167,19 +184,68 @@ def run_agent(http: httpx.Client, queue_id: object, prompt: str) -> dict[str, ob
         json={"prompt": prompt, "worker_queue_id": queue_id},
     )
     assert started.status_code in (200, 201, 202), started.text
-    execution_id = started.json()["execution_id"]
-    deadline = time.monotonic() + 20
-    while True:
-        execution: dict[str, object] = http.get(f"/api/v1/executions/{execution_id}").json()
-        if execution["status"] in ("completed", "failed", "cancelled") or (
-            time.monotonic() > deadline
-        ):
-            return execution
-        time.sleep(0.2)
+    execution_id: str = started.json()["execution_id"]
+    return execution_id
 
 
-def test_dev_starts_restarts_and_stops(tmp_path: Path) -> None:
-    dev = Dev(tmp_path / "home", free_port(), free_port(), free_port())
+def wait_execution(http: httpx.Client, execution_id: str, timeout: float) -> dict[str, object]:
+    """The execution once it has ended: its event stream (which replays what already happened)
+    closes after the terminal event."""
+    path = f"/api/v1/executions/{execution_id}/stream"
+    deadline = time.monotonic() + timeout
+    with http.stream("GET", path, timeout=timeout) as events:
+        assert events.status_code == 200, events.read()
+        for _ in events.iter_lines():
+            assert time.monotonic() < deadline, f"execution {execution_id} still running"
+    execution: dict[str, object] = http.get(f"/api/v1/executions/{execution_id}").json()
+    return execution
+
+
+def run_agent(http: httpx.Client, queue_id: object, prompt: str) -> dict[str, object]:
+    """Create a one-shot agent, execute it on the queue and wait for the execution to end."""
+    return wait_execution(http, start_agent(http, queue_id, prompt), timeout=20)
+
+
+def wait_for(
+    what: str,
+    condition: Callable[[], object],
+    dev: Dev,
+    run: Run,
+    timeout: float,
+    interval: float = 0.2,
+) -> None:
+    """Poll `condition` until it holds. Conditions that call the API poll slower, to stay
+    within the key's rate limit (100 requests a minute)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s\n{diagnostics(dev, run)}")
+        time.sleep(interval)
+
+
+def worker_registered(http: httpx.Client, queue_id: object, pid: int) -> bool:
+    """Whether the worker process `pid` is a live worker of the queue."""
+    workers = http.get(f"/api/v1/worker-queues/{queue_id}/workers").json()["items"]
+    return any(w["is_active"] and w["system_info"]["pid"] == pid for w in workers)
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> Iterator[Dev]:
+    """A dev home at the default place (.controlplane in the working directory), on free ports.
+    A run the test left running (it failed) is stopped, so its services do not outlive it."""
+    dev = Dev(tmp_path / ".controlplane", free_port(), free_port(), free_port())
+    yield dev
+    for run in dev.runs:
+        if run.process.poll() is None:
+            run.process.send_signal(signal.SIGTERM)
+            try:
+                run.process.wait(60)
+            except subprocess.TimeoutExpired:
+                run.process.kill()
+                run.process.wait()
+
+
+def test_dev_starts_restarts_and_stops(dev: Dev) -> None:
     key_file = dev.home / "dev-api-key"
 
     # First run: everything is created; the key is printed once and kept in a 0600 file.
@@ -192,13 +258,29 @@ def test_dev_starts_restarts_and_stops(tmp_path: Path) -> None:
     assert set(pids) == {"temporal", "api", "worker", "postgres"}
     assert all(pid_alive(pid) for pid in pids.values()), pids
     with client(dev, key) as http:
-        default_queue(http)
+        # The summary is printed once the worker serves the queue.
+        assert worker_registered(http, default_queue(http)["id"], pids["worker"])
         assert httpx.get(f"{dev.url}/api/ready").status_code == 200
+    # The CLI beside it, as a new user runs it (no DATABASE_URL, no CONTROLPLANE_HOME), finds the
+    # dev stack through its dev.json, and says so.
+    record_file = dev.home / "dev.json"
+    assert record_file.stat().st_mode & 0o777 == 0o600
+    assert json.loads(record_file.read_text())["pid"] == run.process.pid
+    created = cli(dev, "orgs", "create", "acme")
+    assert created.returncode == 0, created.stderr
+    assert created.stderr.strip() == (
+        f"controlplane: using the dev stack's database in .controlplane (pid {run.process.pid})"
+    )
+    assert "Temporal namespace org-acme is ready" in created.stdout
     run.process.send_signal(signal.SIGTERM)
     assert wait_exit(run) == 0, run.stderr()
     assert_gone(pids)
     assert not (dev.home / "dev.pids").exists()
+    assert not record_file.exists()
     assert "Traceback" not in run.stderr()
+    refused = cli(dev, "orgs", "list")
+    assert refused.returncode == 1
+    assert "no dev stack is running in .controlplane" in refused.stderr, refused.stderr
 
     # Second run, with --fake-llm: the same state and key; the key is not printed again. An
     # agent runs to completion on the fake's default reply. Revoke the key.
@@ -223,12 +305,61 @@ def test_dev_starts_restarts_and_stops(tmp_path: Path) -> None:
     with client(dev, key) as http:
         queue = default_queue(http)
         assert queue["active_workers"] == 1
+        assert worker_registered(http, queue["id"], pids["worker"])
         try:
             execution = run_agent(http, queue["id"], "Say hello")
         except httpx.HTTPError as error:
             raise AssertionError(diagnostics(dev, run)) from error
         assert execution["status"] == "completed", execution
         assert execution["response"] == "Fake reply to: Say hello"
+
+        # The worker is killed mid-answer: dev starts another one, and the execution finishes
+        # on it once Temporal sees the first one's heartbeats stop (20 s for a model call).
+        fake = FakeAnthropicClient(f"http://127.0.0.1:{fake_port}")
+        token = uuid.uuid4().hex
+        slow = text_reply("never finished " * 20, delay_per_chunk_ms=1000)
+        fake.script(token, [slow, text_reply("Finished by the new worker")])
+        execution_id = start_agent(http, queue["id"], f"Answer slowly {token}")
+        wait_for("the model call", lambda: fake.requests(token), dev, run, timeout=20, interval=0.5)
+        os.kill(pids["worker"], signal.SIGKILL)
+        wait_for(
+            "the restart line",
+            lambda: "the worker exited with code -9 (SIGKILL)" in run.stderr(),
+            dev,
+            run,
+            timeout=10,
+        )
+        assert "restarting it in 1 s" in run.stderr()
+        wait_for(
+            "a new worker's pid",
+            lambda: service_pids(dev)["worker"] != pids["worker"],
+            dev,
+            run,
+            timeout=10,
+        )
+        new_pids = service_pids(dev)
+        assert new_pids == {**pids, "worker": new_pids["worker"]}, (pids, new_pids)
+        wait_for(
+            "the new worker registered",
+            lambda: worker_registered(http, queue["id"], new_pids["worker"]),
+            dev,
+            run,
+            timeout=30,
+            interval=1,
+        )
+        wait_for(
+            "the restart announced",
+            lambda: f"worker restarted (pid {new_pids['worker']})" in run.stdout(),
+            dev,
+            run,
+            timeout=10,
+        )
+        execution = wait_execution(http, execution_id, timeout=60)
+        assert execution["status"] == "completed", (execution, diagnostics(dev, run))
+        assert execution["response"] == "Finished by the new worker"
+        assert len(fake.requests(token)) == 2
+        assert run.process.poll() is None
+        pids = new_pids
         keys = http.get("/api/v1/api-keys").json()["items"]
         (dev_key,) = [k for k in keys if key.startswith(k["prefix"])]
         assert http.delete(f"/api/v1/api-keys/{dev_key['id']}").status_code == 200
@@ -239,8 +370,8 @@ def test_dev_starts_restarts_and_stops(tmp_path: Path) -> None:
     assert stopped[:2] == ["worker stopped", "fake Anthropic server stopped"], stopped
     assert "Traceback" not in run.stderr()
 
-    # Third run: the revoked key is replaced and the new one shown. Then the worker dies:
-    # dev says so, stops the rest and exits 1.
+    # Third run: the revoked key is replaced and the new one shown. Then the API dies: dev says
+    # so, stops the rest and exits 1.
     run = start(dev, "third")
     new_key = key_file.read_text().strip()
     assert new_key != key
@@ -249,12 +380,12 @@ def test_dev_starts_restarts_and_stops(tmp_path: Path) -> None:
     with client(dev, new_key) as http:
         default_queue(http)
     pids = service_pids(dev)
-    os.kill(pids["worker"], signal.SIGKILL)
+    os.kill(pids["api"], signal.SIGKILL)
     assert wait_exit(run) == 1
     message = run.stderr().strip()
     assert len(message.splitlines()) == 1, message
-    assert "worker" in message
-    assert str(dev.home / "logs" / "worker.log") in message
+    assert "the API exited unexpectedly with code -9" in message
+    assert str(dev.home / "logs" / "api.log") in message
     assert_gone(pids)
 
 
