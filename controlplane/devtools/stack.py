@@ -260,6 +260,7 @@ class DevRun:
         self.admin_key = key.key
         self.record_running()
         self.start_api()
+        self.start_system_worker()
         queue = self.ensure_default_queue(key.key)
         worker_env = self.start_sidecars()
         self.start_worker(queue["id"], key.key, worker_env)
@@ -295,6 +296,7 @@ class DevRun:
             "api": "controlplane",
             # The worker may have re-executed itself as `python -m worker` (credentials.py).
             "worker": "--queue-id",
+            "system": "system-worker",
             "fake": "controlplane.devtools.fake_anthropic",
         }
         with contextlib.suppress(OSError, ValueError):
@@ -512,7 +514,9 @@ class DevRun:
 
         self.stack.callback(stop)
 
-    def start_api(self) -> None:
+    def control_plane_env(self) -> dict[str, str]:
+        """What the API and the system worker share: the database, Temporal and the vault key
+        (the control plane's side of the trust boundary; workers get none of it)."""
         env = dict(os.environ)
         env.update(
             DATABASE_URL=self.database_url,
@@ -521,6 +525,10 @@ class DevRun:
             CONTROLPLANE_HOME=str(self.home),
             CONTROLPLANE_SECRET_KEY=dev_secret_key(self.home),
         )
+        return env
+
+    def start_api(self) -> None:
+        env = self.control_plane_env()
         _say(f"starting the API on {self.options.api_url} ...")
         args = ["api", "--host", self.options.host, "--port", str(self.options.port)]
         child = self._spawn("API", args, env, "api.log", stop_timeout=15)
@@ -538,6 +546,20 @@ class DevRun:
                 time.sleep(0.2)
         raise DevError(
             f"the API was not ready within {API_READY_TIMEOUT:.0f} s (see {child.log_file})"
+        )
+
+    def start_system_worker(self) -> None:
+        """The control plane's own worker (housekeeping now; planning and webhooks later).
+        Restartable like any worker: its Schedule and workflows live in Temporal, so a new
+        process picks up where the dead one stopped."""
+        _say("starting the system worker ...")
+        self._spawn(
+            "system worker",
+            ["system-worker"],
+            self.control_plane_env(),
+            "system-worker.log",
+            WORKER_STOP_TIMEOUT,
+            restart=WORKER_BACKOFF,
         )
 
     def ensure_default_queue(self, key: str) -> dict[str, Any]:
@@ -687,7 +709,9 @@ class DevRun:
         url = self.options.api_url
         key_file = self.home / KEY_FILE
         # The default organization's workflows are in its own namespace.
-        namespace = Settings.from_env(secret_key="").namespace_for(DEV_ORG)
+        settings = Settings.from_env(secret_key="")
+        namespace = settings.namespace_for(DEV_ORG)
+        system_ns = settings.temporal_namespace
         temporal_ui = (
             f"http://127.0.0.1:{self.options.ui_port}/namespaces/{namespace}/workflows"
             if self.options.temporal_address is None
@@ -709,6 +733,7 @@ class DevRun:
             f"  Temporal UI   {temporal_ui}",
             f"  Postgres      {postgres}",
             f"  Worker queue  {DEV_QUEUE} ({queue['id']}) in environment {DEV_ENVIRONMENT}",
+            f"  System worker housekeeping every minute (Schedules in namespace {system_ns})",
             f"  Model         {self._model_line()}",
             f"  Admin key     {key_file}",
             f"  Logs          {self.logs}",

@@ -105,7 +105,7 @@ class Child:
 
     @property
     def pid_key(self) -> str:
-        """Its name in dev.pids: `worker`, `api`, `temporal`, `fake`."""
+        """Its name in dev.pids: `worker`, `system`, `api`, `temporal`, `fake`."""
         return self.name.split()[0].lower()
 
 

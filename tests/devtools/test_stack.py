@@ -3,6 +3,7 @@ processes (and with `--fake-llm` the fake Anthropic server) in a temporary home,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,10 +18,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from temporalio.client import Client
+from temporalio.service import RPCError
 
 from controlplane.devtools.fake_anthropic import FakeAnthropicClient, text_reply
 from controlplane.devtools.supervise import pid_alive
 from controlplane.services import free_port
+from controlplane.system.worker import HOUSEKEEPING_SCHEDULE
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 RUNNING = "controlplane dev is running"
@@ -229,6 +233,20 @@ def worker_registered(http: httpx.Client, queue_id: object, pid: int) -> bool:
     return any(w["is_active"] and w["system_info"]["pid"] == pid for w in workers)
 
 
+def housekeeping_scheduled(dev: Dev) -> bool:
+    """Whether the dev Temporal holds the system worker's housekeeping Schedule."""
+
+    async def look() -> bool:
+        client = await Client.connect(f"127.0.0.1:{dev.temporal_port}")
+        try:
+            await client.get_schedule_handle(HOUSEKEEPING_SCHEDULE).describe()
+        except RPCError:
+            return False
+        return True
+
+    return asyncio.run(look())
+
+
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[Dev]:
     """A dev home at the default place (.controlplane in the working directory), on free ports.
@@ -255,12 +273,34 @@ def test_dev_starts_restarts_and_stops(dev: Dev) -> None:
     assert key in run.stdout()
     assert NO_KEY_NOTE in run.stdout()
     pids = service_pids(dev)
-    assert set(pids) == {"temporal", "api", "worker", "postgres"}
+    assert set(pids) == {"temporal", "api", "system", "worker", "postgres"}
     assert all(pid_alive(pid) for pid in pids.values()), pids
     with client(dev, key) as http:
         # The summary is printed once the worker serves the queue.
         assert worker_registered(http, default_queue(http)["id"], pids["worker"])
         assert httpx.get(f"{dev.url}/api/ready").status_code == 200
+    # The system worker has the database; the queue's worker does not.
+    assert "DATABASE_URL" in process_env(pids["system"])
+    assert "DATABASE_URL" not in process_env(pids["worker"])
+    # It made the housekeeping Schedule; killed, it is started again like any worker.
+    wait_for(
+        "the housekeeping schedule",
+        lambda: housekeeping_scheduled(dev),
+        dev,
+        run,
+        timeout=30,
+        interval=0.5,
+    )
+    os.kill(pids["system"], signal.SIGKILL)
+    wait_for(
+        "the system worker restarted",
+        lambda: service_pids(dev)["system"] != pids["system"],
+        dev,
+        run,
+        timeout=10,
+    )
+    assert "the system worker exited with code -9 (SIGKILL)" in run.stderr()
+    pids = service_pids(dev)
     # The CLI beside it, as a new user runs it (no DATABASE_URL, no CONTROLPLANE_HOME), finds the
     # dev stack through its dev.json, and says so.
     record_file = dev.home / "dev.json"
@@ -291,7 +331,7 @@ def test_dev_starts_restarts_and_stops(dev: Dev) -> None:
     assert f"fake Anthropic server at http://127.0.0.1:{fake_port}" in run.stdout()
     assert NO_KEY_NOTE not in run.stdout()
     pids = service_pids(dev)
-    assert set(pids) == {"temporal", "api", "fake", "worker", "postgres"}
+    assert set(pids) == {"temporal", "api", "system", "fake", "worker", "postgres"}
     # Only the worker is pointed at the fake. It holds its keys in memory only: the model key
     # it was given in its environment is scrubbed, and its worker key comes from a 0600 file.
     worker_env, api_env = process_env(pids["worker"]), process_env(pids["api"])
