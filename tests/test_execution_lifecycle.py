@@ -422,3 +422,33 @@ async def test_retried_reports_are_stored_once(
     newer = await idle_worker.patch(url, json={"status": "running", "version": 5})
     older = await idle_worker.patch(url, json={"status": "waiting_for_input", "version": 3})
     assert newer.json()["status"] == older.json()["status"] == "running"
+
+
+async def test_outbox_announces_each_lifecycle_change_once(
+    tenant: Tenant,
+    running_queue: dict[str, Any],
+    fake_llm: FakeAnthropicServer,
+    db: Any,
+) -> None:
+    """The outbox rows webhooks will deliver: written with the status change, once per change,
+    in order, for this organization only."""
+    token = uuid.uuid4().hex
+    fake = AsyncFakeAnthropicClient(fake_llm.base_url)
+    await fake.script(token, [text_reply("Done here.")])
+    agent_id = await make_agent(tenant, token, one_shot=True)
+    execution_id = await execute(tenant, agent_id, running_queue["id"])
+    await wait_status(tenant, execution_id, "completed")
+
+    rows = await db.fetch(
+        "SELECT organization_id, event_type, payload FROM outbox_events "
+        "WHERE payload->'data'->>'execution_id' = $1 ORDER BY id",
+        execution_id,
+    )
+    assert [row["event_type"] for row in rows] == ["execution.started", "execution.completed"]
+    assert {row["organization_id"] for row in rows} == {tenant.id}
+    completed = rows[-1]["payload"]
+    assert completed["type"] == "execution.completed"
+    assert completed["data"]["response"] == "Done here."
+    assert completed["data"]["previous_status"] == "running"
+    assert completed["data"]["entity_id"] == agent_id
+    assert uuid.UUID(completed["id"]) and completed["timestamp"]
