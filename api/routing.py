@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_type_hints
+from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -30,6 +32,16 @@ if TYPE_CHECKING:
 
 Handler = Callable[..., Awaitable[Any]]
 NO_STORE = "no-store"
+
+# Postgres integer and bigint. Every integer the API takes fits a bigint (the check below);
+# a field stored in an integer column says so with Field(ge=INT_MIN, le=INT_MAX).
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+# Deeper JSON is refused before anything recurses over it: json.loads itself raises
+# RecursionError near 1,000 levels, and no document of this API comes close to 64.
+MAX_JSON_DEPTH = 64
+MAX_REPORTED_ERRORS = 20
+JSON_WHITESPACE = " \t\n\r"
 
 
 class Call:
@@ -79,6 +91,86 @@ class Call:
             return uuid.UUID(raw)
         except ValueError:
             raise not_found(kind, raw) from None
+
+
+class _OutOfRange:
+    """A number literal that no field can take (beyond a bigint, or a float that overflows to
+    infinity, or NaN/Infinity); decoded as this marker so the check reports where it was."""
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+
+def _parse_int(literal: str) -> int | _OutOfRange:
+    # Length first: int() of a literal over 4,300 digits raises ValueError, not a JSON error.
+    if len(literal.lstrip("-")) > len(str(BIGINT_MAX)):
+        return _OutOfRange(literal)
+    value = int(literal)
+    return value if BIGINT_MIN <= value <= BIGINT_MAX else _OutOfRange(literal)
+
+
+def _parse_float(literal: str) -> float | _OutOfRange:
+    value = float(literal)
+    return value if math.isfinite(value) else _OutOfRange(literal)
+
+
+_DECODER = json.JSONDecoder(
+    parse_int=_parse_int, parse_float=_parse_float, parse_constant=_OutOfRange
+)
+
+
+def _printable(text: str) -> str:
+    """`text` as a response can carry it: lone surrogates become escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "Strings may not contain NUL (\\u0000) characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "Strings must be Unicode text (no lone surrogates such as \\ud800)"
+    return None
+
+
+def unusable_input(data: Any, location: str) -> list[dict[str, str]]:
+    """Where `data` (decoded JSON or query parameters) holds what Postgres or a JSON response
+    cannot carry: NUL or lone surrogates in strings and keys, numbers out of range. Raises 400
+    for nesting deeper than MAX_JSON_DEPTH."""
+    errors: list[dict[str, str]] = []
+
+    def report(path: tuple[str, ...], message: str, kind: str) -> None:
+        field = ".".join(_printable(part) for part in path) or location
+        errors.append({"field": field, "message": message, "type": kind, "location": location})
+
+    stack: list[tuple[Any, tuple[str, ...], int]] = [(data, (), 1)]
+    while stack and len(errors) < MAX_REPORTED_ERRORS:
+        value, path, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ApiError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in reversed(list(items)):
+                key = str(key)
+                if (problem := _text_problem(key)) is not None:
+                    report((*path, key), problem, "string_unusable")
+                stack.append((item, (*path, key), depth + 1))
+        elif isinstance(value, str):
+            if (problem := _text_problem(value)) is not None:
+                report(path, problem, "string_unusable")
+        elif (
+            isinstance(value, _OutOfRange)
+            or (isinstance(value, float) and not math.isfinite(value))
+            or (isinstance(value, int) and not BIGINT_MIN <= value <= BIGINT_MAX)
+        ):
+            report(path, "Number out of range (finite, and integers within 64 bits)", "number")
+    return errors
+
+
+def refuse_unusable(data: Any, location: str) -> None:
+    if errors := unusable_input(data, location):
+        raise ApiError(422, "Request validation failed", details={"validation_errors": errors})
 
 
 def validation_error(exc: ValidationError, location: str) -> ApiError:
@@ -136,12 +228,12 @@ class Endpoint:
                 f"This action needs {ACCESS_DESCRIPTION[self.role]}; "
                 f"your credential is {_credential(call.principal)}",
             )
+        for name, value in call.path.items():
+            if "\x00" in value:
+                raise ApiError(404, f"Path parameter '{name}' contains NUL and names nothing")
         kwargs: dict[str, Any] = {}
         if self.query_model is not None:
-            try:
-                kwargs["query"] = self.query_model.model_validate(dict(request.query_params))
-            except ValidationError as exc:
-                raise validation_error(exc, "query") from None
+            kwargs["query"] = self._parse_query(request, self.query_model)
         if self.body_model is not None:
             kwargs["body"] = await self._parse_body(request, self.body_model)
         result = await self.handler(call, **kwargs)
@@ -153,19 +245,45 @@ class Endpoint:
         return JSONResponse(result, status_code=self.status_code, headers=headers)
 
     @staticmethod
+    def _parse_query(request: Request, model: type[BaseModel]) -> BaseModel:
+        try:
+            # Strict, where Starlette's query_params would turn bad bytes into U+FFFD.
+            pairs = parse_qsl(
+                request.scope["query_string"].decode("latin-1"),
+                keep_blank_values=True,
+                errors="strict",
+            )
+        except UnicodeDecodeError:
+            raise ApiError(400, "Query string is not percent-encoded UTF-8") from None
+        params = dict(pairs)
+        refuse_unusable(params, "query")
+        return _validate(model, params, "query")
+
+    @staticmethod
     async def _parse_body(request: Request, model: type[BaseModel]) -> BaseModel:
         raw = await request.body()
         try:
-            data = json.loads(raw) if raw.strip() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"Malformed JSON body: {exc}") from None
-        if b"\\u0000" in raw:
-            # Postgres text cannot hold NUL; refuse it here rather than fail on insert.
-            raise ApiError(422, "Strings may not contain NUL (\\u0000) characters")
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, "Malformed JSON body: not UTF-8 text") from None
         try:
-            return model.model_validate(data)
-        except ValidationError as exc:
-            raise validation_error(exc, "body") from None
+            data = _DECODER.decode(text) if text.strip(JSON_WHITESPACE) else {}
+        except json.JSONDecodeError as exc:
+            raise ApiError(400, f"Malformed JSON body: {exc}") from None
+        except RecursionError:
+            raise ApiError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+        refuse_unusable(data, "body")
+        return _validate(model, data, "body")
+
+
+def _validate(model: type[BaseModel], data: Any, location: str) -> BaseModel:
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, location) from None
+    # Again on the result: a field may have made a number of a string ("1e400", "99...9").
+    refuse_unusable(parsed.model_dump(), location)
+    return parsed
 
 
 def _credential(principal: Principal) -> str:

@@ -32,7 +32,7 @@ from api.routes.worker_queues import (
     get_queue,
     live_workers_sql,
 )
-from api.routing import Call, Router
+from api.routing import INT_MAX, Call, Router
 from api.tenancy import hash_key
 from api.worker_credentials import require_mint_budget
 from controlplane import VERSION
@@ -87,7 +87,7 @@ class Heartbeat(BaseModel):
     renew_temporal_token: bool = Field(
         False, description="Answer with a fresh Temporal JWT (ask before the old one expires)"
     )
-    tasks_processed: int = Field(0, ge=0)
+    tasks_processed: int = Field(0, ge=0, le=INT_MAX)
     current_task_id: str | None = None
     worker_metadata: dict[str, Any] = Field(default_factory=dict)
     system_info: dict[str, Any] | None = None
