@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -116,6 +117,47 @@ async def test_escaped_backslash_before_u0000_is_not_nul(tenant: Tenant) -> None
     response = await post_raw(tenant.admin, "/api/v1/models", raw)
     assert response.status_code == 201, response.text
     assert response.json()["description"] == "C strings end in \\u0000"
+
+
+async def test_nul_in_headers_we_read(tenant: Tenant, db: Any) -> None:
+    before = await org_rows(db, tenant.id)
+    body = {"name": "Nul", "key": "NUL"}
+    for key in ("a\x00b", "\x00", "tab\there"):
+        response = await tenant.member.post(
+            "/api/v1/projects", json=body, headers={"Idempotency-Key": key}
+        )
+        assert_error(response, 400, "BAD_REQUEST")
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM idempotency_keys WHERE organization_id = $1", tenant.id
+        )
+        == 0
+    )
+    assert await org_rows(db, tenant.id) == before
+    # An unusable request id is replaced by a fresh one, as any unsafe one is.
+    response = await tenant.viewer.get("/api/v1/projects", headers={"X-Request-ID": "a\x00b"})
+    assert response.status_code == 200
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+    anonymous = await tenant.viewer.get(
+        "/api/v1/projects", headers={"Authorization": "Bearer cpk_\x00"}
+    )
+    assert_error(anonymous, 401, "AUTHENTICATION_ERROR")
+
+
+async def test_unusable_last_event_id(tenant: Tenant, db: Any) -> None:
+    execution_id = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO executions (id, organization_id, prompt) VALUES ($1, $2, 'hi')",
+        execution_id,
+        tenant.id,
+    )
+    stream = f"/api/v1/executions/{execution_id}/stream"
+    for header in ("\x00", "1\x00", "9" * 30, "-1", "9" * 5000):
+        response = await tenant.viewer.get(stream, headers={"Last-Event-ID": header})
+        assert_error(response, 400, "BAD_REQUEST")
+    for query in ("9" * 30, "9" * 5000, "1e400", "%00"):
+        response = await tenant.viewer.get(f"{stream}?last_event_id={query}")
+        assert_validation(response, "last_event_id")
 
 
 # --- Nesting ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from api.db import Conn, Queryable
 from api.errors import ApiError, not_found
 from api.event_stream import append_event, stream_events
 from api.pagination import ListQuery, Page, fetch_page
-from api.routing import Call, Router
+from api.routing import BIGINT_MAX, Call, Router
 from api.schemas import Deleted
 from workflows.contracts import (
     ADD_MESSAGE,
@@ -402,7 +402,9 @@ async def stream(call: Call, query: StreamQuery) -> Response:
         try:
             last_event_id = int(header)
         except ValueError:
-            raise ApiError(400, "Last-Event-ID must be an event id (an integer)") from None
+            last_event_id = -1
+        if not 0 <= last_event_id <= BIGINT_MAX:  # event seqs are bigints
+            raise ApiError(400, "Last-Event-ID must be an event id (an integer)")
     return StreamingResponse(
         stream_events(call.db, call.state.events, row, last_event_id),
         media_type="text/event-stream",
