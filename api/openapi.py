@@ -86,8 +86,14 @@ def build_openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
             ok["content"] = {"application/json": {"schema": ref(response, "serialization")}}
         op["responses"][str(ep.status_code)] = ok
         errors = [400, 404, 422, 500] if ep.role is None else [400, 401, 403, 404, 422, 429, 500]
-        for status in errors:
+        if ep.body_model is not None:
+            errors.append(413)  # the body size cap
+        if ep.method != "GET":
+            errors.append(409)  # a conflicting write, or an Idempotency-Key in use
+        for status in sorted(errors):
             op["responses"][str(status)] = error_response | {"description": CODE_BY_STATUS[status]}
+        for status, description in ep.extra_responses.items():
+            op["responses"][str(status)] = error_response | {"description": description}
         if ep.role is not None:
             op["security"] = [{"bearerAuth": []}]
         paths.setdefault(path, {})[ep.method.lower()] = op

@@ -310,9 +310,12 @@ class Router:
         role: Access | Literal["default"] | None = "default",
         summary: str = "",
         carries_secret: bool = False,
+        responses: dict[int, str] | None = None,
     ) -> Callable[[Handler], Handler]:
         """`role` is what the caller needs (api/principal.py `Access`); by default reads need a
-        viewer key and writes a member key. `role=None` marks a route that needs no key."""
+        viewer key and writes a member key. `role=None` marks a route that needs no key.
+        `responses` documents error statuses beyond those every route may answer (see
+        api/openapi.py)."""
         needed: Access | None
         if role == "default":
             needed = "viewer" if method == "GET" else "member"
@@ -331,6 +334,7 @@ class Router:
                     doc,
                     self.tag,
                     carries_secret=carries_secret,
+                    extra_responses=responses or {},
                 )
             )
             return handler

@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from api.app import all_endpoints, create_app
 from controlplane.settings import Settings
 from tests.conftest import Tenant, assert_error, client_for
-from tests.resource_helpers import assert_validation
+from tests.resource_helpers import assert_validation, create_environment, create_queue
 
 MODEL = {"value": "acme/bad-input", "label": "Bad input", "provider": "acme"}
 PRICING = {"input_per_million": 1.5, "output_per_million": 2.5}
@@ -325,3 +325,29 @@ async def test_content_type_is_not_checked(tenant: Tenant) -> None:
         assert response.status_code == 201, response.text
     form = await tenant.admin.post("/api/v1/models", data={"value": "acme/form"})
     assert_error(form, 400, "BAD_REQUEST")
+
+
+# --- What the fuzzer found undocumented ------------------------------------------------------
+
+
+async def test_conflicts_and_size_caps_are_documented(
+    tenant: Tenant, anonymous: httpx.AsyncClient
+) -> None:
+    paths = (await anonymous.get("/api/openapi.json")).json()["paths"]
+    for operations in paths.values():
+        for method, operation in operations.items():
+            if "requestBody" in operation:
+                assert "413" in operation["responses"], operation["operationId"]
+            if method != "get":
+                assert "409" in operation["responses"], operation["operationId"]
+    project = {"name": "Twice", "key": "TWICE"}
+    assert (await tenant.admin.post("/api/v1/projects", json=project)).status_code == 201
+    assert_error(await tenant.admin.post("/api/v1/projects", json=project), 409)
+    big = {**project, "description": "x" * 70_000}
+    assert_error(await tenant.admin.post("/api/v1/projects", json=big), 413)
+    # A queue name that two environments use is ambiguous.
+    for environment in ("one", "two"):
+        created = await create_environment(tenant.admin, environment)
+        await create_queue(tenant.admin, created["id"], "shared")
+    assert_error(await tenant.admin.get("/api/v1/workers/shared"), 409, "RESOURCE_CONFLICT")
+    assert "409" in paths["/api/v1/workers/{runner_name}"]["get"]["responses"]

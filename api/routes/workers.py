@@ -438,7 +438,7 @@ async def list_task_queues(call: Call, query: ListQuery) -> Page[TaskQueueInfo]:
     return Page[TaskQueueInfo](items=items, total=total, limit=query.limit, offset=query.start)
 
 
-@router.get("/api/v1/workers/{runner_name}")
+@router.get("/api/v1/workers/{runner_name}", responses={409: "Ambiguous name: ask by id"})
 async def get_task_queue(call: Call) -> TaskQueueInfo:
     """One worker queue, by id or by name, as Temporal sees it; a name that several
     environments use is ambiguous (409): ask by id."""
