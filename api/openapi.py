@@ -14,6 +14,8 @@ from controlplane import VERSION
 
 _PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]+)?}")
 REF = "#/components/schemas/{model}"
+# An empty path segment matches no route (Starlette redirects it to the path without it).
+PATH_PARAMETER = {"type": "string", "minLength": 1}
 
 
 class ErrorBody(BaseModel):
@@ -59,7 +61,7 @@ def build_openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
             "summary": ep.summary,
             "operationId": f"{ep.handler.__module__.rsplit('.', 1)[-1]}_{ep.handler.__name__}",
             "parameters": [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                {"name": name, "in": "path", "required": True, "schema": dict(PATH_PARAMETER)}
                 for name in _PATH_PARAM.findall(ep.path)
             ],
             "responses": {},
