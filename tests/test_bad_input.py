@@ -239,6 +239,20 @@ async def test_prices_and_orders_in_range_are_kept(tenant: Tenant) -> None:
     assert (await tenant.admin.get(model)).json()["display_order"] == -5
 
 
+async def test_agent_configuration_numbers(tenant: Tenant, db: Any) -> None:
+    before = await org_rows(db, tenant.id)
+    for configuration, field in (
+        ({"timeout": 1e300}, "configuration.timeout"),
+        ({"timeout": "Infinity"}, "configuration.timeout"),
+        ({"max_tokens": 2**40}, "configuration.max_tokens"),
+    ):
+        response = await tenant.member.post(
+            "/api/v1/agents", json={"name": "numbers", "configuration": configuration}
+        )
+        assert_validation(response, field)
+    assert await org_rows(db, tenant.id) == before
+
+
 @pytest.mark.parametrize(
     "query",
     [
@@ -355,3 +369,45 @@ async def test_conflicts_and_size_caps_are_documented(
         await create_queue(tenant.admin, created["id"], "shared")
     assert_error(await tenant.admin.get("/api/v1/workers/shared"), 409, "RESOURCE_CONFLICT")
     assert "409" in paths["/api/v1/workers/{runner_name}"]["get"]["responses"]
+
+
+def unbounded_numbers(schema: Any, components: dict[str, Any], where: str) -> list[str]:
+    """The integer and number fields under `schema` that lack a lower or an upper bound."""
+    if not isinstance(schema, dict):
+        return []
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return unbounded_numbers(components[name], components, f"{where}>{name}")
+    found = []
+    if schema.get("type") in ("integer", "number"):
+        low = {"minimum", "exclusiveMinimum"} & set(schema)
+        high = {"maximum", "exclusiveMaximum"} & set(schema)
+        if not (low and high):
+            found.append(where)
+    for name, sub in schema.get("properties", {}).items():
+        found += unbounded_numbers(sub, components, f"{where}.{name}")
+    for sub in [*schema.get("anyOf", []), *schema.get("oneOf", []), *schema.get("allOf", [])]:
+        found += unbounded_numbers(sub, components, where)
+    for key in ("items", "additionalProperties"):
+        found += unbounded_numbers(schema.get(key), components, f"{where}.{key}")
+    return found
+
+
+async def test_every_number_a_request_takes_is_bounded(anonymous: httpx.AsyncClient) -> None:
+    # Unbounded integers overflowed Postgres integer columns (model display_order, heartbeat
+    # tasks_processed) and prices took 1e400. A bound in the document also sends the fuzzer's
+    # boundary values right at the edge.
+    document = (await anonymous.get("/api/openapi.json")).json()
+    components = document["components"]["schemas"]
+    found = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            where = f"{method.upper()} {path}"
+            for parameter in operation["parameters"]:
+                found += unbounded_numbers(
+                    parameter["schema"], components, f"{where} {parameter['name']}"
+                )
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is not None:
+                found += unbounded_numbers(body["schema"], components, f"{where} body")
+    assert found == []

@@ -111,7 +111,9 @@ class StatusReport(BaseModel):
     mark_completed: bool = False
     started_at: datetime | None = None
     completed_at: datetime | None = None
-    version: int | None = Field(None, ge=0, description="Reports older than the last are ignored")
+    version: int | None = Field(
+        None, ge=0, le=BIGINT_MAX, description="Reports older than the last are ignored"
+    )
 
 
 class EventIn(BaseModel):
@@ -174,7 +176,7 @@ class TransitionList(BaseModel):
 
 
 class StreamQuery(BaseModel):
-    last_event_id: int | None = Field(None, ge=0)
+    last_event_id: int | None = Field(None, ge=0, le=BIGINT_MAX)
 
 
 def _worker_scope(call: Call, first_param: int) -> tuple[str, list[Any]]:

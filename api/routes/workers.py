@@ -32,7 +32,7 @@ from api.routes.worker_queues import (
     get_queue,
     live_workers_sql,
 )
-from api.routing import INT_MAX, Call, Router
+from api.routing import INT_MAX, INT_MIN, Call, Router
 from api.tenancy import hash_key
 from api.worker_credentials import require_mint_budget
 from controlplane import VERSION
@@ -105,7 +105,7 @@ class HeartbeatAck(BaseModel):
 
 class Disconnect(BaseModel):
     reason: str = "shutdown"
-    exit_code: int | None = None
+    exit_code: int | None = Field(None, ge=INT_MIN, le=INT_MAX)
     error_message: str | None = None
 
 
