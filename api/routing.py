@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 Handler = Callable[..., Awaitable[Any]]
 NO_STORE = "no-store"
 
-# Postgres integer and bigint. Every integer the API takes fits a bigint (the check below);
-# a field stored in an integer column says so with Field(ge=INT_MIN, le=INT_MAX).
+# Postgres integer and bigint. Every number the API takes is within a bigint's range (the check
+# below): jsonb reads a float such as 1e300 back as a 301-digit integer, which a client could
+# not send back. A field stored in an integer column says so with Field(ge=INT_MIN, le=INT_MAX).
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 # Deeper JSON is refused before anything recurses over it: json.loads itself raises
@@ -94,11 +95,15 @@ class Call:
 
 
 class _OutOfRange:
-    """A number literal that no field can take (beyond a bigint, or a float that overflows to
-    infinity, or NaN/Infinity); decoded as this marker so the check reports where it was."""
+    """A number literal that no field can take (beyond a bigint's range, NaN, Infinity);
+    decoded as this marker so the check reports where it was."""
 
     def __init__(self, literal: str) -> None:
         self.literal = literal
+
+
+def _in_range(value: float) -> bool:
+    return math.isfinite(value) and BIGINT_MIN <= value <= BIGINT_MAX
 
 
 def _parse_int(literal: str) -> int | _OutOfRange:
@@ -106,12 +111,12 @@ def _parse_int(literal: str) -> int | _OutOfRange:
     if len(literal.lstrip("-")) > len(str(BIGINT_MAX)):
         return _OutOfRange(literal)
     value = int(literal)
-    return value if BIGINT_MIN <= value <= BIGINT_MAX else _OutOfRange(literal)
+    return value if _in_range(value) else _OutOfRange(literal)
 
 
 def _parse_float(literal: str) -> float | _OutOfRange:
-    value = float(literal)
-    return value if math.isfinite(value) else _OutOfRange(literal)
+    value = float(literal)  # 1e400 is inf
+    return value if _in_range(value) else _OutOfRange(literal)
 
 
 _DECODER = json.JSONDecoder(
@@ -159,12 +164,10 @@ def unusable_input(data: Any, location: str) -> list[dict[str, str]]:
         elif isinstance(value, str):
             if (problem := _text_problem(value)) is not None:
                 report(path, problem, "string_unusable")
-        elif (
-            isinstance(value, _OutOfRange)
-            or (isinstance(value, float) and not math.isfinite(value))
-            or (isinstance(value, int) and not BIGINT_MIN <= value <= BIGINT_MAX)
+        elif isinstance(value, _OutOfRange) or (
+            isinstance(value, int | float) and not _in_range(value)
         ):
-            report(path, "Number out of range (finite, and integers within 64 bits)", "number")
+            report(path, f"Number out of range ({BIGINT_MIN}..{BIGINT_MAX})", "number")
     return errors
 
 

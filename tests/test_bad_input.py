@@ -204,6 +204,7 @@ async def test_nesting_depth_is_capped_at_64(tenant: Tenant, db: Any) -> None:
         ('"capabilities": {"n": ' + "9" * 5000 + "}", "capabilities.n"),
         ('"capabilities": {"n": 9223372036854775808}', "capabilities.n"),
         ('"capabilities": {"n": [1e400]}', "capabilities.n.0"),
+        ('"capabilities": {"n": -1e19}', "capabilities.n"),
         ('"capabilities": {"n": NaN}', "capabilities.n"),
         ('"pricing": {"input_per_million": 1e400, "output_per_million": 1}', "pricing"),
         ('"pricing": {"input_per_million": 1, "output_per_million": -1e400}', "pricing"),
@@ -224,12 +225,21 @@ async def test_numbers_out_of_range_in_bodies(
     assert await org_rows(db, tenant.id) == before
 
 
-async def test_prices_and_orders_in_range_are_kept(tenant: Tenant) -> None:
-    body = {**MODEL, "pricing": {"input_per_million": 0, "output_per_million": 1e6}}
+async def test_numbers_in_range_are_kept_and_can_be_sent_back(tenant: Tenant) -> None:
+    # jsonb gives 1e18 back as an integer, one that can be sent again.
+    capabilities = {"big": 1e18, "small": 1.5e-300, "max": 2**63 - 1}
+    body = {
+        **MODEL,
+        "capabilities": capabilities,
+        "pricing": {"input_per_million": 0, "output_per_million": 1e6},
+    }
     created = await tenant.admin.post("/api/v1/models", json={**body, "display_order": -5})
     assert created.status_code == 201, created.text
     assert created.json()["pricing"]["output_per_million"] == 1e6
+    assert created.json()["capabilities"] == capabilities
     model = f"/api/v1/models/{created.json()['id']}"
+    again = await tenant.admin.patch(model, json={"capabilities": created.json()["capabilities"]})
+    assert again.status_code == 200, again.text
     huge = {"pricing": {"input_per_million": 1e400, "output_per_million": 1}}
     assert_validation(
         await post_raw(tenant.admin, model, json.dumps(huge), "PATCH"), "pricing.input_per_million"
