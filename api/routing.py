@@ -266,7 +266,7 @@ class Endpoint:
     async def _parse_body(request: Request, model: type[BaseModel]) -> BaseModel:
         raw = await request.body()
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")  # a leading BOM is allowed, as json.loads allowed it
         except UnicodeDecodeError:
             raise ApiError(400, "Malformed JSON body: not UTF-8 text") from None
         try:

@@ -347,6 +347,11 @@ async def test_content_type_is_not_checked(tenant: Tenant) -> None:
             "/api/v1/models", content=json.dumps(body), headers={"content-type": content_type}
         )
         assert response.status_code == 201, response.text
+    with_bom = {**MODEL, "value": "acme/bom"}
+    bom = await post_raw(
+        tenant.admin, "/api/v1/models", b"\xef\xbb\xbf" + json.dumps(with_bom).encode()
+    )
+    assert bom.status_code == 201, bom.text
     form = await tenant.admin.post("/api/v1/models", data={"value": "acme/form"})
     assert_error(form, 400, "BAD_REQUEST")
 
