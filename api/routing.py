@@ -94,37 +94,34 @@ class Call:
             raise not_found(kind, raw) from None
 
 
-class _OutOfRange:
-    """A number literal that no field can take (beyond a bigint's range, NaN, Infinity);
-    decoded as this marker so the check reports where it was."""
-
-    def __init__(self, literal: str) -> None:
-        self.literal = literal
+# What the decoder makes of a number no field can take (beyond a bigint's range, NaN,
+# Infinity), so that the check below reports where it was.
+_OUT_OF_RANGE = object()
 
 
 def _in_range(value: float) -> bool:
     return math.isfinite(value) and BIGINT_MIN <= value <= BIGINT_MAX
 
 
-def _parse_int(literal: str) -> int | _OutOfRange:
+def _parse_int(literal: str) -> object:
     # Length first: int() of a literal over 4,300 digits raises ValueError, not a JSON error.
     if len(literal.lstrip("-")) > len(str(BIGINT_MAX)):
-        return _OutOfRange(literal)
+        return _OUT_OF_RANGE
     value = int(literal)
-    return value if _in_range(value) else _OutOfRange(literal)
+    return value if _in_range(value) else _OUT_OF_RANGE
 
 
-def _parse_float(literal: str) -> float | _OutOfRange:
+def _parse_float(literal: str) -> object:
     value = float(literal)  # 1e400 is inf
-    return value if _in_range(value) else _OutOfRange(literal)
+    return value if _in_range(value) else _OUT_OF_RANGE
 
 
 _DECODER = json.JSONDecoder(
-    parse_int=_parse_int, parse_float=_parse_float, parse_constant=_OutOfRange
+    parse_int=_parse_int, parse_float=_parse_float, parse_constant=lambda _: _OUT_OF_RANGE
 )
 
 
-def _printable(text: str) -> str:
+def _escaped(text: str) -> str:
     """`text` as a response can carry it: lone surrogates become escapes."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
@@ -146,7 +143,7 @@ def unusable_input(data: Any, location: str) -> list[dict[str, str]]:
     errors: list[dict[str, str]] = []
 
     def report(path: tuple[str, ...], message: str, kind: str) -> None:
-        field = ".".join(_printable(part) for part in path) or location
+        field = ".".join(_escaped(part) for part in path) or location
         errors.append({"field": field, "message": message, "type": kind, "location": location})
 
     stack: list[tuple[Any, tuple[str, ...], int]] = [(data, (), 1)]
@@ -164,9 +161,7 @@ def unusable_input(data: Any, location: str) -> list[dict[str, str]]:
         elif isinstance(value, str):
             if (problem := _text_problem(value)) is not None:
                 report(path, problem, "string_unusable")
-        elif isinstance(value, _OutOfRange) or (
-            isinstance(value, int | float) and not _in_range(value)
-        ):
+        elif value is _OUT_OF_RANGE or (isinstance(value, int | float) and not _in_range(value)):
             report(path, f"Number out of range ({BIGINT_MIN}..{BIGINT_MAX})", "number")
     return errors
 

@@ -404,7 +404,7 @@ async def stream(call: Call, query: StreamQuery) -> Response:
         try:
             last_event_id = int(header)
         except ValueError:
-            last_event_id = -1
+            last_event_id = -1  # refused below, as an id out of range is
         if not 0 <= last_event_id <= BIGINT_MAX:  # event seqs are bigints
             raise ApiError(400, "Last-Event-ID must be an event id (an integer)")
     return StreamingResponse(
