@@ -105,7 +105,10 @@ def build_openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
             "title": "Agent Control Plane API",
             "version": VERSION,
             "description": "Self-hostable control plane for AI agents (Kubiya Control Plane API "
-            "v0.3.0). Authenticate with `Authorization: Bearer <API key>`.",
+            "v0.3.0). Authenticate with `Authorization: Bearer <API key>`. Every string and "
+            "object key must be free of NUL and lone surrogates, every number finite and within "
+            "a 64-bit integer's range, and JSON at most 64 levels deep; the schemas below do not "
+            "repeat it.",
         },
         "servers": [{"url": "/"}],
         "paths": paths,
