@@ -36,6 +36,10 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def operation_id(ep: Endpoint) -> str:
+    return f"{ep.handler.__module__.rsplit('.', 1)[-1]}_{ep.handler.__name__}"
+
+
 def build_openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
     models: list[tuple[type[BaseModel], Any]] = [(ErrorEnvelope, "serialization")]
     for ep in endpoints:
@@ -59,7 +63,7 @@ def build_openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
         op: dict[str, Any] = {
             "tags": [ep.tag],
             "summary": ep.summary,
-            "operationId": f"{ep.handler.__module__.rsplit('.', 1)[-1]}_{ep.handler.__name__}",
+            "operationId": operation_id(ep),
             "parameters": [
                 {"name": name, "in": "path", "required": True, "schema": dict(PATH_PARAMETER)}
                 for name in _PATH_PARAM.findall(ep.path)

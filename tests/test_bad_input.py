@@ -9,6 +9,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -17,8 +18,9 @@ import pytest
 from starlette.applications import Starlette
 
 from api.app import all_endpoints, create_app
+from api.routing import Endpoint
 from controlplane.settings import Settings
-from tests.conftest import Tenant, assert_error, client_for
+from tests.conftest import Tenant, assert_error, client_for, worker_key_for
 from tests.resource_helpers import assert_validation, create_environment, create_queue
 
 MODEL = {"value": "acme/bad-input", "label": "Bad input", "provider": "acme"}
@@ -47,6 +49,29 @@ def example_path(path: str, value: str) -> str:
     return re.sub(r"{[^}]+}", value, path)
 
 
+@dataclass
+class Worker:
+    id: str
+    client: httpx.AsyncClient
+
+
+async def start_worker(tenant: Tenant) -> Worker:
+    """A worker started on a new queue of the tenant, holding its worker token."""
+    environment = await create_environment(tenant.admin, "bad-input")
+    queue = await create_queue(tenant.admin, environment["id"], "q")
+    starter = client_for(tenant.app, await worker_key_for(tenant, queue["id"]))
+    started = await starter.post(f"/api/v1/worker-queues/{queue['id']}/start", json={})
+    assert started.status_code == 200, started.text
+    return Worker(
+        started.json()["worker_id"], client_for(tenant.app, started.json()["worker_token"])
+    )
+
+
+def allowed_client(endpoint: Endpoint, tenant: Tenant, worker: Worker) -> httpx.AsyncClient:
+    """A credential the endpoint lets in, so that the request reaches its parsing."""
+    return worker.client if endpoint.role == "worker_token" else tenant.admin
+
+
 async def post_raw(
     client: httpx.AsyncClient, path: str, raw: bytes | str, method: str = "POST"
 ) -> httpx.Response:
@@ -66,13 +91,15 @@ async def big_body_app(settings: Settings) -> AsyncIterator[Starlette]:
 
 
 async def test_nul_in_any_path_parameter_is_not_found(tenant: Tenant, db: Any) -> None:
+    worker = await start_worker(tenant)
     before = await org_rows(db, tenant.id)
     for endpoint in all_endpoints():
         if "{" not in endpoint.path:
             continue
+        client = allowed_client(endpoint, tenant, worker)
         for value in ("%00", "a%00b"):
             path = example_path(endpoint.path, value)
-            response = await tenant.admin.request(endpoint.method, path, json={})
+            response = await client.request(endpoint.method, path, json={})
             assert_error(response, 404, "RESOURCE_NOT_FOUND")
     assert await org_rows(db, tenant.id) == before
 
@@ -278,18 +305,17 @@ async def test_numbers_out_of_range_in_queries(tenant: Tenant, query: str) -> No
 
 
 async def test_worker_heartbeat_numbers(tenant: Tenant, db: Any) -> None:
-    registered = await tenant.member.post(
-        "/api/v1/workers/register", json={"environment_name": "fuzzed"}
-    )
-    assert registered.status_code == 200, registered.text
-    worker = registered.json()
+    worker = await start_worker(tenant)
     before = await org_rows(db, tenant.id)
     for tasks in (2**31, 2**63, -1):
-        response = await tenant.member.post(
-            "/api/v1/workers/heartbeat",
-            json={"worker_id": worker["worker_id"], "tasks_processed": tasks},
+        legacy = await worker.client.post(
+            "/api/v1/workers/heartbeat", json={"worker_id": worker.id, "tasks_processed": tasks}
         )
-        assert_validation(response, "tasks_processed")
+        assert_validation(legacy, "tasks_processed")
+        own = await worker.client.post(
+            f"/api/v1/workers/{worker.id}/heartbeat", json={"tasks_processed": tasks}
+        )
+        assert_validation(own, "tasks_processed")
     assert await org_rows(db, tenant.id) == before
 
 
@@ -329,13 +355,13 @@ async def test_path_that_is_not_utf8_names_nothing(tenant: Tenant) -> None:
 
 @pytest.mark.parametrize("raw", ["[]", '"model"', "1", "null", "true", "[{}]"])
 async def test_body_that_is_not_an_object(tenant: Tenant, db: Any, raw: str) -> None:
+    worker = await start_worker(tenant)
     before = await org_rows(db, tenant.id)
     for endpoint in all_endpoints():
         if endpoint.body_model is None or "{" in endpoint.path:
             continue
-        response = await tenant.admin.request(
-            endpoint.method, endpoint.path, content=raw, headers=JSON
-        )
+        client = allowed_client(endpoint, tenant, worker)
+        response = await client.request(endpoint.method, endpoint.path, content=raw, headers=JSON)
         assert_error(response, 422, "VALIDATION_ERROR")
     assert await org_rows(db, tenant.id) == before
 
