@@ -126,43 +126,52 @@ def _escaped(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _text_problem(text: str) -> str | None:
-    if "\x00" in text:
-        return "Strings may not contain NUL (\\u0000) characters"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "Strings must be Unicode text (no lone surrogates such as \\ud800)"
+def _problem(value: Any) -> tuple[str, str] | None:
+    """What is wrong with a string or number, as (message, type), if anything."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "Strings may not contain NUL (\\u0000) characters", "string_unusable"
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "Strings must be Unicode text (no lone surrogates)", "string_unusable"
+    elif value is _OUT_OF_RANGE or (
+        isinstance(value, int | float) and not isinstance(value, bool) and not _in_range(value)
+    ):
+        return f"Number out of range ({BIGINT_MIN}..{BIGINT_MAX})", "number"
     return None
 
 
 def unusable_input(data: Any, location: str) -> list[dict[str, str]]:
     """Where `data` (decoded JSON or query parameters) holds what Postgres or a JSON response
     cannot carry: NUL or lone surrogates in strings and keys, numbers out of range. Raises 400
-    for nesting deeper than MAX_JSON_DEPTH."""
+    for nesting deeper than MAX_JSON_DEPTH. One pass, about as costly as decoding the JSON."""
     errors: list[dict[str, str]] = []
 
-    def report(path: tuple[str, ...], message: str, kind: str) -> None:
+    def report(path: tuple[str, ...], problem: tuple[str, str]) -> None:
         field = ".".join(_escaped(part) for part in path) or location
-        errors.append({"field": field, "message": message, "type": kind, "location": location})
+        errors.append(
+            {"field": field, "message": problem[0], "type": problem[1], "location": location}
+        )
 
-    stack: list[tuple[Any, tuple[str, ...], int]] = [(data, (), 1)]
+    if not isinstance(data, dict | list):
+        if (problem := _problem(data)) is not None:
+            report((), problem)
+        return errors
+    stack: list[tuple[dict[Any, Any] | list[Any], tuple[str, ...]]] = [(data, ())]
     while stack and len(errors) < MAX_REPORTED_ERRORS:
-        value, path, depth = stack.pop()
-        if isinstance(value, dict | list):
-            if depth > MAX_JSON_DEPTH:
-                raise ApiError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            for key, item in reversed(list(items)):
-                key = str(key)
-                if (problem := _text_problem(key)) is not None:
-                    report((*path, key), problem, "string_unusable")
-                stack.append((item, (*path, key), depth + 1))
-        elif isinstance(value, str):
-            if (problem := _text_problem(value)) is not None:
-                report(path, problem, "string_unusable")
-        elif value is _OUT_OF_RANGE or (isinstance(value, int | float) and not _in_range(value)):
-            report(path, f"Number out of range ({BIGINT_MIN}..{BIGINT_MAX})", "number")
+        container, path = stack.pop()
+        if len(path) >= MAX_JSON_DEPTH:
+            raise ApiError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        items = container.items() if isinstance(container, dict) else enumerate(container)
+        for key, item in items:
+            if (problem := _problem(key)) is not None:
+                report((*path, str(key)), problem)
+            if isinstance(item, dict | list):
+                stack.append((item, (*path, str(key))))
+            elif (problem := _problem(item)) is not None:
+                report((*path, str(key)), problem)
     return errors
 
 
