@@ -1,6 +1,6 @@
 """Input the API cannot use answers 4xx in the error envelope and writes nothing: NUL characters
 anywhere, JSON nested without end, numbers out of range, text that is not UTF-8, bodies of the
-wrong shape, and the headers the API reads. Each case here once answered 500."""
+wrong shape, and the headers the API reads. Most of these once answered 500."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from tests.conftest import Tenant, assert_error, client_for, worker_key_for
 from tests.resource_helpers import assert_validation, create_environment, create_queue
 
 MODEL = {"value": "acme/bad-input", "label": "Bad input", "provider": "acme"}
-PRICING = {"input_per_million": 1.5, "output_per_million": 2.5}
 JSON = {"content-type": "application/json"}
 
 
