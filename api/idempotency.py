@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +27,9 @@ from api.state import AppState
 
 HEADER = b"idempotency-key"
 MAX_KEY_LENGTH = 255
+# NUL cannot be stored in Postgres text; no other control character belongs in a key either.
+# (Bytes 0x80..0xff are UTF-8 read as latin-1, and allowed.)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -70,8 +74,10 @@ class IdempotencyMiddleware:
         if key is None or principal is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        if not key or len(key) > MAX_KEY_LENGTH:
-            error = ApiError(400, f"Idempotency-Key must be 1..{MAX_KEY_LENGTH} characters")
+        if not key or len(key) > MAX_KEY_LENGTH or _CONTROL.search(key):
+            error = ApiError(
+                400, f"Idempotency-Key must be 1..{MAX_KEY_LENGTH} characters, none a control"
+            )
             await error_response(error)(scope, receive, send)
             return
         state: AppState = scope["app"].state.cp

@@ -14,6 +14,8 @@ from controlplane import VERSION
 
 _PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]+)?}")
 REF = "#/components/schemas/{model}"
+# An empty path segment matches no route (Starlette redirects it to the path without it).
+PATH_PARAMETER = {"type": "string", "minLength": 1}
 
 
 class ErrorBody(BaseModel):
@@ -32,6 +34,10 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     return None
+
+
+def operation_id(ep: Endpoint) -> str:
+    return f"{ep.handler.__module__.rsplit('.', 1)[-1]}_{ep.handler.__name__}"
 
 
 def build_openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
@@ -57,9 +63,9 @@ def build_openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
         op: dict[str, Any] = {
             "tags": [ep.tag],
             "summary": ep.summary,
-            "operationId": f"{ep.handler.__module__.rsplit('.', 1)[-1]}_{ep.handler.__name__}",
+            "operationId": operation_id(ep),
             "parameters": [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                {"name": name, "in": "path", "required": True, "schema": dict(PATH_PARAMETER)}
                 for name in _PATH_PARAM.findall(ep.path)
             ],
             "responses": {},
@@ -86,8 +92,14 @@ def build_openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
             ok["content"] = {"application/json": {"schema": ref(response, "serialization")}}
         op["responses"][str(ep.status_code)] = ok
         errors = [400, 404, 422, 500] if ep.role is None else [400, 401, 403, 404, 422, 429, 500]
-        for status in errors:
+        if ep.body_model is not None:
+            errors.append(413)  # the body size cap
+        if ep.method != "GET":
+            errors.append(409)  # a conflicting write, or an Idempotency-Key in use
+        for status in sorted(errors):
             op["responses"][str(status)] = error_response | {"description": CODE_BY_STATUS[status]}
+        for status, description in ep.extra_responses.items():
+            op["responses"][str(status)] = error_response | {"description": description}
         if ep.role is not None:
             op["security"] = [{"bearerAuth": []}]
         paths.setdefault(path, {})[ep.method.lower()] = op
@@ -97,7 +109,10 @@ def build_openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
             "title": "Agent Control Plane API",
             "version": VERSION,
             "description": "Self-hostable control plane for AI agents (Kubiya Control Plane API "
-            "v0.3.0). Authenticate with `Authorization: Bearer <API key>`.",
+            "v0.3.0). Authenticate with `Authorization: Bearer <API key>`. Every string and "
+            "object key must be free of NUL and lone surrogates, every number finite and within "
+            "a 64-bit integer's range, and JSON at most 64 levels deep; the schemas below do not "
+            "repeat it.",
         },
         "servers": [{"url": "/"}],
         "paths": paths,

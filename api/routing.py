@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_type_hints
+from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -33,6 +35,17 @@ if TYPE_CHECKING:
 
 Handler = Callable[..., Awaitable[Any]]
 NO_STORE = "no-store"
+
+# Postgres integer and bigint. Every number the API takes is within a bigint's range (the check
+# below): jsonb reads a float such as 1e300 back as a 301-digit integer, which a client could
+# not send back. A field stored in an integer column says so with Field(ge=INT_MIN, le=INT_MAX).
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+# Deeper JSON is refused before anything recurses over it: json.loads itself raises
+# RecursionError near 1,000 levels, and no document of this API comes close to 64.
+MAX_JSON_DEPTH = 64
+MAX_REPORTED_ERRORS = 20
+JSON_WHITESPACE = " \t\n\r"
 
 
 class Call:
@@ -87,6 +100,92 @@ class Call:
             return uuid.UUID(raw)
         except ValueError:
             raise not_found(kind, raw) from None
+
+
+# What the decoder makes of a number no field can take (beyond a bigint's range, NaN,
+# Infinity), so that the check below reports where it was.
+_OUT_OF_RANGE = object()
+
+
+def _in_range(value: float) -> bool:
+    return math.isfinite(value) and BIGINT_MIN <= value <= BIGINT_MAX
+
+
+def _parse_int(literal: str) -> object:
+    # Length first: int() of a literal over 4,300 digits raises ValueError, not a JSON error.
+    if len(literal.lstrip("-")) > len(str(BIGINT_MAX)):
+        return _OUT_OF_RANGE
+    value = int(literal)
+    return value if _in_range(value) else _OUT_OF_RANGE
+
+
+def _parse_float(literal: str) -> object:
+    value = float(literal)  # 1e400 is inf
+    return value if _in_range(value) else _OUT_OF_RANGE
+
+
+_DECODER = json.JSONDecoder(
+    parse_int=_parse_int, parse_float=_parse_float, parse_constant=lambda _: _OUT_OF_RANGE
+)
+
+
+def _escaped(text: str) -> str:
+    """`text` as a response can carry it: lone surrogates become escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _problem(value: Any) -> tuple[str, str] | None:
+    """What is wrong with a string or number, as (message, type), if anything."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "Strings may not contain NUL (\\u0000) characters", "string_unusable"
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "Strings must be Unicode text (no lone surrogates)", "string_unusable"
+    elif value is _OUT_OF_RANGE or (
+        isinstance(value, int | float) and not isinstance(value, bool) and not _in_range(value)
+    ):
+        return f"Number out of range ({BIGINT_MIN}..{BIGINT_MAX})", "number"
+    return None
+
+
+def unusable_input(data: Any, location: str) -> list[dict[str, str]]:
+    """Where `data` (decoded JSON or query parameters) holds what Postgres or a JSON response
+    cannot carry: NUL or lone surrogates in strings and keys, numbers out of range. Raises 400
+    for nesting deeper than MAX_JSON_DEPTH. One pass, about as costly as decoding the JSON."""
+    errors: list[dict[str, str]] = []
+
+    def report(path: tuple[str, ...], problem: tuple[str, str]) -> None:
+        field = ".".join(_escaped(part) for part in path) or location
+        errors.append(
+            {"field": field, "message": problem[0], "type": problem[1], "location": location}
+        )
+
+    if not isinstance(data, dict | list):
+        if (problem := _problem(data)) is not None:
+            report((), problem)
+        return errors
+    stack: list[tuple[dict[Any, Any] | list[Any], tuple[str, ...]]] = [(data, ())]
+    while stack and len(errors) < MAX_REPORTED_ERRORS:
+        container, path = stack.pop()
+        if len(path) >= MAX_JSON_DEPTH:
+            raise ApiError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        items = container.items() if isinstance(container, dict) else enumerate(container)
+        for key, item in items:
+            if (problem := _problem(key)) is not None:
+                report((*path, str(key)), problem)
+            if isinstance(item, dict | list):
+                stack.append((item, (*path, str(key))))
+            elif (problem := _problem(item)) is not None:
+                report((*path, str(key)), problem)
+    return errors
+
+
+def refuse_unusable(data: Any, location: str) -> None:
+    if errors := unusable_input(data, location):
+        raise ApiError(422, "Request validation failed", details={"validation_errors": errors})
 
 
 def validation_error(exc: ValidationError, location: str) -> ApiError:
@@ -146,12 +245,12 @@ class Endpoint:
                 f"This action needs {ACCESS_DESCRIPTION[self.role]}; "
                 f"your credential is {_credential(call.principal)}",
             )
+        for name, value in call.path.items():
+            if "\x00" in value:
+                raise ApiError(404, f"Path parameter '{name}' contains NUL and names nothing")
         kwargs: dict[str, Any] = {}
         if self.query_model is not None:
-            try:
-                kwargs["query"] = self.query_model.model_validate(dict(request.query_params))
-            except ValidationError as exc:
-                raise validation_error(exc, "query") from None
+            kwargs["query"] = self._parse_query(request, self.query_model)
         if self.body_model is not None:
             kwargs["body"] = await self._parse_body(request, self.body_model)
         result = await self.handler(call, **kwargs)
@@ -163,19 +262,45 @@ class Endpoint:
         return JSONResponse(result, status_code=self.status_code, headers=headers)
 
     @staticmethod
+    def _parse_query(request: Request, model: type[BaseModel]) -> BaseModel:
+        try:
+            # Strict, where Starlette's query_params would turn bad bytes into U+FFFD.
+            pairs = parse_qsl(
+                request.scope["query_string"].decode("latin-1"),
+                keep_blank_values=True,
+                errors="strict",
+            )
+        except UnicodeDecodeError:
+            raise ApiError(400, "Query string is not percent-encoded UTF-8") from None
+        params = dict(pairs)
+        refuse_unusable(params, "query")
+        return _validate(model, params, "query")
+
+    @staticmethod
     async def _parse_body(request: Request, model: type[BaseModel]) -> BaseModel:
         raw = await request.body()
         try:
-            data = json.loads(raw) if raw.strip() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"Malformed JSON body: {exc}") from None
-        if b"\\u0000" in raw:
-            # Postgres text cannot hold NUL; refuse it here rather than fail on insert.
-            raise ApiError(422, "Strings may not contain NUL (\\u0000) characters")
+            text = raw.decode("utf-8-sig")  # a leading BOM is allowed, as json.loads allowed it
+        except UnicodeDecodeError:
+            raise ApiError(400, "Malformed JSON body: not UTF-8 text") from None
         try:
-            return model.model_validate(data)
-        except ValidationError as exc:
-            raise validation_error(exc, "body") from None
+            data = _DECODER.decode(text) if text.strip(JSON_WHITESPACE) else {}
+        except json.JSONDecodeError as exc:
+            raise ApiError(400, f"Malformed JSON body: {exc}") from None
+        except RecursionError:
+            raise ApiError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+        refuse_unusable(data, "body")
+        return _validate(model, data, "body")
+
+
+def _validate(model: type[BaseModel], data: Any, location: str) -> BaseModel:
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, location) from None
+    # Again on the result: a field may have made a number of a string ("1e400", "99...9").
+    refuse_unusable(parsed.model_dump(), location)
+    return parsed
 
 
 def _credential(principal: Principal) -> str:
@@ -202,9 +327,12 @@ class Router:
         role: Access | Literal["default"] | None = "default",
         summary: str = "",
         carries_secret: bool = False,
+        responses: dict[int, str] | None = None,
     ) -> Callable[[Handler], Handler]:
         """`role` is what the caller needs (api/principal.py `Access`); by default reads need a
-        viewer key and writes a member key. `role=None` marks a route that needs no key."""
+        viewer key and writes a member key. `role=None` marks a route that needs no key.
+        `responses` documents error statuses beyond those every route may answer (see
+        api/openapi.py)."""
         needed: Access | None
         if role == "default":
             needed = "viewer" if method == "GET" else "member"
@@ -223,6 +351,7 @@ class Router:
                     doc,
                     self.tag,
                     carries_secret=carries_secret,
+                    extra_responses=responses or {},
                 )
             )
             return handler

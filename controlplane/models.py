@@ -33,9 +33,17 @@ MODEL_COLUMNS = (
 VISIBLE = "(organization_id IS NULL OR organization_id = $1)"
 
 
+# A sanity bound: the dearest models cost well under $1,000 per million tokens.
+MAX_PRICE_PER_MILLION = 1_000_000
+
+
 class Pricing(BaseModel):
-    input_per_million: float = Field(ge=0, description="USD per million input tokens")
-    output_per_million: float = Field(ge=0, description="USD per million output tokens")
+    input_per_million: float = Field(
+        ge=0, le=MAX_PRICE_PER_MILLION, description="USD per million input tokens"
+    )
+    output_per_million: float = Field(
+        ge=0, le=MAX_PRICE_PER_MILLION, description="USD per million output tokens"
+    )
     currency: Literal["USD"] = "USD"
 
 

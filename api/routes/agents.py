@@ -49,13 +49,22 @@ COLUMNS = (
 )
 
 
+# Sanity bounds, far above what any model or turn needs.
+MAX_TURN_SECONDS = 24 * 3600
+MAX_OUTPUT_TOKENS = 1_000_000
+
+
 class AgentConfiguration(BaseModel, extra="allow"):
     """Free-form agent configuration; these keys have a meaning."""
 
     system_prompt: str | None = Field(None, description="The agent's system prompt")
     one_shot: bool = Field(False, description=ONE_SHOT_DOC)
-    timeout: float | None = Field(None, gt=0, description="Seconds per turn (claude_code)")
-    max_tokens: int | None = Field(None, gt=0, description="Output tokens per model call")
+    timeout: float | None = Field(
+        None, gt=0, le=MAX_TURN_SECONDS, description="Seconds per turn (claude_code)"
+    )
+    max_tokens: int | None = Field(
+        None, gt=0, le=MAX_OUTPUT_TOKENS, description="Output tokens per model call"
+    )
 
 
 CONFIGURATION_DOC = (

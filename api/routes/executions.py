@@ -15,7 +15,7 @@ from api.access import execution_for
 from api.errors import ApiError
 from api.event_stream import stream_events
 from api.pagination import ListQuery, Page, fetch_page
-from api.routing import Call, Router
+from api.routing import BIGINT_MAX, Call, Router
 from api.schemas import Deleted
 from controlplane.executions import actions
 from controlplane.executions.events import append_event
@@ -95,7 +95,9 @@ class StatusReport(BaseModel):
     mark_completed: bool = False
     started_at: datetime | None = None
     completed_at: datetime | None = None
-    version: int | None = Field(None, ge=0, description="Reports older than the last are ignored")
+    version: int | None = Field(
+        None, ge=0, le=BIGINT_MAX, description="Reports older than the last are ignored"
+    )
 
 
 class EventIn(BaseModel):
@@ -158,7 +160,7 @@ class TransitionList(BaseModel):
 
 
 class StreamQuery(BaseModel):
-    last_event_id: int | None = Field(None, ge=0)
+    last_event_id: int | None = Field(None, ge=0, le=BIGINT_MAX)
 
 
 async def execution_out(call: Call, row: asyncpg.Record) -> ExecutionOut:
@@ -288,7 +290,9 @@ async def stream(call: Call, query: StreamQuery) -> Response:
         try:
             last_event_id = int(header)
         except ValueError:
-            raise ApiError(400, "Last-Event-ID must be an event id (an integer)") from None
+            last_event_id = -1  # refused below, as an id out of range is
+        if not 0 <= last_event_id <= BIGINT_MAX:  # event seqs are bigints
+            raise ApiError(400, "Last-Event-ID must be an event id (an integer)")
     return StreamingResponse(
         stream_events(call.db, call.state.events, row, last_event_id),
         media_type="text/event-stream",

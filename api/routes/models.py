@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, RootModel
 
 from api.errors import ApiError, not_found
 from api.pagination import ListQuery, Page, fetch_page
-from api.routing import Call, Router
+from api.routing import INT_MAX, INT_MIN, Call, Router
 from api.schemas import Deleted, PatchBody
 from controlplane.db import conflict_on_duplicate, patch_assignments
 from controlplane.models import (
@@ -63,7 +63,7 @@ class ModelCreate(BaseModel):
     )
     capabilities: dict[str, Any] = Field(default_factory=dict)
     pricing: Pricing | None = None
-    display_order: int = 1000
+    display_order: int = Field(1000, ge=INT_MIN, le=INT_MAX)
 
 
 class ModelUpdate(PatchBody):
@@ -91,7 +91,7 @@ class ModelUpdate(PatchBody):
     compatible_runtimes: list[RuntimeId] | None = None
     capabilities: dict[str, Any] | None = None
     pricing: Pricing | None = None
-    display_order: int | None = None
+    display_order: int | None = Field(None, ge=INT_MIN, le=INT_MAX)
 
 
 class ModelOut(BaseModel):

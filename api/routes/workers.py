@@ -27,7 +27,7 @@ from api.auth import WORKER_TOKEN_PREFIX
 from api.errors import ApiError, not_found
 from api.pagination import ListQuery, Page, fetch_page
 from api.queue_shapes import get_queue
-from api.routing import Call, Router
+from api.routing import INT_MAX, INT_MIN, Call, Router
 from api.worker_credentials import require_mint_budget
 from controlplane import VERSION
 from controlplane.queues import NAME_PATTERN, STALE_WORKER_SECONDS, live_workers_sql
@@ -83,7 +83,7 @@ class Heartbeat(BaseModel):
     renew_temporal_token: bool = Field(
         False, description="Answer with a fresh Temporal JWT (ask before the old one expires)"
     )
-    tasks_processed: int = Field(0, ge=0)
+    tasks_processed: int = Field(0, ge=0, le=INT_MAX)
     current_task_id: str | None = None
     worker_metadata: dict[str, Any] = Field(default_factory=dict)
     system_info: dict[str, Any] | None = None
@@ -101,7 +101,7 @@ class HeartbeatAck(BaseModel):
 
 class Disconnect(BaseModel):
     reason: str = "shutdown"
-    exit_code: int | None = None
+    exit_code: int | None = Field(None, ge=INT_MIN, le=INT_MAX)
     error_message: str | None = None
 
 
@@ -434,7 +434,7 @@ async def list_task_queues(call: Call, query: ListQuery) -> Page[TaskQueueInfo]:
     return Page[TaskQueueInfo](items=items, total=total, limit=query.limit, offset=query.start)
 
 
-@router.get("/api/v1/workers/{runner_name}")
+@router.get("/api/v1/workers/{runner_name}", responses={409: "Ambiguous name: ask by id"})
 async def get_task_queue(call: Call) -> TaskQueueInfo:
     """One worker queue, by id or by name, as Temporal sees it; a name that several
     environments use is ambiguous (409): ask by id."""
