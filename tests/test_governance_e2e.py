@@ -286,3 +286,27 @@ async def test_resolved_context_reaches_the_system_prompt(
     await wait_status(tenant, execution_id, "completed")
     system = str((await AsyncFakeAnthropicClient(fake_llm.base_url).bodies(token))[0]["system"])
     assert knowledge in system and org_resource in system
+
+
+async def test_a_report_the_api_refuses_ends_the_execution_failed_not_running(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+) -> None:
+    """The model asks for a tool with arguments nested deeper than the API takes: the worker's
+    report of that call is refused (400), retrying cannot help, and the execution ends `failed`
+    saying why instead of staying `running`."""
+    token = uuid.uuid4().hex
+    deep: dict[str, Any] = {"command": "echo hi"}
+    for _ in range(80):
+        deep = {"x": deep}
+    fake = AsyncFakeAnthropicClient(fake_llm.base_url)
+    await fake.script(token, [tool_reply("shell", deep), text_reply("unreachable")])
+    agent_id = await make_tooled_agent(
+        tenant, token, [{"type": "shell", "configuration": {"allowed_commands": ["echo"]}}]
+    )
+    execution_id = await execute(tenant, agent_id, running_queue["id"])
+    final = await wait_status(tenant, execution_id, "completed", "failed")
+    assert final["status"] == "failed", final
+    assert "control plane refused" in final["error_message"], final
+    assert "nested deeper than" in final["error_message"], final
+    assert final["completed_at"] is not None
+    assert len(await fake.requests(token)) == 1  # the model was not called again
