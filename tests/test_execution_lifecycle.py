@@ -452,4 +452,3 @@ async def test_outbox_announces_each_lifecycle_change_once(
     assert completed["data"]["previous_status"] == "running"
     assert completed["data"]["entity_id"] == agent_id
     assert uuid.UUID(completed["id"]) and completed["timestamp"]
-

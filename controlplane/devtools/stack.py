@@ -1,7 +1,8 @@
 """`controlplane dev`: the whole platform on one machine from pip-installed parts.
 
 Postgres (embedded) and the Temporal dev server run from `$CONTROLPLANE_HOME` unless DATABASE_URL
-or TEMPORAL_ADDRESS point elsewhere; the API and one worker run as child processes, and with
+or TEMPORAL_ADDRESS point elsewhere; the API, the system worker (the control plane's own
+workflows) and one worker of the `default` queue run as child processes, and with
 `--fake-llm` the fake Anthropic server too, which only the worker is pointed at. The state
 survives restarts: the same database, Temporal history and admin key.
 
@@ -10,8 +11,8 @@ other service dying ends the run (supervise.py). The summary is printed once the
 registered on its queue, so what it lists is ready to use.
 
 Every service started is pushed on one exit stack, so they stop in reverse order (worker, fake
-Anthropic server, API, Temporal, Postgres) whether the run ends by a signal, a child dying or a
-start-up failure.
+Anthropic server, system worker, API, Temporal, Postgres) whether the run ends by a signal, a
+child dying or a start-up failure.
 """
 
 from __future__ import annotations
@@ -549,17 +550,11 @@ class DevRun:
         )
 
     def start_system_worker(self) -> None:
-        """The control plane's own worker (housekeeping now; planning and webhooks later).
-        Restartable like any worker: its Schedule and workflows live in Temporal, so a new
-        process picks up where the dead one stopped."""
+        """The control plane's own worker (housekeeping now; planning and webhooks later). Like
+        the API, the run cannot do without it: its death ends the run."""
         _say("starting the system worker ...")
         self._spawn(
-            "system worker",
-            ["system-worker"],
-            self.control_plane_env(),
-            "system-worker.log",
-            WORKER_STOP_TIMEOUT,
-            restart=WORKER_BACKOFF,
+            "system worker", ["system-worker"], self.control_plane_env(), "system-worker.log", 30
         )
 
     def ensure_default_queue(self, key: str) -> dict[str, Any]:

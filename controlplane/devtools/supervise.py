@@ -2,8 +2,9 @@
 
 Each child is declared, when it is started, fatal or restartable:
 
-- fatal (Temporal, the API, the fake Anthropic server): nothing works without it, so its exit
-  ends the run, with one line saying which process died and where its log is;
+- fatal (Temporal, the API, the system worker, the fake Anthropic server): nothing works
+  without it, so its exit ends the run, with one line saying which process died and where its
+  log is;
 - restartable (a worker): Temporal hands the work of a dead worker to the next one polling its
   queue, so the child is started again, after a delay that grows while it keeps dying.
 

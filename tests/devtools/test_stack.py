@@ -282,7 +282,7 @@ def test_dev_starts_restarts_and_stops(dev: Dev) -> None:
     # The system worker has the database; the queue's worker does not.
     assert "DATABASE_URL" in process_env(pids["system"])
     assert "DATABASE_URL" not in process_env(pids["worker"])
-    # It made the housekeeping Schedule; killed, it is started again like any worker.
+    # It made the housekeeping Schedule.
     wait_for(
         "the housekeeping schedule",
         lambda: housekeeping_scheduled(dev),
@@ -291,16 +291,6 @@ def test_dev_starts_restarts_and_stops(dev: Dev) -> None:
         timeout=30,
         interval=0.5,
     )
-    os.kill(pids["system"], signal.SIGKILL)
-    wait_for(
-        "the system worker restarted",
-        lambda: service_pids(dev)["system"] != pids["system"],
-        dev,
-        run,
-        timeout=10,
-    )
-    assert "the system worker exited with code -9 (SIGKILL)" in run.stderr()
-    pids = service_pids(dev)
     # The CLI beside it, as a new user runs it (no DATABASE_URL, no CONTROLPLANE_HOME), finds the
     # dev stack through its dev.json, and says so.
     record_file = dev.home / "dev.json"
@@ -426,6 +416,16 @@ def test_dev_starts_restarts_and_stops(dev: Dev) -> None:
     assert len(message.splitlines()) == 1, message
     assert "the API exited unexpectedly with code -9" in message
     assert str(dev.home / "logs" / "api.log") in message
+    assert_gone(pids)
+
+    # Fourth run: the system worker dies, and so does the run, saying so.
+    run = start(dev, "fourth")
+    pids = service_pids(dev)
+    os.kill(pids["system"], signal.SIGKILL)
+    assert wait_exit(run) == 1
+    message = run.stderr().strip()
+    assert "the system worker exited unexpectedly with code -9" in message, message
+    assert str(dev.home / "logs" / "system-worker.log") in message
     assert_gone(pids)
 
 
