@@ -14,6 +14,11 @@ activity: policy check, tool_started / policy_violation / tool_completed events,
 redaction. The CLI's own tools (Bash, Read, ...) stay off, and only the agent's tools are
 pre-approved.
 
+Teams: a claude_code team's leader runs here with its members as the SDK's subagents (the
+CLI's Agent tool), each with its own prompt and its own tools from TOOL_SERVER, so their tool
+calls take the same checked path. What a member says reaches the team's stream as
+`member_message_complete`.
+
 Errors: a model call refused for good (400, 401, 403, 404, ...) fails the execution at once
 with the CLI's message; rate limits, 5xx, timeouts and connection errors raise a retryable
 error, and Temporal retries the turn. The CLI itself retries once (CLAUDE_CODE_MAX_RETRIES).
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from claude_agent_sdk import (
+    AgentDefinition,
     AssistantMessage,
     ClaudeAgentOptions,
     ClaudeSDKError,
@@ -48,6 +54,7 @@ from claude_agent_sdk import (
     StreamEvent,
     TextBlock,
     ToolAnnotations,
+    ToolUseBlock,
     create_sdk_mcp_server,
     query,
 )
@@ -62,6 +69,7 @@ from workflows.contracts import (
     ModelSpec,
     RuntimeTurnInput,
     RuntimeTurnResult,
+    TeamMember,
     ToolCall,
     ToolSpec,
     Usage,
@@ -322,6 +330,74 @@ class _Tools:
         return handle
 
 
+# The CLI's tool that starts a subagent.
+SUBAGENT_TOOL = "Agent"
+
+
+def subagent_name(member: TeamMember) -> str:
+    return _NOT_CLI_SAFE.sub("-", member.name).strip("-").lower() or member.agent_id
+
+
+def configure_subagents(options: ClaudeAgentOptions, members: list[TeamMember]) -> None:
+    """A team leader's members as subagents: each with its own prompt and only its own tools."""
+    if not members:
+        return
+    options.agents = {
+        subagent_name(member): AgentDefinition(
+            description=member.description or f"{member.name}, a member of the team",
+            prompt=member.system_prompt or f"You are {member.name}, a member of a team.",
+            tools=[cli_tool_name(tool) for tool in member.tool_names],
+            model="inherit",
+        )
+        for member in members
+    }
+    options.tools = [SUBAGENT_TOOL]
+    options.allowed_tools = [*options.allowed_tools, SUBAGENT_TOOL]
+    options.forward_subagent_text = True
+
+
+class _Members:
+    """Tells the team's stream what its members (subagents) say: each text of a subagent's
+    message as `member_message_complete`, named by the Agent call that started it."""
+
+    def __init__(self, control_plane: ControlPlane, turn: RuntimeTurnInput, attempt: int) -> None:
+        self.control_plane = control_plane
+        self.turn = turn
+        self.attempt = attempt
+        self.by_name = {subagent_name(member): member for member in turn.subagents}
+        self.started: dict[str, TeamMember] = {}  # Agent tool_use id -> member
+        self.count = 0
+
+    async def see(self, message: AssistantMessage) -> None:
+        if not self.by_name:
+            return
+        if message.parent_tool_use_id is None:
+            for block in message.content:
+                if isinstance(block, ToolUseBlock) and block.name == SUBAGENT_TOOL:
+                    member = self.by_name.get(str(block.input.get("subagent_type", "")))
+                    if member is not None:
+                        self.started[block.id] = member
+            return
+        member = self.started.get(message.parent_tool_use_id)
+        text = "".join(b.text for b in message.content if isinstance(b, TextBlock))
+        if member is None or not text:
+            return
+        self.count += 1
+        turn = self.turn
+        await self.control_plane.publish(
+            turn.execution_id,
+            "member_message_complete",
+            {
+                "content": text,
+                "member_id": member.agent_id,
+                "member_name": member.name,
+                "tool_use_id": message.parent_tool_use_id,
+                "attempt": self.attempt,
+            },
+            key=f"member:{turn.turn}:{turn.step}:{self.attempt}:{self.count}",
+        )
+
+
 def _object_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """A JSON Schema the SDK takes as one: it reads a dict without `type` and `properties` as a
     map of parameter names to Python types."""
@@ -366,6 +442,7 @@ async def run_claude_code_turn(
         )
         tools = _Tools(control_plane, turn, activity.info().attempt)
         tools.configure(options)
+        configure_subagents(options, turn.subagents)
         result = await _query(control_plane, turn, text_of(messages[-1].get("content")), options)
         if tools.failure is not None:
             raise ApplicationError(
@@ -381,6 +458,7 @@ async def _query(
 ) -> RuntimeTurnResult:
     loop = asyncio.get_running_loop()
     chunks = _Chunks(control_plane, turn, activity.info().attempt)
+    members = _Members(control_plane, turn, activity.info().attempt)
     stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
     options.stderr = stderr.append
     texts: list[str] = []
@@ -394,14 +472,12 @@ async def _query(
                     text = _text_delta(message)
                     if text:
                         await chunks.add(text, loop.time())
-                elif (
-                    isinstance(message, AssistantMessage)
-                    and message.parent_tool_use_id is None
-                    and message.error is None
-                ):
-                    text = "".join(b.text for b in message.content if isinstance(b, TextBlock))
-                    if text:
-                        texts.append(text)
+                elif isinstance(message, AssistantMessage) and message.error is None:
+                    await members.see(message)
+                    if message.parent_tool_use_id is None:
+                        text = "".join(b.text for b in message.content if isinstance(b, TextBlock))
+                        if text:
+                            texts.append(text)
                 elif isinstance(message, ResultMessage):
                     result = message
     except CLINotFoundError as error:

@@ -12,11 +12,13 @@ from temporalio.exceptions import ApplicationError
 
 from activities.tools import nul_free
 from workflows.contracts import (
+    CREATE_MEMBER_EXECUTION,
     PERSIST_CONVERSATION,
     PUBLISH_EVENT,
     UPDATE_EXECUTION_STATUS,
     ConversationSnapshot,
     EventReport,
+    MemberExecutionRequest,
     StatusUpdate,
 )
 
@@ -87,6 +89,16 @@ class ReportingActivities:
     async def publish_event(self, event: EventReport) -> None:
         await self.control_plane.publish(
             event.execution_id, event.event_type, event.data, event.event_key
+        )
+
+    @activity.defn(name=CREATE_MEMBER_EXECUTION)
+    async def create_member_execution(self, request: MemberExecutionRequest) -> dict[str, Any]:
+        """The control plane records the member's run (or answers the one this key recorded)
+        and returns it with its workflow's input (a MemberExecution)."""
+        body = asdict(request)
+        execution_id = body.pop("team_execution_id")
+        return await self.control_plane.send(
+            "POST", f"/api/v1/executions/{execution_id}/members", body
         )
 
     @activity.defn(name=PERSIST_CONVERSATION)

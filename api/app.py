@@ -38,6 +38,7 @@ from api.routes import (
     runtimes,
     secrets,
     skills,
+    teams,
     worker_queues,
     workers,
 )
@@ -62,8 +63,10 @@ ROUTERS = [
     models.router,
     runtimes.router,
     agents.router,
+    teams.router,
     executions.router,
     execute.router,
+    execute.team_router,
     policies.router,
     skills.router,
     context.router,

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from controlplane.db import Queryable
 from controlplane.errors import Invalid, Refused, not_found
-from controlplane.hierarchy import agent_hierarchy
+from controlplane.hierarchy import agent_hierarchy, team_hierarchy
 from controlplane.skills import resolve_agent_skills
 from controlplane.tool_catalogue import SkillConfigError, mcp_servers_of
 
@@ -285,6 +285,32 @@ async def _agent_layers(
     return agent, layers
 
 
+async def _team_layers(
+    db: Queryable, org: str, team_id: uuid.UUID
+) -> tuple[dict[str, Any] | None, list[Layer]]:
+    """The team and its layers: its environments, then itself."""
+    chain = await team_hierarchy(db, org, team_id)
+    if chain is None or chain.team is None:
+        return None, []
+    team = chain.team
+    layers = [
+        make_layer(env.execution_environment, "environment", str(env.id), env.name)
+        for env in chain.team_environments
+    ]
+    layers.append(make_layer(team.get("execution_environment"), "team", str(team_id), team["name"]))
+    return team, layers
+
+
+async def resolve_for_team(db: Queryable, org: str, team_id: uuid.UUID) -> ResolvedEnvironment:
+    """The team's own environment (what its leader runs with); 404 if there is no such team."""
+    team, layers = await _team_layers(db, org, team_id)
+    if team is None:
+        raise not_found("Team", team_id)
+    resolved = merge(layers)
+    await _add_integrations(db, org, resolved)
+    return resolved
+
+
 def _uuid(raw: object) -> uuid.UUID | None:
     try:
         return uuid.UUID(str(raw))
@@ -312,8 +338,8 @@ async def resolve_for_agent(
 async def resolve_for_execution(
     db: Queryable, org: str, execution_id: uuid.UUID
 ) -> ResolvedEnvironment:
-    """The environment of an execution: its agent's, with the override stored with the run.
-    An agent deleted since the run started leaves only the run's own layer."""
+    """The environment of an execution: its agent's (or team's), with the override stored with
+    the run. An agent deleted since the run started leaves only the run's own layer."""
     row = await db.fetchrow(
         "SELECT execution_type, entity_id, execution_environment FROM executions "
         "WHERE id = $1 AND organization_id = $2",
@@ -326,6 +352,8 @@ async def resolve_for_execution(
     layers: list[Layer] = []
     if row["execution_type"] == "agent" and row["entity_id"] is not None:
         agent, layers = await _agent_layers(db, org, row["entity_id"])
+    elif row["execution_type"] == "team" and row["entity_id"] is not None:
+        _, layers = await _team_layers(db, org, row["entity_id"])
     if row["execution_environment"]:
         layers.append(make_layer(row["execution_environment"], "run"))
     resolved = merge(layers)

@@ -120,6 +120,28 @@ async def agent_scope(
     chain = await agent_hierarchy(db, org, ident)
     if chain is None:
         raise not_found("Agent", agent_id)
+    return await _run_scope(db, org, chain, queue_id, role)
+
+
+async def team_scope(
+    db: Queryable,
+    org: str,
+    team_id: uuid.UUID,
+    *,
+    queue_id: uuid.UUID | None = None,
+    role: str | None = None,
+) -> PolicyScope:
+    """The policies that govern a team's run: as for an agent, along the team's hierarchy."""
+    chain = await team_hierarchy(db, org, team_id)
+    if chain is None:
+        raise not_found("Team", team_id)
+    return await _run_scope(db, org, chain, queue_id, role)
+
+
+async def _run_scope(
+    db: Queryable, org: str, chain: Hierarchy, queue_id: uuid.UUID | None, role: str | None
+) -> PolicyScope:
+    """A run's scope: its queue's environment, the entity's hierarchy, the caller's role."""
     scope = PolicyScope()
     if queue_id is not None:
         environment_id = await db.fetchval(
@@ -152,7 +174,7 @@ async def entity_scope(db: Queryable, org: str, entity_type: str, entity_id: str
 async def _listed_policies(
     db: Queryable, org: str, chain: Hierarchy
 ) -> list[tuple[uuid.UUID, str, str]]:
-    """Policy ids named by the agent's projects (`settings.policy_ids`) and by its resolved
+    """Policy ids named by the entity's projects (`settings.policy_ids`) and by its resolved
     context (`policy_ids` of every layer), in that order; ids that are not uuids are skipped
     (whether they are the organization's policies is checked when they are loaded)."""
     listed: list[tuple[uuid.UUID, str, str]] = []
@@ -169,8 +191,9 @@ async def _listed_policies(
                 (ident, "project", str(project_id))
                 for ident in _uuid_list(by_id.get(project_id) or [])
             ]
-    if chain.agent_id is not None:
-        context = await resolve_context(db, org, "agent", chain.agent_id)
+    entity = ("agent", chain.agent_id) if chain.agent_id is not None else ("team", chain.team_id)
+    if entity[1] is not None:
+        context = await resolve_context(db, org, entity[0], entity[1])
         for name, layer in context.layers.items():
             listed += [(ident, "context", name) for ident in _uuid_list(layer.policy_ids)]
     return listed
@@ -306,8 +329,8 @@ async def check_tool_call(
     execution was started with (or, with `mcp_server`, a server of its environment); who acts,
     for which agent, team and environments, and what the tool is come from the rows."""
     execution = await db.fetchrow(
-        "SELECT e.id, e.entity_id, e.entity_name, e.status, e.worker_queue_id, e.tools, "
-        "e.user_id, e.user_name, e.user_email, e.user_role, a.team_id "
+        "SELECT e.id, e.execution_type, e.entity_id, e.entity_name, e.status, e.worker_queue_id, "
+        "e.tools, e.user_id, e.user_name, e.user_email, e.user_role, a.team_id "
         "FROM executions e LEFT JOIN agents a "
         "ON a.id = e.entity_id AND a.organization_id = e.organization_id "
         "WHERE e.id = $1 AND e.organization_id = $2 AND e.worker_queue_id = $3",
@@ -320,14 +343,19 @@ async def check_tool_call(
     tool = await _known_tool(db, org, execution, tool_name, mcp_server)
     if tool is None:
         return refused(f"'{tool_name}' is not one of this execution's tools")
-    agent_id = str(execution["entity_id"]) if execution["entity_id"] else None
-    scope = (
-        await agent_scope(
-            db, org, agent_id, queue_id=execution["worker_queue_id"], role=execution["user_role"]
-        )
-        if agent_id is not None
-        else PolicyScope()
-    )
+    # A team's own run (a claude_code leader running its members' tools) answers to the
+    # team's policies; an agent's run, member or not, to the agent's.
+    is_team = execution["execution_type"] == "team"
+    entity_id = execution["entity_id"]
+    agent_id = str(entity_id) if entity_id and not is_team else None
+    team_id = entity_id if is_team else execution["team_id"]
+    where = {"queue_id": execution["worker_queue_id"], "role": execution["user_role"]}
+    if entity_id is None:
+        scope = PolicyScope()
+    elif is_team:
+        scope = await team_scope(db, org, entity_id, **where)
+    else:
+        scope = await agent_scope(db, org, entity_id, **where)
     policy_input = {
         "action": "tool_execution",
         "tool": {**tool, "arguments": arguments},
@@ -338,11 +366,11 @@ async def check_tool_call(
             "roles": [execution["user_role"]] if execution["user_role"] else [],
         },
         "organization": {"id": org},
-        "team": {"id": str(execution["team_id"])} if execution["team_id"] else None,
+        "team": {"id": str(team_id)} if team_id else None,
         "execution": {
             "execution_id": str(execution["id"]),
             "agent_id": agent_id,
-            "agent_name": execution["entity_name"],
+            "agent_name": None if is_team else execution["entity_name"],
             "environment_ids": scope.environment_ids,
             "worker_queue_id": str(execution["worker_queue_id"]),
             "timestamp": datetime.now(UTC).isoformat(),

@@ -159,14 +159,15 @@ HISTORIES = Path(__file__).parent / "histories"
 
 
 async def record_history(
-    tenant: Tenant, temporal_address: str, execution_id: str, name: str
+    tenant: Tenant, temporal_address: str, execution_id: str, name: str, kind: str = "agent"
 ) -> None:
     """With RECORD_HISTORIES=1, keep this execution's workflow history for the replay tests
     (tests/test_replay.py), so a later change that breaks determinism fails CI."""
     if os.environ.get("RECORD_HISTORIES") != "1":
         return
     client = await temporal_for(temporal_address, tenant)
-    history = await client.get_workflow_handle(f"agent-execution-{execution_id}").fetch_history()
+    workflow_id = f"{kind}-execution-{execution_id}"
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
     HISTORIES.mkdir(exist_ok=True)
     (HISTORIES / f"{name}.json").write_text(history.to_json())
 

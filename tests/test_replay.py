@@ -1,6 +1,6 @@
-"""Replay of recorded AgentExecutionWorkflow histories (tests/histories/*.json, recorded with
-RECORD_HISTORIES=1 from the execution tests): a change to the workflow that would break running
-executions fails here."""
+"""Replay of recorded AgentExecutionWorkflow and TeamExecutionWorkflow histories
+(tests/histories/*.json, recorded with RECORD_HISTORIES=1 from the execution tests): a change to
+a workflow that would break running executions fails here."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ def test_histories_were_recorded() -> None:
         "cancel_mid_stream",
         "model_400_failed",
         "worker_killed_mid_call",
+        "team_leader_delegates",
+        "team_sequential",
+        "team_parallel",
+        "team_cancelled",
     } <= names
 
 

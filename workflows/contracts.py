@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 AGENT_EXECUTION_WORKFLOW = "AgentExecutionWorkflow"
+TEAM_EXECUTION_WORKFLOW = "TeamExecutionWorkflow"
 QUEUE_PROBE_WORKFLOW = "QueueProbeWorkflow"
 # The control plane's own workflows, on its system worker's task queue.
 HOUSEKEEPING_WORKFLOW = "HousekeepingWorkflow"
@@ -30,13 +31,16 @@ PUBLISH_EVENT = "publish_event"
 PERSIST_CONVERSATION = "persist_conversation_history"
 RUN_TOOL = "run_tool"
 LIST_MCP_TOOLS = "list_mcp_tools"
+# A team's member run: the control plane records it (from its own rows) and answers its input.
+CREATE_MEMBER_EXECUTION = "create_member_execution"
 ANSWER_PROBE = "answer_probe"
 
 TERMINAL_STATES = ("completed", "failed", "cancelled")
 
 
-def workflow_id_for(execution_id: str) -> str:
-    return f"agent-execution-{execution_id}"
+def workflow_id_for(execution_id: str, execution_type: str = "agent") -> str:
+    """The Temporal workflow id of an execution (reference §5.1)."""
+    return f"{execution_type}-execution-{execution_id}"
 
 
 @dataclass
@@ -122,6 +126,82 @@ class AgentExecutionInput:
 
 
 @dataclass
+class TeamMember:
+    """A member as its leader sees it: who to delegate to, and what it is good at."""
+
+    agent_id: str
+    name: str
+    description: str | None = None
+    # For claude_code teams, whose members run as the leader's SDK subagents.
+    system_prompt: str | None = None
+    tool_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MemberUsage:
+    """One member's share of a team execution's usage, over all its runs."""
+
+    name: str
+    runs: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass
+class TeamExecutionInput:
+    execution_id: str
+    team_id: str
+    team_name: str
+    organization_id: str
+    prompt: str
+    members: list[TeamMember]
+    coordination_type: str = "leader"  # leader | sequential | parallel
+    runtime_type: str = "default"
+    # The leader's (or, in parallel mode, the synthesiser's) model; None: a parallel team
+    # without a model joins its members' answers.
+    model: ModelSpec | None = None
+    system_prompt: str | None = None
+    one_shot: bool = False
+    max_tokens: int = 4096
+    user_metadata: dict[str, Any] = field(default_factory=dict)
+    idle_timeout_seconds: int = 24 * 3600
+    # claude_code teams: the members' tools, run inside the leader's call, each policy-checked.
+    tools: list[ToolSpec] = field(default_factory=list)
+    policy: PolicyContext | None = None
+    # Carried across continue-as-new; empty on the first run.
+    messages: list[ChatMessage] = field(default_factory=list)
+    model_messages: list[dict[str, Any]] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    member_usage: dict[str, MemberUsage] = field(default_factory=dict)
+    turn: int = 0
+    pending: list[ChatMessage] = field(default_factory=list)
+    reports: int = 0
+
+
+@dataclass
+class MemberExecutionRequest:
+    """Input of `create_member_execution`: which member, what task, for which team run. The
+    key makes a retried request answer the same member run."""
+
+    team_execution_id: str
+    agent_id: str
+    task: str
+    delegation_key: str
+
+
+@dataclass
+class MemberExecution:
+    """The member run the control plane recorded, and the input of its agent workflow."""
+
+    execution_id: str
+    workflow_id: str
+    agent_id: str
+    name: str
+    input: AgentExecutionInput
+
+
+@dataclass
 class ExecutionState:
     """What the `get_state` query answers."""
 
@@ -151,6 +231,8 @@ class RuntimeTurnInput:
     # and who they act for, so each call is policy-checked and run like a run_tool activity.
     tool_specs: list[ToolSpec] = field(default_factory=list)
     policy: PolicyContext | None = None
+    # A claude_code team's leader: its members, as the SDK's subagents.
+    subagents: list[TeamMember] = field(default_factory=list)
 
 
 @dataclass

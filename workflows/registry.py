@@ -6,5 +6,6 @@ from typing import Any
 
 from workflows.agent_execution import AgentExecutionWorkflow
 from workflows.queue_probe import QueueProbeWorkflow
+from workflows.team_execution import TeamExecutionWorkflow
 
-WORKFLOWS: list[type[Any]] = [AgentExecutionWorkflow, QueueProbeWorkflow]
+WORKFLOWS: list[type[Any]] = [AgentExecutionWorkflow, TeamExecutionWorkflow, QueueProbeWorkflow]

@@ -1,8 +1,9 @@
 """`/api/v1/context` (reference §3.15, §8): the knowledge, resource and policy ids attached to an
 organization (its id is the organization's slug), project, environment, team or agent, their
-resolution along the inheritance chain, and the environment's own view
-(`/environments/{id}/context`: knowledge and resources only). A context row is created empty on
-first read; PUT replaces it whole; DELETE resets it to empty and answers the empty context."""
+resolution along the inheritance chain, and the environment's and team's own views
+(`/environments/{id}/context`, `/teams/{id}/context`: knowledge and resources only). A
+context row is created empty on first read; PUT replaces it whole; DELETE resets it to empty
+and answers the empty context."""
 
 from __future__ import annotations
 
@@ -81,6 +82,25 @@ class EnvironmentContextReset(EnvironmentContextOut):
     deleted: bool = True
 
 
+class TeamContextOut(BaseModel):
+    id: uuid.UUID
+    team_id: uuid.UUID
+    organization_id: str
+    knowledge_uuids: list[str]
+    resource_ids: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> TeamContextOut:
+        data = dict(row)
+        return cls(**data, team_id=uuid.UUID(data["entity_id"]))
+
+
+class TeamContextReset(TeamContextOut):
+    deleted: bool = True
+
+
 def _unique(values: list[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
@@ -136,6 +156,14 @@ async def _entity(call: Call) -> tuple[EntityType, str]:
 async def _environment(call: Call) -> str:
     _, ident = await entity_id_for(call.db, call.org, "environment", call.path["environment_id"])
     return ident
+
+
+async def _team(call: Call) -> str:
+    _, ident = await entity_id_for(call.db, call.org, "team", call.path["team_id"])
+    return ident
+
+
+NO_KNOWLEDGE: dict[str, list[str]] = {"knowledge_uuids": [], "resource_ids": []}
 
 
 EMPTY: dict[str, list[str]] = {"knowledge_uuids": [], "resource_ids": [], "policy_ids": []}
@@ -200,7 +228,31 @@ async def put_environment_context(call: Call, body: EnvironmentContextIn) -> Env
 async def delete_environment_context(call: Call) -> EnvironmentContextReset:
     """Empty the environment's knowledge and resources (its policy ids stay)."""
     ident = await _environment(call)
-    row = await _write(
-        call.db, call.org, "environment", ident, {"knowledge_uuids": [], "resource_ids": []}
-    )
+    row = await _write(call.db, call.org, "environment", ident, NO_KNOWLEDGE)
     return EnvironmentContextReset(**EnvironmentContextOut.from_row(row).model_dump())
+
+
+@router.get("/api/v1/teams/{team_id}/context")
+async def get_team_context(call: Call) -> TeamContextOut:
+    """The team's knowledge and resources; created empty on first read."""
+    return TeamContextOut.from_row(await _read(call.db, call.org, "team", await _team(call)))
+
+
+@router.put("/api/v1/teams/{team_id}/context")
+async def put_team_context(call: Call, body: EnvironmentContextIn) -> TeamContextOut:
+    """Replace the team's knowledge and resources (its policy ids stay)."""
+    row = await _write(call.db, call.org, "team", await _team(call), body.model_dump())
+    return TeamContextOut.from_row(row)
+
+
+@router.delete("/api/v1/teams/{team_id}/context")
+async def delete_team_context(call: Call) -> TeamContextReset:
+    """Empty the team's knowledge and resources (its policy ids stay)."""
+    row = await _write(call.db, call.org, "team", await _team(call), NO_KNOWLEDGE)
+    return TeamContextReset(**TeamContextOut.from_row(row).model_dump())
+
+
+@router.get("/api/v1/teams/{team_id}/context/resolved")
+async def resolved_team_context(call: Call) -> ResolvedContext:
+    """The team's resolved context (as `/context/resolve/team/{team_id}`)."""
+    return await resolve_context(call.db, call.org, "team", call.path["team_id"])

@@ -1,5 +1,5 @@
-"""`POST /api/v1/agents/{agent_id}/execute`: the HTTP shape of `start_execution`
-(controlplane/executions/launch.py)."""
+"""`POST /api/v1/agents/{agent_id}/execute` and `POST /api/v1/teams/{team_id}/execute`: the
+HTTP shape of `start_execution` (controlplane/executions/launch.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from controlplane.executions.launch import LaunchRequest, start_execution
 from controlplane.executions.lifecycle import load
 
 router = Router("agents")
+team_router = Router("teams")
 
 
 class UserMetadata(BaseModel):
@@ -49,12 +50,31 @@ class ExecuteOut(BaseModel):
 @router.post("/api/v1/agents/{agent_id}/execute")
 async def execute_agent(call: Call, body: ExecuteIn) -> ExecuteOut:
     """Start an execution of the agent on a worker queue; watch it on `stream_url`."""
+    return await _execute(call, body, agent_id=call.path_uuid("agent_id", "Agent"))
+
+
+@team_router.post("/api/v1/teams/{team_id}/execute")
+async def execute_team(call: Call, body: ExecuteIn) -> ExecuteOut:
+    """Start an execution of the team on a worker queue (workflow `team-execution-{id}`): its
+    members run as child executions; watch it, and them, on `stream_url`. 400 if the team has
+    no members."""
+    return await _execute(call, body, team_id=call.path_uuid("team_id", "Team"))
+
+
+async def _execute(
+    call: Call,
+    body: ExecuteIn,
+    *,
+    agent_id: uuid.UUID | None = None,
+    team_id: uuid.UUID | None = None,
+) -> ExecuteOut:
     launched = await start_execution(
         call.db,
         launch_services(call),
         LaunchRequest(
             caller=call.caller,
-            agent_id=call.path_uuid("agent_id", "Agent"),
+            agent_id=agent_id,
+            team_id=team_id,
             prompt=body.prompt,
             worker_queue_id=body.worker_queue_id,
             system_prompt=body.system_prompt,

@@ -23,6 +23,7 @@ from controlplane.environments import (
     ResolvedIntegration,
     resolve_for_agent,
     resolve_for_execution,
+    resolve_for_team,
 )
 from controlplane.vault import Reader, reveal
 from workflows.contracts import TERMINAL_STATES
@@ -176,8 +177,9 @@ async def resolved_for_agent(call: Call) -> ResolvedOut:
 
 @router.get("/api/v1/execution-environment/teams/{team_id}/resolved", role="member")
 async def resolved_for_team(call: Call) -> ResolvedOut:
-    """A team's environment; there are no teams yet, so every id answers 404."""
-    raise not_found("Team", call.path["team_id"])
+    """The team's environment merged across its environments and its own settings."""
+    team_id = call.path_uuid("team_id", "Team")
+    return await _resolved_out(call, await resolve_for_team(call.db, call.org, team_id))
 
 
 def _rendered(what: str, value: Any, env: dict[str, str], secrets: dict[str, str]) -> Any:

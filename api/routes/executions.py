@@ -4,6 +4,7 @@ them (signals to the workflow), the worker protocol reports, and the SSE stream.
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any, Literal
 
@@ -15,11 +16,14 @@ from api.access import execution_for
 from api.errors import ApiError
 from api.event_stream import stream_events
 from api.pagination import ListQuery, Page, fetch_page
-from api.routing import BIGINT_MAX, Call, Router
+from api.routing import BIGINT_MAX, Call, Router, launch_services
 from api.schemas import Deleted
+from controlplane.errors import not_found
 from controlplane.executions import actions
-from controlplane.executions.events import append_event
+from controlplane.executions.events import record_worker_event
+from controlplane.executions.launch import record_member_execution
 from controlplane.executions.lifecycle import COLUMNS, Report, report
+from workflows.contracts import TERMINAL_STATES
 
 router = Router("executions")
 
@@ -72,6 +76,10 @@ class ExecutionOut(BaseModel):
     last_message_preview: str | None
     temporal_workflow_id: str | None
     worker_queue_id: uuid.UUID | None
+    parent_execution_id: uuid.UUID | None = Field(
+        None, description="For a team member's run: the team execution that delegated it"
+    )
+    trigger_source: str
     participants: list[Participant] = Field(default_factory=list)
 
 
@@ -80,6 +88,9 @@ class ExecutionQuery(ListQuery):
     status: ExecutionStatus | None = None
     execution_type: Literal["agent", "team", "workflow", "plan_generation"] | None = None
     entity_id: uuid.UUID | None = None
+    parent_execution_id: uuid.UUID | None = Field(
+        None, description="Only the member runs of this team execution"
+    )
 
 
 class StatusReport(BaseModel):
@@ -189,6 +200,7 @@ async def list_executions(call: Call, query: ExecutionQuery) -> Page[ExecutionOu
             "status": query.status_filter or query.status,
             "execution_type": query.execution_type,
             "entity_id": query.entity_id,
+            "parent_execution_id": query.parent_execution_id,
         },
     )
     items = [ExecutionOut(**dict(row)) for row in rows]
@@ -231,16 +243,50 @@ async def publish_event(call: Call, body: EventIn) -> EventAccepted:
     """Worker → control plane: one stream event; a repeated `event_key` is stored once."""
     async with call.db.acquire() as conn, conn.transaction():
         row = await execution_for(call, conn, lock=True)
-        data = dict(body.data)
-        seq = await append_event(conn, row["id"], body.event_type, data, body.event_key)
-        if seq is not None and body.event_type == "message" and data.get("content"):
-            await conn.execute(
-                "UPDATE executions SET last_message_at = now(), last_message_preview = $2 "
-                "WHERE id = $1",
-                row["id"],
-                str(data["content"])[:200],
-            )
+        seq = await record_worker_event(conn, row, body.event_type, dict(body.data), body.event_key)
     return EventAccepted(success=True, execution_id=row["id"], seq=seq)
+
+
+class MemberRunIn(BaseModel):
+    """A team execution's delegation: which member, what task; the key names the delegation
+    (the same key answers the same run)."""
+
+    agent_id: uuid.UUID
+    task: str = Field(min_length=1)
+    delegation_key: str = Field(min_length=1, max_length=200)
+
+
+class MemberRunOut(BaseModel):
+    execution_id: uuid.UUID
+    workflow_id: str
+    agent_id: uuid.UUID
+    name: str
+    input: dict[str, Any] = Field(description="The member run's AgentExecutionWorkflow input")
+
+
+@router.post("/api/v1/executions/{execution_id}/members", role="worker_token")
+async def record_member_run(call: Call, body: MemberRunIn) -> MemberRunOut:
+    """Worker → control plane: a team execution delegates to a member. The control plane checks
+    the member against its own rows (on the team, allowed by policy) and records the member's
+    run as the team run's child; the team's workflow then starts it."""
+    team_run = await execution_for(call)
+    if team_run["status"] in TERMINAL_STATES:
+        raise not_found("Running execution", team_run["id"])
+    member = await record_member_execution(
+        call.db,
+        launch_services(call),
+        team_run,
+        body.agent_id,
+        body.task,
+        body.delegation_key,
+    )
+    return MemberRunOut(
+        execution_id=uuid.UUID(member.execution_id),
+        workflow_id=member.workflow_id,
+        agent_id=uuid.UUID(member.agent_id),
+        name=member.name,
+        input=asdict(member.input),
+    )
 
 
 @router.post("/api/v1/executions/{execution_id}/session", status=201, role="worker_token")

@@ -4,6 +4,7 @@ restrict_to_environment live inside `settings`, as in Kubiya."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -268,66 +269,133 @@ class ProjectAgentOut(BaseModel):
     added_at: datetime
 
 
-MEMBER_COLUMNS = (
-    "pa.id, pa.project_id, pa.agent_id, a.name AS agent_name, pa.role, pa.added_by, pa.added_at"
-)
+class ProjectTeamIn(BaseModel):
+    team_id: uuid.UUID
+    role: str | None = Field(None, max_length=100)
+
+
+class ProjectTeamOut(BaseModel):
+    id: uuid.UUID
+    project_id: uuid.UUID
+    team_id: uuid.UUID
+    team_name: str
+    role: str | None
+    added_by: str | None
+    added_at: datetime
+
+
+@dataclass(frozen=True)
+class Membership:
+    """A project's agents or teams: the link table, the member table and how to name them."""
+
+    link: str  # project_agents | project_teams (code, never input)
+    table: str  # agents | teams
+    member: str  # agent | team
+    kind: str  # for messages: Agent | Team
+
+    @property
+    def columns(self) -> str:
+        m = self.member
+        return f"l.id, l.project_id, l.{m}_id, e.name AS {m}_name, l.role, l.added_by, l.added_at"
+
+    @property
+    def joined(self) -> str:
+        return f"{self.link} l JOIN {self.table} e ON e.id = l.{self.member}_id"
+
+    async def add(self, call: Call, member_id: uuid.UUID, role: str | None) -> dict[str, Any]:
+        """Add a member of the organization to the project in the path (once)."""
+        project = await _get(call, call.path_uuid("project_id", "Project"))
+        found = await call.db.fetchval(
+            f"SELECT id FROM {self.table} WHERE id = $1 AND organization_id = $2",
+            member_id,
+            call.org,
+        )
+        if found is None:
+            raise not_found(self.kind, member_id)
+        with conflict_on_duplicate(f"The {self.member} is already in this project"):
+            await call.db.execute(
+                f"INSERT INTO {self.link} (id, project_id, {self.member}_id, role, added_by) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                uuid.uuid4(),
+                project.id,
+                member_id,
+                role,
+                call.principal.actor,
+            )
+        row = await call.db.fetchrow(
+            f"SELECT {self.columns} FROM {self.joined} "
+            f"WHERE l.project_id = $1 AND l.{self.member}_id = $2",
+            project.id,
+            member_id,
+        )
+        return dict(row or {})
+
+    async def page(self, call: Call, query: ListQuery) -> tuple[list[dict[str, Any]], int]:
+        """The project's members, in the order they joined."""
+        project = await _get(call, call.path_uuid("project_id", "Project"))
+        rows, total = await fetch_page(
+            call.db,
+            table=self.joined,
+            columns=self.columns,
+            where="l.project_id = $1 AND e.organization_id = $2",
+            args=[project.id, call.org],
+            query=query,
+            order="l.added_at, l.id",
+        )
+        return [dict(row) for row in rows], total
+
+    async def remove(self, call: Call) -> uuid.UUID:
+        project = await _get(call, call.path_uuid("project_id", "Project"))
+        member_id = call.path_uuid(f"{self.member}_id", self.kind)
+        removed = await call.db.fetchval(
+            f"DELETE FROM {self.link} WHERE project_id = $1 AND {self.member}_id = $2 RETURNING id",
+            project.id,
+            member_id,
+        )
+        if removed is None:
+            raise not_found(f"{self.kind} in project", member_id)
+        return member_id
+
+
+AGENTS = Membership("project_agents", "agents", "agent", "Agent")
+TEAMS = Membership("project_teams", "teams", "team", "Team")
 
 
 @router.post("/api/v1/projects/{project_id}/agents", status=201)
 async def add_project_agent(call: Call, body: ProjectAgentIn) -> ProjectAgentOut:
     """Add an agent of the organization to the project (once)."""
-    project = await _get(call, call.path_uuid("project_id", "Project"))
-    agent = await call.db.fetchval(
-        "SELECT id FROM agents WHERE id = $1 AND organization_id = $2", body.agent_id, call.org
-    )
-    if agent is None:
-        raise not_found("Agent", body.agent_id)
-    with conflict_on_duplicate("The agent is already in this project"):
-        await call.db.execute(
-            "INSERT INTO project_agents (id, project_id, agent_id, role, added_by) "
-            "VALUES ($1, $2, $3, $4, $5)",
-            uuid.uuid4(),
-            project.id,
-            body.agent_id,
-            body.role,
-            call.principal.actor,
-        )
-    row = await call.db.fetchrow(
-        f"SELECT {MEMBER_COLUMNS} FROM project_agents pa JOIN agents a ON a.id = pa.agent_id "
-        "WHERE pa.project_id = $1 AND pa.agent_id = $2",
-        project.id,
-        body.agent_id,
-    )
-    return ProjectAgentOut.model_validate(dict(row or {}))
+    return ProjectAgentOut.model_validate(await AGENTS.add(call, body.agent_id, body.role))
 
 
 @router.get("/api/v1/projects/{project_id}/agents")
 async def list_project_agents(call: Call, query: ListQuery) -> Page[ProjectAgentOut]:
     """The project's agents, in the order they joined."""
-    project = await _get(call, call.path_uuid("project_id", "Project"))
-    rows, total = await fetch_page(
-        call.db,
-        table="project_agents pa JOIN agents a ON a.id = pa.agent_id",
-        columns=MEMBER_COLUMNS,
-        where="pa.project_id = $1 AND a.organization_id = $2",
-        args=[project.id, call.org],
-        query=query,
-        order="pa.added_at, pa.id",
-    )
-    items = [ProjectAgentOut.model_validate(dict(row)) for row in rows]
+    rows, total = await AGENTS.page(call, query)
+    items = [ProjectAgentOut.model_validate(row) for row in rows]
     return Page[ProjectAgentOut](items=items, total=total, limit=query.limit, offset=query.start)
 
 
 @router.delete("/api/v1/projects/{project_id}/agents/{agent_id}")
 async def remove_project_agent(call: Call) -> Deleted:
     """Take an agent out of the project."""
-    project = await _get(call, call.path_uuid("project_id", "Project"))
-    agent_id = call.path_uuid("agent_id", "Agent")
-    removed = await call.db.fetchval(
-        "DELETE FROM project_agents WHERE project_id = $1 AND agent_id = $2 RETURNING id",
-        project.id,
-        agent_id,
-    )
-    if removed is None:
-        raise not_found("Agent in project", agent_id)
-    return Deleted(id=agent_id)
+    return Deleted(id=await AGENTS.remove(call))
+
+
+@router.post("/api/v1/projects/{project_id}/teams", status=201)
+async def add_project_team(call: Call, body: ProjectTeamIn) -> ProjectTeamOut:
+    """Add a team of the organization to the project (once)."""
+    return ProjectTeamOut.model_validate(await TEAMS.add(call, body.team_id, body.role))
+
+
+@router.get("/api/v1/projects/{project_id}/teams")
+async def list_project_teams(call: Call, query: ListQuery) -> Page[ProjectTeamOut]:
+    """The project's teams, in the order they joined."""
+    rows, total = await TEAMS.page(call, query)
+    items = [ProjectTeamOut.model_validate(row) for row in rows]
+    return Page[ProjectTeamOut](items=items, total=total, limit=query.limit, offset=query.start)
+
+
+@router.delete("/api/v1/projects/{project_id}/teams/{team_id}")
+async def remove_project_team(call: Call) -> Deleted:
+    """Take a team out of the project."""
+    return Deleted(id=await TEAMS.remove(call))

@@ -440,7 +440,7 @@ async def resolved_agent_skills(call: Call) -> ResolvedSkillList:
 
 @route("GET", "/api/v1/skills/associations/teams/{team_id}/skills/resolved")
 async def resolved_team_skills(call: Call) -> ResolvedSkillList:
-    """The team's enabled skills: its environments' then its own (404 until teams exist)."""
+    """The team's enabled skills: its environments' then its own."""
     team_id = call.path_uuid("team_id", "Team")
     return ResolvedSkillList(await resolve_team_skills(call.db, call.org, team_id))
 

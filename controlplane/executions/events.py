@@ -1,15 +1,29 @@
 """An execution's events: appended in seq order under the execution's row lock (so rows commit
 in seq order and a reader resuming after seq N can never miss a row that commits later), and
-announced with NOTIFY to every API process that streams them."""
+announced with NOTIFY to every API process that streams them.
+
+A team member's run streams on its own, and its team's stream carries the same events as
+`member_*` events (reference §5.4), each naming the member and the member's run."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
+import asyncpg
+
 from controlplane.db import Conn
 
 CHANNEL = "execution_events"
+# What a member's run shows on its team's stream, and as what.
+MEMBER_EVENTS = {
+    "message_chunk": "member_message_chunk",
+    "tool_started": "member_tool_started",
+    "tool_completed": "member_tool_completed",
+    "thinking_start": "member_thinking_start",
+    "thinking_delta": "member_thinking_delta",
+    "thinking_complete": "member_thinking_complete",
+}
 
 
 async def append_event(
@@ -44,4 +58,40 @@ async def append_event(
         event_key,
     )
     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(execution_id))
+    return seq
+
+
+async def record_worker_event(
+    conn: Conn, execution: asyncpg.Record, event_type: str, data: dict[str, Any], key: str | None
+) -> int | None:
+    """A worker's event for `execution` (locked by the caller, in its transaction): stored once
+    per key, the message preview kept, and a member run's event passed on to its team."""
+    seq = await append_event(conn, execution["id"], event_type, data, key)
+    if seq is None:
+        return None
+    is_message = event_type == "message" and data.get("content")
+    if is_message:
+        await conn.execute(
+            "UPDATE executions SET last_message_at = now(), last_message_preview = $2 "
+            "WHERE id = $1",
+            execution["id"],
+            str(data["content"])[:200],
+        )
+    team_run = execution["parent_execution_id"]
+    member_event = MEMBER_EVENTS.get(event_type)
+    if is_message and data.get("role") == "assistant":
+        member_event = "member_message_complete"
+    if team_run is not None and member_event is not None:
+        member = {
+            "member_id": str(execution["entity_id"]),
+            "member_name": execution["entity_name"],
+            "child_execution_id": str(execution["id"]),
+        }
+        await append_event(
+            conn,
+            team_run,
+            member_event,
+            {**data, **member},
+            f"member:{execution['id']}:{key or seq}",
+        )
     return seq
