@@ -143,6 +143,9 @@ def cli_env(home: Path, max_tokens: int, api_key: str) -> dict[str, str]:
         "CLAUDE_CODE_MAX_RETRIES": "1",
         "API_TIMEOUT_MS": os.environ.get("API_TIMEOUT_MS", DEFAULT_API_TIMEOUT_MS),
         "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(max_tokens),
+        # A team leader's member (subagent) answers within the turn, not as a background task
+        # whose result comes back after it.
+        "CLAUDE_CODE_DISABLE_BACKGROUND_TASKS": "1",
     }
     base_url = os.environ.get("ANTHROPIC_BASE_URL")
     if base_url:
@@ -346,8 +349,11 @@ def configure_subagents(options: ClaudeAgentOptions, members: list[TeamMember]) 
         subagent_name(member): AgentDefinition(
             description=member.description or f"{member.name}, a member of the team",
             prompt=member.system_prompt or f"You are {member.name}, a member of a team.",
-            tools=[cli_tool_name(tool) for tool in member.tool_names],
+            # Its own tools only; with none, an empty list would mean all of them.
+            tools=[cli_tool_name(tool) for tool in member.tool_names] or None,
+            disallowedTools=None if member.tool_names else [SUBAGENT_TOOL],
             model="inherit",
+            background=False,
         )
         for member in members
     }

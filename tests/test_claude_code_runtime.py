@@ -260,3 +260,62 @@ async def test_a_denying_policy_stops_a_cli_tool_call(
     assert violation["violations"] == ["shell is not allowed for this agent"]
     completed = [data["data"] for _, kind, data in events if kind == "tool_completed"]
     assert [c["tool_status"] for c in completed] == ["denied"]
+
+
+async def test_a_claude_code_team_runs_its_members_as_subagents(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+) -> None:
+    """The leader runs through the CLI with its members as SDK subagents (the Agent tool); what
+    a member says reaches the team's stream as member_message_complete."""
+    lead, mine = uuid.uuid4().hex, uuid.uuid4().hex
+    member_id = await make_claude_code_agent(tenant, mine)
+    name = f"scout-{mine[:6]}"
+    renamed = await tenant.member.patch(
+        f"/api/v1/agents/{member_id}", json={"name": name, "description": "Finds facts"}
+    )
+    assert renamed.status_code == 200, renamed.text
+    team = await tenant.member.post(
+        "/api/v1/teams",
+        json={
+            "name": f"cc-team-{mine[:6]}",
+            "runtime": "claude_code",
+            "configuration": {
+                "member_ids": [member_id],
+                "instructions": f"Lead well. [{lead}]",
+                "one_shot": True,
+            },
+        },
+    )
+    assert team.status_code == 201, team.text
+    fake = AsyncFakeAnthropicClient(fake_llm.base_url)
+    await fake.script(
+        lead,
+        [
+            tool_reply(
+                "Agent",
+                {"description": "Find facts", "prompt": "Find the facts", "subagent_type": name},
+            ),
+            text_reply("The team found the facts."),
+        ],
+    )
+    await fake.script(mine, [text_reply("Facts: water is wet.")])
+    started = await tenant.member.post(
+        f"/api/v1/teams/{team.json()['id']}/execute",
+        json={"prompt": "Find facts", "worker_queue_id": running_queue["id"]},
+    )
+    assert started.status_code == 200, started.text
+    execution_id = started.json()["execution_id"]
+    final = await wait_status(tenant, execution_id, "completed", "failed", timeout=90)
+    assert final["status"] == "completed", final
+    assert final["response"] == "The team found the facts."
+    # The leader was offered the Agent tool, and told of the member as a subagent type; the
+    # member's call had its own prompt.
+    first = (await fake.bodies(lead))[0]
+    assert "Agent" in [tool["name"] for tool in first["tools"]]
+    assert f"- {name}: Finds facts" in json.dumps(first["messages"])
+    [member_call] = await fake.bodies(mine)
+    assert any(f"You help. [{mine}]" in text for text in texts(member_call["system"]))
+    events = await read_stream(tenant.viewer, execution_id)
+    said = [data for _, kind, data in events if kind == "member_message_complete"]
+    assert said and said[-1]["content"] == "Facts: water is wet."
+    assert said[-1]["member_id"] == member_id and said[-1]["member_name"] == name
