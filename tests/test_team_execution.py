@@ -27,6 +27,7 @@ from tests.execution_helpers import (
     wait_answer,
     wait_status,
 )
+from tests.test_governance_e2e import DENY_EXECUTION, attach_policy
 
 LONG_TEXT = " ".join(f"word{i}" for i in range(120))
 
@@ -487,3 +488,30 @@ async def test_the_member_protocol_trusts_the_database(
         404,
     )
     await tenant.member.post(f"/api/v1/executions/{execution_id}/cancel")
+
+
+async def test_a_policy_that_denies_a_member_is_an_error_result(
+    tenant: Tenant, running_queue: dict[str, Any], fake_llm: FakeAnthropicServer
+) -> None:
+    """A member's run is checked like any run: a policy on the member that denies executions
+    refuses that delegation (the leader hears why), and starts nothing."""
+    lead, mine = uuid.uuid4().hex, uuid.uuid4().hex
+    member = await agent_named(tenant, mine, f"barred-{mine[:4]}")
+    await attach_policy(tenant, member["id"], DENY_EXECUTION)
+    fake = AsyncFakeAnthropicClient(fake_llm.base_url)
+    await fake.script(
+        lead,
+        [
+            tool_reply("delegate_task", {"member": member["name"], "task": "Anything"}),
+            text_reply("The member may not run."),
+        ],
+    )
+    team = await make_team(tenant, lead, [member["id"]])
+    execution_id = await execute_team(tenant, team["id"], running_queue["id"])
+    final = await wait_status(tenant, execution_id, "completed", "failed", timeout=60)
+    assert final["status"] == "completed", final
+    refused = (await fake.bodies(lead))[1]["messages"][-1]["content"][0]
+    assert refused["is_error"] is True
+    assert "no executions on Fridays" in refused["content"], refused
+    assert await member_runs(tenant, execution_id) == []
+    assert await fake.requests(mine) == []
