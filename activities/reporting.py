@@ -15,10 +15,13 @@ from workflows.contracts import (
     CREATE_MEMBER_EXECUTION,
     PERSIST_CONVERSATION,
     PUBLISH_EVENT,
+    REPORT_BATCH,
     UPDATE_EXECUTION_STATUS,
     ConversationSnapshot,
     EventReport,
     MemberExecutionRequest,
+    ReportBatch,
+    ReportItem,
     StatusUpdate,
 )
 
@@ -71,8 +74,39 @@ class ControlPlane:
             {"event_type": event_type, "data": data, "event_key": key},
         )
 
+    async def send_reports(self, execution_id: str, items: list[ReportItem]) -> None:
+        """Several reports in one request, applied in order in one transaction."""
+        if items:
+            await self.send(
+                "POST",
+                f"/api/v1/executions/{execution_id}/reports",
+                {"reports": [report_body(item) for item in items]},
+            )
+
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def report_body(item: ReportItem) -> dict[str, Any]:
+    """A report as the control plane's `/reports` takes it."""
+    if item.status is not None:
+        status = asdict(item.status)
+        del status["execution_id"]
+        return {"status": status}
+    if item.event is not None:
+        event = item.event
+        body = {"event_type": event.event_type, "data": event.data, "event_key": event.event_key}
+        return {"event": body}
+    assert item.session is not None
+    return {"session": session_body(item.session)}
+
+
+def session_body(snapshot: ConversationSnapshot) -> dict[str, Any]:
+    return {
+        "session_id": snapshot.execution_id,
+        "messages": [asdict(m) for m in snapshot.messages],
+        "metadata": snapshot.metadata,
+    }
 
 
 class ReportingActivities:
@@ -104,11 +138,9 @@ class ReportingActivities:
     @activity.defn(name=PERSIST_CONVERSATION)
     async def persist_conversation_history(self, snapshot: ConversationSnapshot) -> None:
         await self.control_plane.send(
-            "POST",
-            f"/api/v1/executions/{snapshot.execution_id}/session",
-            {
-                "session_id": snapshot.execution_id,
-                "messages": [asdict(m) for m in snapshot.messages],
-                "metadata": snapshot.metadata,
-            },
+            "POST", f"/api/v1/executions/{snapshot.execution_id}/session", session_body(snapshot)
         )
+
+    @activity.defn(name=REPORT_BATCH)
+    async def report_batch(self, batch: ReportBatch) -> None:
+        await self.control_plane.send_reports(batch.execution_id, batch.items)

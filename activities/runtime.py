@@ -23,6 +23,7 @@ from activities.execution_environment import Redactor, fetch_execution_environme
 from activities.reporting import ControlPlane
 from workflows.contracts import (
     EXECUTE_WITH_RUNTIME,
+    ReportItem,
     RuntimeTurnInput,
     RuntimeTurnResult,
     Usage,
@@ -74,9 +75,13 @@ class RuntimeActivities:
         if turn.runtime_type not in ("default", "claude_code"):
             raise _fatal(f"Unknown runtime '{turn.runtime_type}'")
         beating = asyncio.create_task(self._heartbeat_forever())
+        control_plane: TurnControlPlane | None = None
         try:
             turn, redactor = await self._render_templates(turn)
-            control_plane = RedactingControlPlane(self.control_plane, redactor)
+            control_plane = TurnControlPlane(self.control_plane, redactor)
+            # The reports due before this call (`running`, the user's message) go out while the
+            # model starts; what the call publishes waits for them, so the stream keeps order.
+            control_plane.send_first(turn.execution_id, turn.reports)
             if turn.runtime_type == "claude_code":
                 # Imported on first use: the SDK takes about a second to import, and most
                 # workers only ever run the default runtime.
@@ -88,12 +93,17 @@ class RuntimeActivities:
             # What returns lands in Temporal history: no secret value may be in it.
             result.text = redactor.text(result.text)
             result.content = redactor.value(result.content)
+            await control_plane.sent()
             return result
         except anthropic.APIStatusError as error:
             if error.status_code in (408, 409, 429) or error.status_code >= 500:
                 raise  # retryable: Temporal retries with backoff
             raise _fatal(f"Model call failed ({error.status_code}): {_message_of(error)}") from None
         finally:
+            if control_plane is not None:
+                # On a failing call too: the execution's start is recorded before its failure.
+                with contextlib.suppress(Exception):
+                    await control_plane.sent()
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
@@ -182,16 +192,28 @@ class RuntimeActivities:
         )
 
 
-class RedactingControlPlane(ControlPlane):
-    """The worker's control-plane client, with secret values redacted from published events."""
+class TurnControlPlane(ControlPlane):
+    """The worker's control-plane client for one model call: secret values are redacted from
+    what it publishes, and what it publishes follows the reports sent first."""
 
     def __init__(self, inner: ControlPlane, redactor: Redactor) -> None:
         self.http = inner.http
         self._redactor = redactor
+        self._first: asyncio.Future[None] | None = None
+
+    def send_first(self, execution_id: str, items: list[ReportItem]) -> None:
+        if items:
+            self._first = asyncio.ensure_future(self.send_reports(execution_id, items))
+
+    async def sent(self) -> None:
+        """Once the reports sent first have landed (raises if they could not be)."""
+        if self._first is not None:
+            await self._first
 
     async def publish(
         self, execution_id: str, event_type: str, data: dict[str, Any], key: str
     ) -> None:
+        await self.sent()
         await super().publish(execution_id, event_type, self._redactor.value(data), key)
 
 

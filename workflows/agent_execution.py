@@ -99,6 +99,7 @@ class AgentExecutionWorkflow(ConversationWorkflow):
                     max_tokens=inp.max_tokens,
                     runtime_type=inp.runtime_type,
                     tools=[tool.model_definition() for tool in self._tools.values()],
+                    reports=self._hand_over(),
                     **self._in_call_tools(inp),
                 ),
                 result_type=RuntimeTurnResult,

@@ -29,6 +29,12 @@ EXECUTE_WITH_RUNTIME = "execute_with_runtime"
 UPDATE_EXECUTION_STATUS = "update_execution_status"
 PUBLISH_EVENT = "publish_event"
 PERSIST_CONVERSATION = "persist_conversation_history"
+# Several of the three reports above in one activity and one request (workflows/conversation.py).
+REPORT_BATCH = "report_batch"
+# The patch under which an execution workflow sends its reports in batches (and hands the ones
+# due before a model call to the model call itself); executions started before it replay on
+# the single-report path.
+BATCHED_REPORTS_PATCH = "batched-reports"
 RUN_TOOL = "run_tool"
 LIST_MCP_TOOLS = "list_mcp_tools"
 # A team's member run: the control plane records it (from its own rows) and answers its input.
@@ -233,6 +239,9 @@ class RuntimeTurnInput:
     policy: PolicyContext | None = None
     # A claude_code team's leader: its members, as the SDK's subagents.
     subagents: list[TeamMember] = field(default_factory=list)
+    # Reports due before this call (the execution's `running`, the user's message): the
+    # activity sends them first, so they cost no activity of their own.
+    reports: list[ReportItem] = field(default_factory=list)
 
 
 @dataclass
@@ -269,6 +278,23 @@ class ConversationSnapshot:
     execution_id: str
     messages: list[ChatMessage]
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReportItem:
+    """One report to the control plane: exactly one field is set."""
+
+    status: StatusUpdate | None = None
+    event: EventReport | None = None
+    session: ConversationSnapshot | None = None
+
+
+@dataclass
+class ReportBatch:
+    """Input of `report_batch`: reports applied in order, in one request and transaction."""
+
+    execution_id: str
+    items: list[ReportItem]
 
 
 # --- tools ------------------------------------------------------------------------------------

@@ -6,6 +6,13 @@ waits for input (`add_message`, `mark_as_done`) unless it is one-shot; `pause_ex
 the next turn until `resume_execution`. History stays bounded: after MAX_TURNS_PER_RUN turns,
 or when Temporal suggests it, the workflow continues as new carrying its state.
 
+Reports (status, stream events, the conversation) are queued and sent together: those due
+before a model call ride on the model call itself (`_hand_over`), the rest go as one
+`report_batch` at the end of a turn. So a one-shot execution is three workflow tasks and two
+activities: the model call, then one batch (the answer, the conversation, `completed`).
+Executions started before BATCHED_REPORTS_PATCH keep sending each report as its own activity
+when they replay, in the order they did.
+
 Workflow code only: no I/O, clocks or randomness outside `workflow.*`.
 """
 
@@ -23,17 +30,21 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
         ADD_MESSAGE,
+        BATCHED_REPORTS_PATCH,
         GET_STATE,
         MARK_AS_DONE,
         PAUSE_EXECUTION,
         PERSIST_CONVERSATION,
         PUBLISH_EVENT,
+        REPORT_BATCH,
         RESUME_EXECUTION,
         UPDATE_EXECUTION_STATUS,
         ChatMessage,
         ConversationSnapshot,
         EventReport,
         ExecutionState,
+        ReportBatch,
+        ReportItem,
         StatusUpdate,
         Usage,
     )
@@ -106,6 +117,9 @@ class ConversationWorkflow:
         self._paused = False
         self._reports = 0
         self._execution_id = ""
+        # Reports not sent yet, in order, and whether they go in batches (see the docstring).
+        self._outbox: list[ReportItem] = []
+        self._batched = False
 
     # --- signals and query -------------------------------------------------------------------
 
@@ -165,6 +179,7 @@ class ConversationWorkflow:
     # --- the run -----------------------------------------------------------------------------
 
     def _restore(self, inp: ConversationInput) -> None:
+        self._batched = workflow.patched(BATCHED_REPORTS_PATCH)
         self._execution_id = inp.execution_id
         self._messages = list(inp.messages)
         self._model_messages = list(inp.model_messages)
@@ -200,6 +215,7 @@ class ConversationWorkflow:
                     break
                 await self._set_status("waiting_for_input")
                 await self._persist()
+                await self._flush()
                 try:
                     await workflow.wait_condition(
                         lambda: bool(self._pending) or self._done,
@@ -215,6 +231,7 @@ class ConversationWorkflow:
                 if turns_this_run >= MAX_TURNS_PER_RUN or (
                     workflow.info().is_continue_as_new_suggested()
                 ):
+                    await self._flush()  # the next run starts with nothing queued
                     workflow.continue_as_new(self._carry())
             await self._finish("completed")
         except asyncio.CancelledError:
@@ -274,10 +291,12 @@ class ConversationWorkflow:
         await self._publish("message", asdict(message), key=f"message:{message.message_id}")
 
     async def _persist(self) -> None:
-        await workflow.execute_activity(
-            PERSIST_CONVERSATION,
-            ConversationSnapshot(self._execution_id, self._messages, {"turn": self._turn}),
-            **REPORT_OPTIONS,
+        await self._queue(
+            ReportItem(
+                session=ConversationSnapshot(
+                    self._execution_id, self._messages, {"turn": self._turn}
+                )
+            )
         )
 
     async def _finish(self, status: str, error: str | None = None) -> None:
@@ -296,15 +315,24 @@ class ConversationWorkflow:
 
     async def _set_status(self, status: str, *, mark_started: bool = False) -> None:
         self._status = status
-        await self._report(mark_started=mark_started)
+        await self._queue(self._status_update(mark_started=mark_started))
 
     async def _report(
         self, *, reason: str | None = None, mark_started: bool = False, mark_completed: bool = False
     ) -> None:
+        """Report the status now, with whatever is queued before it."""
+        update = self._status_update(
+            reason=reason, mark_started=mark_started, mark_completed=mark_completed
+        )
+        await self._queue(update)
+        await self._flush()
+
+    def _status_update(
+        self, *, reason: str | None = None, mark_started: bool = False, mark_completed: bool = False
+    ) -> ReportItem:
         self._reports += 1
-        await workflow.execute_activity(
-            UPDATE_EXECUTION_STATUS,
-            StatusUpdate(
+        return ReportItem(
+            status=StatusUpdate(
                 execution_id=self._execution_id,
                 status=self._effective_status(),
                 response=self._response or None,
@@ -316,16 +344,46 @@ class ConversationWorkflow:
                 # Reports may arrive out of order (a signal's report races the main loop's);
                 # the version lets the control plane keep only the newest.
                 version=self._reports,
-            ),
-            **REPORT_OPTIONS,
+            )
         )
 
     async def _publish(self, event_type: str, data: dict[str, Any], *, key: str) -> None:
-        await workflow.execute_activity(
-            PUBLISH_EVENT,
-            EventReport(self._execution_id, event_type, data, key),
-            **REPORT_OPTIONS,
-        )
+        await self._queue(ReportItem(event=EventReport(self._execution_id, event_type, data, key)))
+
+    async def _queue(self, item: ReportItem) -> None:
+        """Queue a report; before BATCHED_REPORTS_PATCH each one was sent at once."""
+        self._outbox.append(item)
+        if not self._batched:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Send what is queued: one batch, or (before the patch) one activity per report."""
+        items, self._outbox = self._outbox, []
+        if not items:
+            return
+        if self._batched:
+            await workflow.execute_activity(
+                REPORT_BATCH, ReportBatch(self._execution_id, items), **REPORT_OPTIONS
+            )
+            return
+        for item in items:
+            await _send_alone(item)
+
+    def _hand_over(self) -> list[ReportItem]:
+        """The queued reports, for the activity about to run to send first (a model call);
+        the caller makes that activity the next command."""
+        items, self._outbox = self._outbox, []
+        return items
+
+
+async def _send_alone(item: ReportItem) -> None:
+    """A report as its own activity: how executions before BATCHED_REPORTS_PATCH report."""
+    if item.status is not None:
+        await workflow.execute_activity(UPDATE_EXECUTION_STATUS, item.status, **REPORT_OPTIONS)
+    elif item.event is not None:
+        await workflow.execute_activity(PUBLISH_EVENT, item.event, **REPORT_OPTIONS)
+    elif item.session is not None:
+        await workflow.execute_activity(PERSIST_CONVERSATION, item.session, **REPORT_OPTIONS)
 
 
 class TurnFailed(Exception):

@@ -157,6 +157,7 @@ class TeamExecutionWorkflow(ConversationWorkflow):
                     model_messages=self._model_messages,
                     max_tokens=inp.max_tokens,
                     runtime_type=inp.runtime_type,
+                    reports=self._hand_over(),
                     **self._leader_tools(inp),
                 ),
             )
@@ -217,6 +218,7 @@ class TeamExecutionWorkflow(ConversationWorkflow):
             "member_name": member.name,
         }
         await self._publish("tool_started", started, key=f"tool_started:{key}")
+        await self._flush()  # before the member's own events
         outcome = await self._run_member(inp, member, task, key)
         await self._publish(
             "tool_completed",
@@ -240,6 +242,7 @@ class TeamExecutionWorkflow(ConversationWorkflow):
         return None
 
     async def _run_in_sequence(self, inp: TeamExecutionInput) -> None:
+        await self._flush()  # the turn's start, before the members' events
         task = self._task()
         answers: list[MemberOutcome] = []
         for index, member in enumerate(inp.members):
@@ -252,6 +255,7 @@ class TeamExecutionWorkflow(ConversationWorkflow):
         await self._answer(answers[-1].text)
 
     async def _run_in_parallel(self, inp: TeamExecutionInput) -> None:
+        await self._flush()  # the turn's start, before the members' events
         task = self._task()
         outcomes = await asyncio.gather(
             *(
@@ -285,6 +289,7 @@ class TeamExecutionWorkflow(ConversationWorkflow):
                 ],
                 max_tokens=inp.max_tokens,
                 runtime_type="default",
+                reports=self._hand_over(),
             ),
         )
         await self._answer(result.text)

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from starlette.responses import Response, StreamingResponse
 
 from api.access import execution_for
@@ -19,10 +19,10 @@ from api.pagination import ListQuery, Page, fetch_page
 from api.routing import BIGINT_MAX, Call, Router, launch_services
 from api.schemas import Deleted
 from controlplane.errors import not_found
-from controlplane.executions import actions
-from controlplane.executions.events import record_worker_event
+from controlplane.executions import actions, reports
 from controlplane.executions.launch import record_member_execution
-from controlplane.executions.lifecycle import COLUMNS, Report, report
+from controlplane.executions.lifecycle import COLUMNS, Report
+from controlplane.executions.reports import WorkerReport, apply_reports
 from workflows.contracts import TERMINAL_STATES
 
 router = Router("executions")
@@ -117,6 +117,9 @@ class EventIn(BaseModel):
     timestamp: datetime | None = None
     event_key: str | None = Field(None, max_length=300)
 
+    def as_event(self) -> reports.EventIn:
+        return reports.EventIn(self.event_type, dict(self.data), self.event_key)
+
 
 class EventAccepted(BaseModel):
     success: bool
@@ -129,6 +132,9 @@ class SessionIn(BaseModel):
     messages: list[dict[str, Any]]
     user_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def as_session(self) -> reports.SessionIn:
+        return reports.SessionIn(self.session_id, self.messages, self.user_id, self.metadata)
 
 
 class SessionOut(BaseModel):
@@ -233,7 +239,7 @@ async def report_status(call: Call, body: StatusReport) -> ExecutionOut:
     `status` event, and `done` or `error` when the execution ends."""
     async with call.db.acquire() as conn, conn.transaction():
         current = await execution_for(call, conn, lock=True)
-        await report(conn, current, Report(**body.model_dump()))
+        await apply_reports(conn, current, [WorkerReport(status=Report(**body.model_dump()))])
         row = await execution_for(call, conn)
     return await execution_out(call, row)
 
@@ -243,7 +249,7 @@ async def publish_event(call: Call, body: EventIn) -> EventAccepted:
     """Worker → control plane: one stream event; a repeated `event_key` is stored once."""
     async with call.db.acquire() as conn, conn.transaction():
         row = await execution_for(call, conn, lock=True)
-        seq = await record_worker_event(conn, row, body.event_type, dict(body.data), body.event_key)
+        (seq,) = await apply_reports(conn, row, [WorkerReport(event=body.as_event())])
     return EventAccepted(success=True, execution_id=row["id"], seq=seq)
 
 
@@ -292,25 +298,60 @@ async def record_member_run(call: Call, body: MemberRunIn) -> MemberRunOut:
 @router.post("/api/v1/executions/{execution_id}/session", status=201, role="worker_token")
 async def persist_session(call: Call, body: SessionIn) -> SessionOut:
     """Worker → control plane: the conversation so far (replaces what was stored)."""
-    row = await execution_for(call)
-    await call.db.execute(
-        "INSERT INTO sessions (execution_id, session_id, organization_id, user_id, messages, "
-        "metadata) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (execution_id) DO UPDATE SET "
-        "session_id = excluded.session_id, messages = excluded.messages, "
-        "metadata = excluded.metadata, updated_at = now()",
-        row["id"],
-        body.session_id,
-        call.org,
-        body.user_id,
-        body.messages,
-        body.metadata,
-    )
+    async with call.db.acquire() as conn, conn.transaction():
+        row = await execution_for(call, conn, lock=True)
+        await apply_reports(conn, row, [WorkerReport(session=body.as_session())])
     return SessionOut(
         execution_id=row["id"],
         session_id=body.session_id,
         messages=body.messages,
         metadata=body.metadata,
     )
+
+
+class ReportIn(BaseModel):
+    """One report of a batch: exactly one of `status`, `event`, `session`."""
+
+    status: StatusReport | None = None
+    event: EventIn | None = None
+    session: SessionIn | None = None
+
+    @model_validator(mode="after")
+    def one_kind(self) -> ReportIn:
+        if sum(part is not None for part in (self.status, self.event, self.session)) != 1:
+            raise ValueError("a report carries exactly one of status, event, session")
+        return self
+
+    def as_report(self) -> WorkerReport:
+        if self.status is not None:
+            return WorkerReport(status=Report(**self.status.model_dump()))
+        if self.event is not None:
+            return WorkerReport(event=self.event.as_event())
+        assert self.session is not None
+        return WorkerReport(session=self.session.as_session())
+
+
+class ReportsIn(BaseModel):
+    reports: list[ReportIn] = Field(min_length=1, max_length=100)
+
+
+class ReportsAccepted(BaseModel):
+    execution_id: uuid.UUID
+    status: ExecutionStatus = Field(description="The execution's status after the batch")
+    seqs: list[int | None] = Field(
+        description="Each report's event seq (null: not an event, or stored before)"
+    )
+
+
+@router.post("/api/v1/executions/{execution_id}/reports", role="worker_token")
+async def apply_report_batch(call: Call, body: ReportsIn) -> ReportsAccepted:
+    """Worker → control plane: several reports (status, events, the session) in one request,
+    applied in order in one transaction; each is idempotent, so a batch may be sent again."""
+    async with call.db.acquire() as conn, conn.transaction():
+        row = await execution_for(call, conn, lock=True)
+        seqs = await apply_reports(conn, row, [item.as_report() for item in body.reports])
+        status = await conn.fetchval("SELECT status FROM executions WHERE id = $1", row["id"])
+    return ReportsAccepted(execution_id=row["id"], status=status, seqs=seqs)
 
 
 @router.get("/api/v1/executions/{execution_id}/session")
