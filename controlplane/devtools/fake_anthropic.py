@@ -8,6 +8,7 @@ Because workers are separate processes, tests script replies over HTTP, not in-p
     GET    /_fake/scripts   pending replies per token
     DELETE /_fake/scripts[?match=<token>]   forget scripts and recorded requests
     GET    /_fake/requests[?match=<token>]  recorded request bodies
+           [&at_least=N&wait_s=S]  first wait (up to S s) until N such requests arrived
     DELETE /_fake/requests[?match=<token>]
 
 A Messages request takes the next pending reply of the first script whose token appears in any
@@ -156,6 +157,9 @@ class FakeState:
     chunk_delay_ms: int = 0
     scripts: list[_Script] = field(default_factory=list)
     requests: list[_Recorded] = field(default_factory=list)
+    # Set (and replaced) at each recorded request, for readers waiting for one; made on the
+    # server's event loop, where it is used.
+    recorded: asyncio.Event | None = None
 
     def add_script(self, match: str, replies: list[dict[str, Any]]) -> _Script:
         for script in self.scripts:
@@ -676,6 +680,9 @@ def create_fake_app(*, zero_latency: bool = False, chunk_delay_ms: int = 0) -> S
                 request.url.path, request.url.query, headers, body, status, _request_text(body)
             )
         )
+        if state.recorded is not None:
+            state.recorded.set()
+        state.recorded = asyncio.Event()
 
     async def messages(request: Request) -> Response:
         raw = await request.body()
@@ -790,7 +797,23 @@ def create_fake_app(*, zero_latency: bool = False, chunk_delay_ms: int = 0) -> S
 
     async def get_requests(request: Request) -> Response:
         match = request.query_params.get("match")
-        found = [r for r in state.requests if match is None or match in r.text]
+        try:
+            at_least = int(request.query_params.get("at_least", "0"))
+            wait_s = float(request.query_params.get("wait_s", "0"))
+        except ValueError:
+            return _error_response(400, "invalid_request_error", "at_least, wait_s: numbers")
+
+        def found_now() -> list[_Recorded]:
+            return [r for r in state.requests if match is None or match in r.text]
+
+        found = found_now()
+        deadline = time.monotonic() + wait_s
+        while len(found) < at_least and time.monotonic() < deadline:
+            if state.recorded is None:
+                state.recorded = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.recorded.wait(), deadline - time.monotonic())
+            found = found_now()
         return JSONResponse(
             {
                 "requests": [
@@ -944,6 +967,22 @@ class FakeAnthropicClient:
             "requests"
         ]
         return result
+
+    def wait_requests(
+        self, match: str | None, at_least: int, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
+        """The recorded requests, once at least `at_least` mention `match`; raises
+        TimeoutError if they have not arrived within `timeout` seconds."""
+        params: dict[str, Any] = {"at_least": at_least, "wait_s": timeout}
+        if match is not None:
+            params["match"] = match
+        with httpx.Client(base_url=self.base_url, timeout=timeout + self._timeout) as http:
+            found: list[dict[str, Any]] = _checked(http.get("/_fake/requests", params=params))[
+                "requests"
+            ]
+        if len(found) < at_least:
+            raise TimeoutError(f"{len(found)} of {at_least} requests arrived in {timeout} s")
+        return found
 
     def bodies(self, match: str | None = None) -> list[dict[str, Any]]:
         return [r["body"] for r in self.requests(match) if isinstance(r["body"], dict)]

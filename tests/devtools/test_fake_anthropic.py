@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx
@@ -412,8 +414,7 @@ SUBMIT_TOOL: anthropic.types.ToolParam = {
 async def test_forced_tool_choice_gets_a_valid_call(
     fake: FakeAnthropicClient, sdk: anthropic.AsyncAnthropic
 ) -> None:
-    import jsonschema
-
+    jsonschema = importlib.import_module("jsonschema")  # untyped; comes with claude-agent-sdk
     tools = [WEATHER_TOOL, SUBMIT_TOOL]
     message = await sdk.messages.create(
         model=MODEL,
@@ -427,7 +428,8 @@ async def test_forced_tool_choice_gets_a_valid_call(
     assert isinstance(block, ToolUseBlock) and block.name == "submit_plan"
     jsonschema.validate(block.input, PLAN_SCHEMA)
     assert isinstance(block.input, dict)
-    assert block.input["level"] == 5 and block.input["steps"][0]["owner"] == "ops-bot"
+    steps: list[dict[str, Any]] = block.input["steps"]  # type: ignore[assignment]
+    assert block.input["level"] == 5 and steps[0]["owner"] == "ops-bot"
     assert "optional" not in block.input  # only what is required
 
     # Streamed, the same input arrives in input_json_delta pieces; `any` forces the first tool.
@@ -475,3 +477,15 @@ async def test_tool_choice_naming_no_tool_is_refused(sdk: anthropic.AsyncAnthrop
             tools=[WEATHER_TOOL],
             tool_choice={"type": "tool", "name": "submit_plan"},
         )
+
+
+async def test_waiting_for_requests(
+    fake: FakeAnthropicClient, sdk: anthropic.AsyncAnthropic
+) -> None:
+    tok = token()
+    waiting = asyncio.create_task(asyncio.to_thread(fake.wait_requests, tok, 2, 20.0))
+    for _ in range(2):
+        await sdk.messages.create(model=MODEL, max_tokens=10, messages=user(tok))
+    assert len(await waiting) == 2
+    with pytest.raises(TimeoutError):
+        fake.wait_requests(tok, 3, timeout=0.2)
