@@ -18,9 +18,11 @@ traceback under the same request id.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,11 @@ from starlette.applications import Starlette
 
 from api.app import all_endpoints
 from api.openapi import operation_id
+from controlplane.devtools.fake_anthropic import FakeAnthropicServer
+from controlplane.settings import Settings
+from controlplane.temporal import TemporalGateway
 from tests.conftest import client_for, make_tenant, worker_key_for
+from tests.planning_helpers import start_system_worker, stop, wait_polled
 from tests.resource_helpers import create_environment, create_queue
 
 CHECKS = (
@@ -57,6 +63,19 @@ async def credentials(app: Starlette, db: Any) -> Credentials:
     started = await starter.post(f"/api/v1/worker-queues/{queue['id']}/start", json={})
     assert started.status_code == 200, started.text
     return Credentials(tenant.keys["admin"], started.json()["worker_token"])
+
+
+@pytest.fixture
+async def planner(settings: Settings, fake_llm: FakeAnthropicServer) -> AsyncIterator[None]:
+    """A system worker on the live API's system task queue, planning with the fake model: the
+    planning routes plan (and do not answer 503 for want of one)."""
+    process = start_system_worker(settings, settings.system_task_queue, fake_llm, "fuzz-key")
+    try:
+        temporal = await TemporalGateway(settings).system_client()
+        await wait_polled(temporal, settings.system_task_queue, process)
+        yield
+    finally:
+        await asyncio.to_thread(stop, process)
 
 
 @dataclass
@@ -99,7 +118,7 @@ def start_fuzz(live_api: str, credential: str, workdir: Path, only: list[str]) -
 
 
 def test_no_route_answers_5xx_or_off_schema(
-    live_api: str, credentials: Credentials, tmp_path: Path
+    live_api: str, credentials: Credentials, planner: None, tmp_path: Path
 ) -> None:
     everything = sorted(operation_id(ep) for ep in all_endpoints())
     protocol = [operation_id(ep) for ep in all_endpoints() if ep.role == "worker_token"]

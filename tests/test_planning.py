@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ import asyncpg
 import httpx
 import pytest
 from starlette.applications import Starlette
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
+from temporalio.exceptions import CancelledError
 from temporalio.worker import Replayer
 
 from api.app import create_app
@@ -34,11 +34,11 @@ from controlplane.devtools.fake_anthropic import (
     tool_reply,
 )
 from controlplane.executions.events import CHANNEL
-from controlplane.planning.generation import system_worker_polling
 from controlplane.settings import Settings
 from controlplane.system.worker import system_workflows
 from tests.conftest import Tenant, assert_error, client_for
 from tests.execution_helpers import make_agent, make_queue, read_stream
+from tests.planning_helpers import start_system_worker, stop, wait_polled
 from tests.test_bad_input import org_rows
 
 HISTORIES = Path(__file__).parent / "histories" / "planning"
@@ -58,49 +58,6 @@ class Planner:
 
     def client(self, tenant: Tenant, role: str = "member") -> httpx.AsyncClient:
         return client_for(self.app, tenant.keys[role])  # type: ignore[index]
-
-
-def start_system_worker(
-    settings: Settings, task_queue: str, fake: FakeAnthropicServer, model_key: str | None
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "TEMPORAL_ADDRESS": settings.temporal_address,
-        "CONTROLPLANE_SECRET_KEY": settings.secret_key,
-        "SYSTEM_TASK_QUEUE": task_queue,
-        "ANTHROPIC_BASE_URL": fake.base_url,
-    }
-    env.pop("ANTHROPIC_API_KEY", None)
-    env.pop("ANTHROPIC_API_KEY_FILE", None)
-    if model_key is not None:
-        env["ANTHROPIC_API_KEY"] = model_key
-    return subprocess.Popen(
-        [sys.executable, "-m", "controlplane.cli", "system-worker"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
-async def wait_polled(temporal: Client, task_queue: str, process: subprocess.Popen[bytes]) -> None:
-    """Until the system worker polls its task queue (what the planning routes check)."""
-    for _ in range(600):
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        if await system_worker_polling(temporal, task_queue):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("the system worker never polled its task queue")
-
-
-def stop(process: subprocess.Popen[bytes] | None) -> None:
-    if process is not None and process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextlib.asynccontextmanager
@@ -585,6 +542,30 @@ async def test_no_system_worker_is_503_and_writes_nothing(
         assert health["status"] == "degraded" and health["system_worker"] is False
 
 
+async def test_a_generation_can_be_cancelled(
+    planner: Planner, tenant: Tenant, fake: FakeAnthropicClient, settings: Settings
+) -> None:
+    """Through the executions API: the workflow lives in the control plane's namespace."""
+    tok = token()
+    fake.script(tok, [{"delay_per_chunk_ms": 200}])  # a slow analysis
+    client = planner.client(tenant)
+    response = await client.post("/api/v1/plans/generate", json={"description": f"Stop {tok}"})
+    execution_id = response.json()["execution_id"]
+    await asyncio.to_thread(fake.wait_requests, tok, 1)
+    cancelled = await client.post(f"/api/v1/executions/{execution_id}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["workflow_id"] == f"plan-{execution_id}"
+    await wait_for_event(settings, execution_id, "error")
+    generation = (await client.get(f"/api/v1/plans/generation/{execution_id}")).json()
+    assert generation["status"] == "cancelled"
+    assert generation["error"]["kind"] == "cancelled" and generation["plan"] is None
+    handle = planner.temporal.get_workflow_handle(f"plan-{execution_id}")
+    with pytest.raises(WorkflowFailureError) as ended:
+        await asyncio.wait_for(handle.result(), 30)
+    assert isinstance(ended.value.cause, CancelledError)
+    await record(planner, execution_id, "plan_cancelled")
+
+
 # --- a system worker killed mid-generation -----------------------------------------------------
 
 
@@ -636,4 +617,4 @@ async def test_recorded_plan_history_replays(path: Path) -> None:
 
 def test_plan_histories_were_recorded() -> None:
     recorded = {path.stem for path in HISTORIES.glob("*.json")}
-    assert recorded >= {"plan_generated", "plan_repaired", "plan_invalid_twice"}
+    assert recorded >= {"plan_generated", "plan_repaired", "plan_invalid_twice", "plan_cancelled"}
