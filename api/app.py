@@ -33,6 +33,7 @@ from api.routes import (
     health,
     integrations,
     models,
+    planning,
     policies,
     projects,
     runtimes,
@@ -73,6 +74,7 @@ ROUTERS = [
     secrets.router,
     integrations.router,
     execution_environment.router,
+    planning.router,
 ]
 # How long start-up waits before asking an unreachable Temporal again for the namespaces.
 NAMESPACE_RETRY_SECONDS = 15

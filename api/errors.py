@@ -18,7 +18,9 @@ from controlplane.errors import (
     NotFound,
     RateLimited,
     Refused,
+    TimedOut,
     Unavailable,
+    UpstreamFailed,
 )
 
 CODE_BY_STATUS = {
@@ -68,6 +70,8 @@ STATUS_BY_KIND: dict[type[DomainError], int] = {
     Forbidden: 403,
     RateLimited: 429,
     Unavailable: 503,
+    UpstreamFailed: 502,
+    TimedOut: 504,
     Broken: 500,
 }
 

@@ -50,6 +50,14 @@ class Unavailable(DomainError):
     """Something the use case needs (Temporal, the vault key, the model) is not there now."""
 
 
+class UpstreamFailed(DomainError):
+    """A service the use case called (the model) answered, but not usably."""
+
+
+class TimedOut(DomainError):
+    """The use case did not finish in the time it was given; it may still finish later."""
+
+
 class Broken(DomainError):
     """The control plane's own state is inconsistent (e.g. a secret sealed with another key)."""
 

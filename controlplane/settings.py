@@ -81,6 +81,10 @@ class Settings:
     policy_fail_open: bool = False
     # The vault key (base64 or hex of 32 bytes); empty: the secrets routes answer 503.
     secret_key: str = field(default="", repr=False)
+    # Task planning: the model the planner calls (a catalogue id or value; empty: each
+    # organization's default model), and how long the synchronous planning routes wait.
+    planning_model: str = ""
+    planning_timeout_seconds: int = 180
 
     def namespace_for(self, organization_id: str) -> str:
         """The Temporal namespace that holds an organization's workflows."""
@@ -114,6 +118,8 @@ class Settings:
             "db_pool_max": _int_env("DB_POOL_MAX", 10),
             "opa_url": os.environ.get("OPA_URL") or None,
             "policy_fail_open": _bool_env("POLICY_FAIL_OPEN", False),
+            "planning_model": os.environ.get("PLANNING_MODEL", "").strip(),
+            "planning_timeout_seconds": _int_env("PLANNING_TIMEOUT_SECONDS", 180),
         }
         if "secret_key" not in overrides:
             values["secret_key"] = _secret_key_env()

@@ -328,6 +328,19 @@ def test_dockerfile_builds_on_python_311_slim_with_pip_install() -> None:
     assert re.search(r"pip install (--\S+ )*\.(\s|$)", runs)
 
 
+def test_every_python_package_is_declared() -> None:
+    """The wheel the image installs holds only the declared packages: a subpackage left out
+    (controlplane.system once was) is missing from the image alone."""
+    declared = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    top_level = {package.split(".")[0] for package in declared}
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for package in top_level
+        for init in (ROOT / package).rglob("__init__.py")
+    }
+    assert found == declared, {"undeclared": found - declared, "missing": declared - found}
+
+
 def test_dockerfile_copies_every_declared_package_and_the_migrations() -> None:
     copied = " ".join(args for name, args in dockerfile_instructions() if name == "COPY")
     top_level = {package.split(".")[0] for package in PYPROJECT["tool"]["setuptools"]["packages"]}
@@ -372,3 +385,6 @@ def test_the_system_worker_runs_beside_the_api_with_its_credentials() -> None:
         assert variables[name] == api[name], name
     assert variables["TEMPORAL_TLS"] == "true"
     assert depends_on("system-worker")["api"] == "service_healthy"
+    # The planner calls the model from the system worker: the key comes as a file.
+    assert variables["ANTHROPIC_API_KEY_FILE"] == "/run/secrets/anthropic-api-key"
+    assert "anthropic-api-key" in SERVICES["system-worker"]["secrets"]

@@ -18,9 +18,11 @@ traceback under the same request id.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,12 @@ from starlette.applications import Starlette
 
 from api.app import all_endpoints
 from api.openapi import operation_id
+from api.routes import planning as planning_routes
+from controlplane.devtools.fake_anthropic import FakeAnthropicServer
+from controlplane.settings import Settings
+from controlplane.temporal import TemporalGateway
 from tests.conftest import client_for, make_tenant, worker_key_for
+from tests.planning_helpers import start_system_worker, stop, wait_polled
 from tests.resource_helpers import create_environment, create_queue
 
 CHECKS = (
@@ -38,6 +45,15 @@ CHECKS = (
     "status_code_conformance",
     "content_type_conformance",
     "response_schema_conformance",
+)
+
+
+# The planning routes that answer only once a plan is made (seconds each, under load).
+WAIT_FOR_A_PLAN = (
+    planning_routes.plan_task,
+    planning_routes.plan_task_for_client,
+    planning_routes.plan_task_stream,
+    planning_routes.plan_task_stream_for_client,
 )
 
 
@@ -59,6 +75,19 @@ async def credentials(app: Starlette, db: Any) -> Credentials:
     return Credentials(tenant.keys["admin"], started.json()["worker_token"])
 
 
+@pytest.fixture
+async def planner(settings: Settings, fake_llm: FakeAnthropicServer) -> AsyncIterator[None]:
+    """A system worker on the live API's system task queue, planning with the fake model: the
+    planning routes plan (and do not answer 503 for want of one)."""
+    process = start_system_worker(settings, settings.system_task_queue, fake_llm, "fuzz-key")
+    try:
+        temporal = await TemporalGateway(settings).system_client()
+        await wait_polled(temporal, settings.system_task_queue, process)
+        yield
+    finally:
+        await asyncio.to_thread(stop, process)
+
+
 @dataclass
 class Fuzz:
     process: subprocess.Popen[bytes]
@@ -73,7 +102,13 @@ class Fuzz:
         assert f"Tested: {self.operations}" in report, f"{self.report}:\n{report[-3_000:]}"
 
 
-def start_fuzz(live_api: str, credential: str, workdir: Path, only: list[str]) -> Fuzz:
+def start_fuzz(
+    live_api: str,
+    credential: str,
+    workdir: Path,
+    only: list[str],
+    phases: str = "examples,coverage,fuzzing",
+) -> Fuzz:
     """schemathesis over the operations named in `only`, started in the background."""
     workdir.mkdir()
     command = [
@@ -85,6 +120,7 @@ def start_fuzz(live_api: str, credential: str, workdir: Path, only: list[str]) -
         f"--seed={os.environ.get('FUZZ_SEED', '1')}",
         f"--checks={','.join(CHECKS)}",
         "--generation-database=none",
+        f"--phases={phases}",
         # Its threads share state that schemathesis 4.32 does not guard: one worker per run,
         # several runs in parallel instead.
         "--workers=1",
@@ -99,15 +135,23 @@ def start_fuzz(live_api: str, credential: str, workdir: Path, only: list[str]) -
 
 
 def test_no_route_answers_5xx_or_off_schema(
-    live_api: str, credentials: Credentials, tmp_path: Path
+    live_api: str, credentials: Credentials, planner: None, tmp_path: Path
 ) -> None:
-    everything = sorted(operation_id(ep) for ep in all_endpoints())
+    planning = sorted(operation_id(ep) for ep in all_endpoints() if ep.handler in WAIT_FOR_A_PLAN)
+    everything = sorted(
+        operation_id(ep) for ep in all_endpoints() if ep.handler not in WAIT_FOR_A_PLAN
+    )
     protocol = [operation_id(ep) for ep in all_endpoints() if ep.role == "worker_token"]
     # Two halves and the worker protocol at once: each run keeps about one core busy.
     runs = [
         start_fuzz(live_api, credentials.admin_key, tmp_path / "admin-1", everything[0::2]),
         start_fuzz(live_api, credentials.admin_key, tmp_path / "admin-2", everything[1::2]),
         start_fuzz(live_api, credentials.worker_token, tmp_path / "worker", protocol),
+        # Each valid request to these waits for a whole plan; their body is the one
+        # /plans/generate takes, which gets the coverage phase above.
+        start_fuzz(
+            live_api, credentials.admin_key, tmp_path / "planning", planning, "examples,fuzzing"
+        ),
     ]
     try:
         for run in runs:

@@ -18,6 +18,13 @@ QUEUE_PROBE_WORKFLOW = "QueueProbeWorkflow"
 HOUSEKEEPING_WORKFLOW = "HousekeepingWorkflow"
 PRUNE_COUNTERS = "prune_counters"
 RECONCILE_EXECUTIONS = "reconcile_executions"
+# Task planning (workflows/plan_generation.py), also on the system worker.
+PLAN_GENERATION_WORKFLOW = "PlanGenerationWorkflow"
+GET_PLAN_STATE = "get_plan_state"
+BEGIN_PLAN_GENERATION = "begin_plan_generation"
+RUN_PLANNING_TOOL = "run_planning_tool"
+PLAN_MODEL_STEP = "plan_model_step"
+FINISH_PLAN_GENERATION = "finish_plan_generation"
 # Signals and the query of an execution's workflow (reference §5.1).
 ADD_MESSAGE = "add_message"
 MARK_AS_DONE = "mark_as_done"
@@ -47,6 +54,10 @@ TERMINAL_STATES = ("completed", "failed", "cancelled")
 def workflow_id_for(execution_id: str, execution_type: str = "agent") -> str:
     """The Temporal workflow id of an execution (reference §5.1)."""
     return f"{execution_type}-execution-{execution_id}"
+
+
+def plan_workflow_id(execution_id: str) -> str:
+    return f"plan-{execution_id}"
 
 
 @dataclass
@@ -367,3 +378,145 @@ class HousekeepingResult:
 
     pruned: int = 0
     settled: int = 0
+
+
+# --- task planning ------------------------------------------------------------------------------
+#
+# A plan generation is two structured model calls (analysis, then the plan), each a forced tool
+# call whose input the control plane validates, with the planning tools (reads of the
+# organization's agents, teams, environments and worker queues) run before them for what the
+# request left out. Plans and requests travel as JSON objects: their pydantic models live in
+# the domain (controlplane/planning/plan.py), which the workflow does not import.
+
+PLANNING_TOOLS = {
+    # tool name: the TaskPlanRequest list it stands in for
+    "list_agents": "agents",
+    "list_teams": "teams",
+    "list_environments": "environments",
+    "list_worker_queues": "worker_queues",
+}
+PLAN_STEPS = ("analysis", "plan")
+# Types of the ApplicationErrors planning activities raise that no retry can fix.
+MODEL_NOT_CONFIGURED = "ModelNotConfigured"
+MODEL_REFUSED = "ModelRefused"
+EXECUTION_GONE = "ExecutionGone"
+
+
+@dataclass
+class PlanGenerationInput:
+    execution_id: str
+    organization_id: str
+    request: dict[str, Any]  # a TaskPlanRequest
+    model: ModelSpec  # the planner model, with its prices
+    analysis_max_tokens: int = 4096
+    plan_max_tokens: int = 16384
+
+
+@dataclass
+class PlanBegin:
+    execution_id: str
+    organization_id: str
+    model: str  # the planner model's catalogue value, recorded on the execution
+
+
+@dataclass
+class PlanningToolCall:
+    execution_id: str
+    organization_id: str
+    tool_name: str  # a key of PLANNING_TOOLS
+    tool_id: str  # unique within the generation
+
+
+@dataclass
+class PlanningToolResult:
+    tool_name: str
+    items: list[dict[str, Any]] = field(default_factory=list)
+    total: int = 0  # how many exist; items may hold fewer (the list is capped)
+
+
+@dataclass
+class PlanRepair:
+    """The answer that did not validate, and why: the repair call shows both to the model."""
+
+    tool_use_id: str
+    answer: dict[str, Any]
+    errors: list[str]
+
+
+@dataclass
+class PlanModelStep:
+    """Input of `plan_model_step`: one forced-tool model call of a step, validated."""
+
+    execution_id: str
+    organization_id: str
+    step: str  # analysis | plan
+    model: ModelSpec
+    request: dict[str, Any]
+    resources: dict[str, list[dict[str, Any]]]  # agents, teams, environments, worker_queues
+    max_tokens: int = 4096
+    analysis: dict[str, Any] | None = None  # the validated analysis, for the plan step
+    repair: PlanRepair | None = None
+
+
+@dataclass
+class StepUsage:
+    step: str
+    model: str
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass
+class PlanModelStepResult:
+    tool_use_id: str
+    answer: dict[str, Any] | None  # the tool input the model sent (None: it called no tool)
+    output: dict[str, Any] | None  # the validated answer; None when `errors`
+    errors: list[str]
+    usage: StepUsage
+
+
+@dataclass
+class PlanError:
+    """Why a generation failed. `kind`: model_not_configured, invalid_model_output,
+    model_error, cancelled or internal_error."""
+
+    kind: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PlanFinish:
+    """Input of `finish_plan_generation`: the outcome, recorded on the execution. A completed
+    generation carries the validated analysis and plan draft, which the domain turns into the
+    TaskPlanResponse (names resolved to ids, costs from the models' prices)."""
+
+    execution_id: str
+    organization_id: str
+    status: str  # completed | failed | cancelled
+    request: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    analysis: dict[str, Any] | None = None
+    draft: dict[str, Any] | None = None
+    usage: list[StepUsage] = field(default_factory=list)
+    error: PlanError | None = None
+
+
+@dataclass
+class PlanGenerationResult:
+    execution_id: str
+    status: str
+    plan: dict[str, Any] | None = None  # a TaskPlanResponse
+    usage: list[StepUsage] = field(default_factory=list)
+    error: PlanError | None = None
+
+
+@dataclass
+class PlanState:
+    """What the `get_plan_state` query answers."""
+
+    stage: str  # starting | discovering | analysis | plan | finishing | completed | failed
+    attempts: dict[str, int] = field(default_factory=dict)
+    usage: list[StepUsage] = field(default_factory=list)

@@ -8,12 +8,20 @@ Because workers are separate processes, tests script replies over HTTP, not in-p
     GET    /_fake/scripts   pending replies per token
     DELETE /_fake/scripts[?match=<token>]   forget scripts and recorded requests
     GET    /_fake/requests[?match=<token>]  recorded request bodies
+           [&at_least=N&wait_s=S]  first wait (up to S s) until N such requests arrived
     DELETE /_fake/requests[?match=<token>]
 
 A Messages request takes the next pending reply of the first script whose token appears in any
 string of its `system` or `messages`; so each test puts a unique token in its prompt and tests
 never see each other's replies. With no pending reply the answer is a deterministic default,
 `Fake reply to: <last user text>`, so an unscripted `dev --fake-llm` run still answers.
+
+A request that forces a tool (`tool_choice` `{"type": "tool", "name": ...}`, or `{"type":
+"any"}`: its first tool) is answered, as the real API does, with a call of that tool whose input
+is valid against the tool's `input_schema` (`schema_example`: required properties, `minItems`
+items, the first enum value, bounds, `$ref`/`$defs`, `anyOf`). A scripted reply still wins: one
+with text or tool calls is sent as scripted (so a test can script an invalid answer); one with
+neither (only a delay or usage, e.g. `{"delay_per_chunk_ms": 200}`) gets the generated call.
 """
 
 from __future__ import annotations
@@ -149,6 +157,9 @@ class FakeState:
     chunk_delay_ms: int = 0
     scripts: list[_Script] = field(default_factory=list)
     requests: list[_Recorded] = field(default_factory=list)
+    # Set (and replaced) at each recorded request, for readers waiting for one; made on the
+    # server's event loop, where it is used.
+    recorded: asyncio.Event | None = None
 
     def add_script(self, match: str, replies: list[dict[str, Any]]) -> _Script:
         for script in self.scripts:
@@ -312,7 +323,140 @@ def _validate_request(body: Any) -> str | None:
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         return "tools: Input should be a valid list"
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if not isinstance(choice, dict) or choice.get("type") not in TOOL_CHOICE_TYPES:
+            return "tool_choice: Input should be an object with type auto, any, tool or none"
+        named = [t.get("name") for t in tools or [] if isinstance(t, dict)]
+        if choice["type"] in ("tool", "any") and not named:
+            return "tool_choice: a forced tool choice needs tools"
+        if choice["type"] == "tool" and choice.get("name") not in named:
+            return f"tool_choice.name: Tool '{choice.get('name')}' not found in tools"
     return None
+
+
+TOOL_CHOICE_TYPES = ("auto", "any", "tool", "none")
+
+
+def forced_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool a request's `tool_choice` makes the model call, if it forces one."""
+    choice = body.get("tool_choice")
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    if not isinstance(choice, dict) or not tools:
+        return None
+    if choice.get("type") == "any":
+        return tools[0]
+    if choice.get("type") == "tool":
+        return next((t for t in tools if t.get("name") == choice.get("name")), None)
+    return None
+
+
+# Deeper than this, a schema example takes the shortest way out (null, no items, no property).
+MAX_EXAMPLE_DEPTH = 24
+
+
+def _resolve_ref(root: dict[str, Any], ref: str) -> dict[str, Any]:
+    if not ref.startswith("#/"):
+        return {}
+    node: Any = root
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def _number_example(schema: dict[str, Any], integer: bool) -> float | int:
+    low = schema.get("minimum")
+    if low is None and "exclusiveMinimum" in schema:
+        low = schema["exclusiveMinimum"] + (1 if integer else 0.5)
+    high = schema.get("maximum")
+    if high is None and "exclusiveMaximum" in schema:
+        high = schema["exclusiveMaximum"] - (1 if integer else 0.5)
+    value: float = low if low is not None else 1
+    if high is not None and value > high:
+        value = high
+    step = schema.get("multipleOf")
+    if isinstance(step, int | float) and step > 0:
+        value = math.ceil(value / step) * step
+    return math.ceil(value) if integer else float(value)
+
+
+def _string_example(schema: dict[str, Any], name: str) -> str:
+    formats = {
+        "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
+        "date-time": "2025-01-01T00:00:00Z",
+        "date": "2025-01-01",
+        "time": "00:00:00",
+        "email": "fake@example.com",
+        "uri": "https://example.com/",
+    }
+    text = formats.get(str(schema.get("format")), f"fake {name}")
+    low, high = schema.get("minLength"), schema.get("maxLength")
+    if isinstance(low, int) and len(text) < low:
+        text += "x" * (low - len(text))
+    if isinstance(high, int) and len(text) > high:
+        text = text[:high]
+    return text
+
+
+def schema_example(
+    schema: Any, root: dict[str, Any] | None = None, name: str = "value", depth: int = 0
+) -> Any:
+    """A value valid against the JSON schema `schema` (as a model answering a forced tool call
+    would send): required properties only, `minItems` items, first enum values, bounds."""
+    if not isinstance(schema, dict):
+        return None
+    root = schema if root is None else root
+    if "$ref" in schema:
+        target = _resolve_ref(root, str(schema["$ref"]))
+        rest = {k: v for k, v in schema.items() if k != "$ref"}
+        return schema_example({**target, **rest}, root, name, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        options = [o for o in schema.get(key) or [] if isinstance(o, dict)]
+        if options:
+            nullable = [o for o in options if o.get("type") == "null"]
+            others = [o for o in options if o.get("type") != "null"]
+            if depth >= MAX_EXAMPLE_DEPTH and nullable:
+                return None
+            return schema_example((others or nullable)[0], root, name, depth + 1)
+    if isinstance(schema.get("allOf"), list):
+        merged: dict[str, Any] = {"properties": {}, "required": []}
+        for part in schema["allOf"]:
+            part = _resolve_ref(root, part["$ref"]) if "$ref" in part else part
+            merged["properties"].update(part.get("properties") or {})
+            merged["required"] += part.get("required") or []
+            merged.setdefault("type", part.get("type"))
+        return schema_example(merged, root, name, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {
+            key: schema_example(properties.get(key, {}), root, key, depth + 1)
+            for key in schema.get("required") or []
+        }
+    if kind == "array":
+        count = schema.get("minItems", 0) if isinstance(schema.get("minItems"), int) else 0
+        if count == 0 or depth >= MAX_EXAMPLE_DEPTH * 2:
+            return []
+        items = [schema_example(schema.get("items", {}), root, name, depth + 1)] * count
+        if schema.get("uniqueItems") and all(isinstance(item, str) for item in items):
+            items = [f"{item} {index + 1}" for index, item in enumerate(items)]
+        return items
+    if kind in ("integer", "number"):
+        return _number_example(schema, kind == "integer")
+    if kind == "boolean":
+        return False
+    if kind == "null":
+        return None
+    return _string_example(schema, name)
 
 
 def _last_user_text(messages: list[Any]) -> str:
@@ -351,6 +495,11 @@ class _Planned:
 
 
 def _plan(state: FakeState, body: dict[str, Any], reply: dict[str, Any] | None) -> _Planned:
+    tool = forced_tool(body)
+    if tool is not None and (reply is None or not (reply.get("text") or reply.get("tool_calls"))):
+        schema = tool.get("input_schema") or {"type": "object"}
+        call = {"name": tool.get("name"), "input": schema_example(schema)}
+        reply = {"usage": {}, **(reply or {}), "text": "", "tool_calls": [call]}
     if reply is None:
         last = " ".join(_last_user_text(body["messages"]).split())
         if len(last) > DEFAULT_REPLY_MAX_CHARS:
@@ -531,6 +680,9 @@ def create_fake_app(*, zero_latency: bool = False, chunk_delay_ms: int = 0) -> S
                 request.url.path, request.url.query, headers, body, status, _request_text(body)
             )
         )
+        if state.recorded is not None:
+            state.recorded.set()
+        state.recorded = asyncio.Event()
 
     async def messages(request: Request) -> Response:
         raw = await request.body()
@@ -645,7 +797,23 @@ def create_fake_app(*, zero_latency: bool = False, chunk_delay_ms: int = 0) -> S
 
     async def get_requests(request: Request) -> Response:
         match = request.query_params.get("match")
-        found = [r for r in state.requests if match is None or match in r.text]
+        try:
+            at_least = int(request.query_params.get("at_least", "0"))
+            wait_s = float(request.query_params.get("wait_s", "0"))
+        except ValueError:
+            return _error_response(400, "invalid_request_error", "at_least, wait_s: numbers")
+
+        def found_now() -> list[_Recorded]:
+            return [r for r in state.requests if match is None or match in r.text]
+
+        found = found_now()
+        deadline = time.monotonic() + wait_s
+        while len(found) < at_least and time.monotonic() < deadline:
+            if state.recorded is None:
+                state.recorded = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.recorded.wait(), deadline - time.monotonic())
+            found = found_now()
         return JSONResponse(
             {
                 "requests": [
@@ -799,6 +967,22 @@ class FakeAnthropicClient:
             "requests"
         ]
         return result
+
+    def wait_requests(
+        self, match: str | None, at_least: int, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
+        """The recorded requests, once at least `at_least` mention `match`; raises
+        TimeoutError if they have not arrived within `timeout` seconds."""
+        params: dict[str, Any] = {"at_least": at_least, "wait_s": timeout}
+        if match is not None:
+            params["match"] = match
+        with httpx.Client(base_url=self.base_url, timeout=timeout + self._timeout) as http:
+            found: list[dict[str, Any]] = _checked(http.get("/_fake/requests", params=params))[
+                "requests"
+            ]
+        if len(found) < at_least:
+            raise TimeoutError(f"{len(found)} of {at_least} requests arrived in {timeout} s")
+        return found
 
     def bodies(self, match: str | None = None) -> list[dict[str, Any]]:
         return [r["body"] for r in self.requests(match) if isinstance(r["body"], dict)]

@@ -3,7 +3,8 @@
 Postgres (embedded) and the Temporal dev server run from `$CONTROLPLANE_HOME` unless DATABASE_URL
 or TEMPORAL_ADDRESS point elsewhere; the API, the system worker (the control plane's own
 workflows) and one worker of the `default` queue run as child processes, and with
-`--fake-llm` the fake Anthropic server too, which only the worker is pointed at. The state
+`--fake-llm` the fake Anthropic server too, which the worker and the system worker (the
+planner) are pointed at. The state
 survives restarts: the same database, Temporal history and admin key.
 
 A worker that dies is started again (with backoff): Temporal hands its work to the new one. Any
@@ -550,12 +551,23 @@ class DevRun:
         )
 
     def start_system_worker(self) -> None:
-        """The control plane's own worker (housekeeping now; planning and webhooks later). Like
-        the API, the run cannot do without it: its death ends the run."""
+        """The control plane's own worker (housekeeping, task planning). Like the API, the run
+        cannot do without it: its death ends the run. The planner calls the model from it, so
+        it gets the Anthropic settings: the fake's with `--fake-llm` (which starts a moment
+        later, before anything can ask for a plan), else whatever this process has."""
         _say("starting the system worker ...")
-        self._spawn(
-            "system worker", ["system-worker"], self.control_plane_env(), "system-worker.log", 30
-        )
+        env = {**self.control_plane_env(), **self.model_env()}
+        self._spawn("system worker", ["system-worker"], env, "system-worker.log", 30)
+
+    def model_env(self) -> dict[str, str]:
+        """ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY for the processes that call the model (the
+        worker and the system worker) when they use the fake; nothing otherwise."""
+        if not self.options.fake_llm:
+            return {}
+        return {
+            "ANTHROPIC_BASE_URL": self.options.fake_llm_url,
+            "ANTHROPIC_API_KEY": FAKE_LLM_API_KEY,
+        }
 
     def ensure_default_queue(self, key: str) -> dict[str, Any]:
         """The `default` environment and its `default` worker queue, through the real API."""
@@ -593,7 +605,7 @@ class DevRun:
             raise DevError(
                 f"the fake Anthropic server did not start: {exc} (see {child.log_file})"
             ) from None
-        return {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": FAKE_LLM_API_KEY}
+        return self.model_env()
 
     def worker_key_file(self, queue_id: str, admin_key: str) -> Path:
         """The file holding a worker key of the queue: kept from an earlier run while it still
@@ -728,7 +740,7 @@ class DevRun:
             f"  Temporal UI   {temporal_ui}",
             f"  Postgres      {postgres}",
             f"  Worker queue  {DEV_QUEUE} ({queue['id']}) in environment {DEV_ENVIRONMENT}",
-            f"  System worker housekeeping every minute (Schedules in namespace {system_ns})",
+            f"  System worker housekeeping every minute, task planning (namespace {system_ns})",
             f"  Model         {self._model_line()}",
             f"  Admin key     {key_file}",
             f"  Logs          {self.logs}",
@@ -737,7 +749,7 @@ class DevRun:
             lines += [
                 "",
                 "  ANTHROPIC_API_KEY is not set: executions will fail until you set it "
-                "or run with --fake-llm",
+                "or run with --fake-llm (task planning answers 503)",
             ]
         if key.new:
             note = " (the key in the key file no longer worked)" if key.replaced else ""

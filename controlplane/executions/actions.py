@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from temporalio.client import WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
 from controlplane.errors import Conflict
@@ -29,10 +29,20 @@ from workflows.contracts import (
 )
 
 LIVE = ("pending", "running", "waiting_for_input", "paused")
+# Executions whose workflow the control plane runs itself, on the system worker in its own
+# namespace (not the organization's): they take no signals, only cancel and delete.
+SYSTEM_EXECUTION_TYPES = ("plan_generation",)
+
+
+async def workflow_client(temporal: TemporalGateway, row: asyncpg.Record) -> Client:
+    """The client of the namespace the execution's workflow lives in."""
+    if row["execution_type"] in SYSTEM_EXECUTION_TYPES:
+        return await temporal.system_client()
+    return await temporal.client(row["organization_id"])
 
 
 async def handle_of(temporal: TemporalGateway, row: asyncpg.Record) -> WorkflowHandle[Any, Any]:
-    client = await temporal.client(row["organization_id"])
+    client = await workflow_client(temporal, row)
     return client.get_workflow_handle(
         row["temporal_workflow_id"] or workflow_id_for(str(row["id"]))
     )
@@ -48,6 +58,11 @@ def require_status(row: asyncpg.Record, allowed: tuple[str, ...], action: str) -
 
 async def signal(temporal: TemporalGateway, row: asyncpg.Record, name: str, *args: Any) -> str:
     """Send a signal; returns the workflow id."""
+    if row["execution_type"] in SYSTEM_EXECUTION_TYPES:
+        raise Conflict(
+            f"A {row['execution_type']} execution takes no '{name}'; cancel or delete it",
+            details={"execution_type": row["execution_type"]},
+        )
     handle = await handle_of(temporal, row)
     try:
         await handle.signal(name, *args)

@@ -12,6 +12,7 @@ import asyncpg
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from controlplane.executions.actions import workflow_client
 from controlplane.executions.lifecycle import COLUMNS, Report, apply_report
 from controlplane.temporal import TemporalGateway
 from workflows.contracts import TERMINAL_STATES, workflow_id_for
@@ -39,7 +40,7 @@ async def reconcile_executions(
 ) -> int:
     """Record the ending of quiet executions whose workflow is closed; returns how many."""
     rows = await db.fetch(
-        "SELECT id, organization_id, temporal_workflow_id FROM executions "
+        "SELECT id, organization_id, execution_type, temporal_workflow_id FROM executions "
         "WHERE status <> ALL($1::text[]) "
         "AND updated_at < now() - make_interval(secs => $2) ORDER BY updated_at LIMIT $3",
         list(TERMINAL_STATES),
@@ -52,7 +53,7 @@ async def reconcile_executions(
     for row in rows:
         workflow_id = row["temporal_workflow_id"] or workflow_id_for(str(row["id"]))
         try:
-            client = await temporal.client(row["organization_id"])
+            client = await workflow_client(temporal, row)
             description = await client.get_workflow_handle(workflow_id).describe()
             ending = _ENDINGS.get(description.status) if description.status else None
         except RPCError as error:

@@ -3,21 +3,78 @@ plane (database access, the vault key), never on a customer's worker."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
+import anthropic
 import asyncpg
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from controlplane.executions.reconcile import reconcile_executions
 from controlplane.housekeeping import prune
+from controlplane.planning import generation
+from controlplane.planning.steps import run_step
 from controlplane.temporal import TemporalGateway
-from workflows.contracts import PRUNE_COUNTERS, RECONCILE_EXECUTIONS
+from workflows.contracts import (
+    BEGIN_PLAN_GENERATION,
+    EXECUTION_GONE,
+    FINISH_PLAN_GENERATION,
+    MODEL_NOT_CONFIGURED,
+    MODEL_REFUSED,
+    PLAN_MODEL_STEP,
+    PRUNE_COUNTERS,
+    RECONCILE_EXECUTIONS,
+    RUN_PLANNING_TOOL,
+    PlanBegin,
+    PlanFinish,
+    PlanModelStep,
+    PlanModelStepResult,
+    PlanningToolCall,
+    PlanningToolResult,
+)
+
+HEARTBEAT_SECONDS = 1.0
+MODEL_TIMEOUT_SECONDS = 120.0
+NO_MODEL_KEY = (
+    "ANTHROPIC_API_KEY is not set on the system worker: the planner cannot call the model "
+    "(set ANTHROPIC_API_KEY or ANTHROPIC_API_KEY_FILE for `controlplane system-worker`, or run "
+    "`controlplane dev --fake-llm`)"
+)
 
 
 class SystemActivities:
-    def __init__(self, db: asyncpg.Pool[Any], temporal: TemporalGateway) -> None:
+    def __init__(
+        self,
+        db: asyncpg.Pool[Any],
+        temporal: TemporalGateway,
+        anthropic_api_key: str | None = None,
+    ) -> None:
         self.db = db
         self.temporal = temporal
+        self.anthropic_api_key = anthropic_api_key or None
+        self._anthropic: anthropic.AsyncAnthropic | None = None
+
+    def activities(self) -> list[Any]:
+        return [
+            self.prune_counters,
+            self.reconcile_executions,
+            self.begin_plan_generation,
+            self.run_planning_tool,
+            self.plan_model_step,
+            self.finish_plan_generation,
+        ]
+
+    @property
+    def anthropic(self) -> anthropic.AsyncAnthropic:
+        """One client per worker (ANTHROPIC_BASE_URL from the environment); Temporal owns the
+        retries."""
+        if self._anthropic is None:
+            self._anthropic = anthropic.AsyncAnthropic(
+                api_key=self.anthropic_api_key, max_retries=0, timeout=MODEL_TIMEOUT_SECONDS
+            )
+        return self._anthropic
 
     @activity.defn(name=PRUNE_COUNTERS)
     async def prune_counters(self) -> int:
@@ -26,3 +83,72 @@ class SystemActivities:
     @activity.defn(name=RECONCILE_EXECUTIONS)
     async def reconcile_executions(self) -> int:
         return await reconcile_executions(self.db, self.temporal)
+
+    # --- task planning -----------------------------------------------------------------------
+
+    def _require_model_key(self) -> None:
+        if not self.anthropic_api_key:
+            raise ApplicationError(NO_MODEL_KEY, type=MODEL_NOT_CONFIGURED, non_retryable=True)
+
+    @activity.defn(name=BEGIN_PLAN_GENERATION)
+    async def begin_plan_generation(self, start: PlanBegin) -> None:
+        """The generation runs; without a model key it fails here, before any step."""
+        self._require_model_key()
+        with _gone_is_final():
+            await generation.begin(self.db, start)
+
+    @activity.defn(name=RUN_PLANNING_TOOL)
+    async def run_planning_tool(self, call: PlanningToolCall) -> PlanningToolResult:
+        with _gone_is_final():
+            return await generation.run_tool(self.db, call)
+
+    @activity.defn(name=PLAN_MODEL_STEP)
+    async def plan_model_step(self, step: PlanModelStep) -> PlanModelStepResult:
+        """One forced-tool model call, validated. Retryable model errors (429, 5xx, overload,
+        timeouts, connection errors) raise and Temporal retries; the others fail the step at
+        once, saying what the model's API answered."""
+        self._require_model_key()
+        with _gone_is_final():
+            await generation.step_started(self.db, step)
+        beating = asyncio.create_task(_heartbeat_forever())
+        try:
+            return await run_step(self.anthropic, step)
+        except anthropic.APIStatusError as error:
+            if error.status_code in (408, 409, 429) or error.status_code >= 500:
+                raise
+            raise ApplicationError(
+                f"The model refused the planner's call ({error.status_code}): {_message(error)}",
+                type=MODEL_REFUSED,
+                non_retryable=True,
+            ) from None
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+
+    @activity.defn(name=FINISH_PLAN_GENERATION)
+    async def finish_plan_generation(self, outcome: PlanFinish) -> dict[str, Any] | None:
+        return await generation.finish(self.db, outcome)
+
+
+async def _heartbeat_forever() -> None:
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+@contextlib.contextmanager
+def _gone_is_final() -> Any:
+    try:
+        yield
+    except generation.ExecutionGone as error:
+        raise ApplicationError(error.message, type=EXECUTION_GONE, non_retryable=True) from None
+
+
+def _message(error: anthropic.APIStatusError) -> str:
+    body = error.body
+    if isinstance(body, dict):
+        inner = body.get("error")
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    return str(error.message)

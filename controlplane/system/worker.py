@@ -4,7 +4,8 @@ It polls `SYSTEM_TASK_QUEUE` (default `controlplane-system`) in the control plan
 (`TEMPORAL_NAMESPACE`), with the same database, vault key and signing key as the API. At start
 it makes sure the housekeeping Schedule exists (every minute, skipped while a round runs), so
 the upkeep the API processes used to do each on their own now happens once, visibly, in the
-Temporal UI.
+Temporal UI. It also runs task planning (PlanGenerationWorkflow), whose model calls need
+ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY_FILE) and, for another endpoint, ANTHROPIC_BASE_URL.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from datetime import timedelta
 from typing import Any
@@ -36,6 +38,7 @@ from controlplane.temporal_auth import CONTROL_PLANE_PERMISSIONS, load_signing_k
 from controlplane.vault import vault_from_key
 from workflows.contracts import HOUSEKEEPING_WORKFLOW
 from workflows.housekeeping import HousekeepingWorkflow
+from workflows.plan_generation import PlanGenerationWorkflow
 
 log = logging.getLogger("controlplane.system")
 HOUSEKEEPING_SCHEDULE = "controlplane-housekeeping"
@@ -45,7 +48,21 @@ DRAIN = timedelta(seconds=20)
 
 
 def system_workflows() -> list[type[Any]]:
-    return [HousekeepingWorkflow]
+    return [HousekeepingWorkflow, PlanGenerationWorkflow]
+
+
+def model_key_from_env() -> str | None:
+    """The planner's model key: ANTHROPIC_API_KEY, or the file ANTHROPIC_API_KEY_FILE names.
+    (ANTHROPIC_BASE_URL, if set, is read by the anthropic client itself.)"""
+    key = os.environ.get("ANTHROPIC_API_KEY", "").strip()
+    path = os.environ.get("ANTHROPIC_API_KEY_FILE", "").strip()
+    if not key and path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                key = handle.read().strip()
+        except OSError as exc:
+            raise SystemExit(f"cannot read ANTHROPIC_API_KEY_FILE {path}: {exc.strerror}") from None
+    return key or None
 
 
 async def ensure_housekeeping_schedule(client: Client, task_queue: str) -> None:
@@ -83,17 +100,22 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     try:
         client = await gateway.system_client()
         await ensure_housekeeping_schedule(client, settings.system_task_queue)
-        activities = SystemActivities(pool, gateway)
+        model_key = model_key_from_env()
+        activities = SystemActivities(pool, gateway, model_key)
         worker = Worker(
             client,
             task_queue=settings.system_task_queue,
             workflows=system_workflows(),
-            activities=[activities.prune_counters, activities.reconcile_executions],
+            activities=activities.activities(),
             graceful_shutdown_timeout=DRAIN,
         )
         log.info(
             "system worker started",
-            extra={"task_queue": settings.system_task_queue, "namespace": client.namespace},
+            extra={
+                "task_queue": settings.system_task_queue,
+                "namespace": client.namespace,
+                "planner_model_key": "set" if model_key else "missing",
+            },
         )
         async with worker:
             await stop.wait()

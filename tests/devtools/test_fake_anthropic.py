@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx
@@ -372,3 +374,118 @@ async def test_claude_code_cli_one_turn(fake: FakeAnthropicClient, tmp_path: Pat
     assert result is not None and not result.is_error
     recorded = fake.requests(tok)
     assert recorded and recorded[0]["query"] == "beta=true" and recorded[0]["body"]["stream"]
+
+
+# --- forced tool choice: answered with input valid against the tool's schema -------------------
+
+PLAN_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "$defs": {
+        "Step": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer", "minimum": 1, "maximum": 9},
+                "kind": {"enum": ["build", "test"]},
+                "owner": {"anyOf": [{"type": "string", "enum": ["ops-bot"]}, {"type": "null"}]},
+                "note": {"type": "string", "minLength": 12, "maxLength": 20},
+                "children": {"type": "array", "items": {"$ref": "#/$defs/Step"}},
+            },
+            "required": ["id", "kind", "owner", "note", "children"],
+        }
+    },
+    "properties": {
+        "title": {"type": "string"},
+        "hours": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+        "ready": {"type": "boolean"},
+        "when": {"type": "string", "format": "date-time"},
+        "steps": {"type": "array", "items": {"$ref": "#/$defs/Step"}, "minItems": 2},
+        "level": {"type": ["integer", "null"], "multipleOf": 5, "minimum": 3},
+        "optional": {"type": "string"},
+    },
+    "required": ["title", "hours", "ready", "when", "steps", "level"],
+}
+SUBMIT_TOOL: anthropic.types.ToolParam = {
+    "name": "submit_plan",
+    "description": "Submit the plan",
+    "input_schema": PLAN_SCHEMA,
+}
+
+
+async def test_forced_tool_choice_gets_a_valid_call(
+    fake: FakeAnthropicClient, sdk: anthropic.AsyncAnthropic
+) -> None:
+    jsonschema = importlib.import_module("jsonschema")  # untyped; comes with claude-agent-sdk
+    tools = [WEATHER_TOOL, SUBMIT_TOOL]
+    message = await sdk.messages.create(
+        model=MODEL,
+        max_tokens=1000,
+        messages=user(f"plan it {token()}"),
+        tools=tools,
+        tool_choice={"type": "tool", "name": "submit_plan"},
+    )
+    assert message.stop_reason == "tool_use"
+    (block,) = message.content
+    assert isinstance(block, ToolUseBlock) and block.name == "submit_plan"
+    jsonschema.validate(block.input, PLAN_SCHEMA)
+    assert isinstance(block.input, dict)
+    steps: list[dict[str, Any]] = block.input["steps"]  # type: ignore[assignment]
+    assert block.input["level"] == 5 and steps[0]["owner"] == "ops-bot"
+    assert "optional" not in block.input  # only what is required
+
+    # Streamed, the same input arrives in input_json_delta pieces; `any` forces the first tool.
+    async with sdk.messages.stream(
+        model=MODEL,
+        max_tokens=1000,
+        messages=user(f"plan it {token()}"),
+        tools=[SUBMIT_TOOL, WEATHER_TOOL],
+        tool_choice={"type": "any"},
+    ) as stream:
+        final = await stream.get_final_message()
+    (streamed,) = final.content
+    assert isinstance(streamed, ToolUseBlock) and streamed.input == block.input
+
+
+async def test_scripted_replies_win_over_the_forced_tool(
+    fake: FakeAnthropicClient, sdk: anthropic.AsyncAnthropic
+) -> None:
+    tok = token()
+    invalid = tool_reply("submit_plan", {"title": 5})
+    # A reply with neither text nor tool calls (here: a delay) gets the generated call.
+    fake.script(tok, [invalid, {"delay_per_chunk_ms": 1}])
+    answers = []
+    for _ in range(2):
+        message = await sdk.messages.create(
+            model=MODEL,
+            max_tokens=1000,
+            messages=user(tok),
+            tools=[SUBMIT_TOOL],
+            tool_choice={"type": "tool", "name": "submit_plan"},
+        )
+        block = message.content[0]
+        assert isinstance(block, ToolUseBlock)
+        answers.append(block.input)
+    assert answers[0] == {"title": 5}
+    assert isinstance(answers[1], dict) and answers[1]["title"] == "fake title"
+
+
+async def test_tool_choice_naming_no_tool_is_refused(sdk: anthropic.AsyncAnthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError, match="not found in tools"):
+        await sdk.messages.create(
+            model=MODEL,
+            max_tokens=100,
+            messages=user("hi"),
+            tools=[WEATHER_TOOL],
+            tool_choice={"type": "tool", "name": "submit_plan"},
+        )
+
+
+async def test_waiting_for_requests(
+    fake: FakeAnthropicClient, sdk: anthropic.AsyncAnthropic
+) -> None:
+    tok = token()
+    waiting = asyncio.create_task(asyncio.to_thread(fake.wait_requests, tok, 2, 20.0))
+    for _ in range(2):
+        await sdk.messages.create(model=MODEL, max_tokens=10, messages=user(tok))
+    assert len(await waiting) == 2
+    with pytest.raises(TimeoutError):
+        fake.wait_requests(tok, 3, timeout=0.2)

@@ -332,6 +332,8 @@ def test_dev_starts_restarts_and_stops(dev: Dev) -> None:
     assert worker_key_file.stat().st_mode & 0o777 == 0o600
     assert worker_key_file.read_text().strip() != key
     assert "ANTHROPIC_BASE_URL" not in api_env and "ANTHROPIC_API_KEY" not in api_env
+    # The system worker (the planner) calls the fake too.
+    assert process_env(pids["system"])["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{fake_port}"
     with client(dev, key) as http:
         queue = default_queue(http)
         assert queue["active_workers"] == 1
@@ -342,6 +344,19 @@ def test_dev_starts_restarts_and_stops(dev: Dev) -> None:
             raise AssertionError(diagnostics(dev, run)) from error
         assert execution["status"] == "completed", execution
         assert execution["response"] == "Fake reply to: Say hello"
+
+        # Task planning works in dev: the system worker plans with the fake.
+        wait_for(
+            "the planner ready",
+            lambda: http.get("/api/v1/tasks/plan/health").json()["system_worker"],
+            dev,
+            run,
+            timeout=30,
+            interval=0.5,
+        )
+        planned = http.post("/api/v1/tasks/plan", json={"description": "Greet"}, timeout=60)
+        assert planned.status_code == 200, (planned.text, diagnostics(dev, run))
+        assert planned.json()["plan"]["recommended_execution"]["entity_type"] == "agent"
 
         # The worker is killed mid-answer: dev starts another one, and the execution finishes
         # on it once Temporal sees the first one's heartbeats stop (20 s for a model call).
