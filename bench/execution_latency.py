@@ -15,7 +15,10 @@ worker queue, and a one-shot agent on `anthropic/claude-sonnet-4-5`. Then, from 
     POST answer, the `status: running` event, the first `message_chunk` and `done`, both as seen
     by this client and as stamped by the API (the event rows' `created_at`; same clock);
 (c) throughput: `--concurrency` executions in flight for `--duration` seconds, each followed
-    over SSE to `done`/`error`; executions/s counts those done within the window.
+    over SSE to `done`/`error`; executions/s counts those done within the window;
+(d) the baseline of (c): a plain temporalio worker process (bench/_plain_worker.py) running the
+    one-activity QueueProbeWorkflow on the same Temporal server, `--concurrency` in flight for
+    the same `--duration`; (c) / (d) is the share of a bare Temporal's throughput we keep.
 
 It also reports the CPU time per execution of each process (from /proc, Linux only) and, from the
 API's request log, the requests per execution by route. Everything it started is stopped at the
@@ -41,11 +44,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _stack import CpuMeter, Stack, interrupt, machine_cpu, percentile, seed, wait_ready
+from _stack import ORG, CpuMeter, Stack, interrupt, machine_cpu, percentile, seed, wait_ready
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from controlplane.services import free_port, wait_for_port
+from controlplane.services import free_port, stop_process, wait_for_port
+from controlplane.settings import Settings
 from workflows.contracts import QUEUE_PROBE_WORKFLOW
 
 MODEL = "anthropic/claude-sonnet-4-5"
@@ -277,6 +281,43 @@ async def measure_load(
     return LoadResult(runs, started, deadline, wall_start, wall_start + duration)
 
 
+async def measure_plain(stack: Stack, temporal: Client, concurrency: int, duration: float) -> float:
+    """(d): one-activity workflows/s of a plain temporalio worker, same server and load shape."""
+    task_queue = f"bench-plain-{uuid.uuid4().hex[:8]}"
+    worker = stack.spawn(
+        [
+            sys.executable,
+            "bench/_plain_worker.py",
+            stack.temporal_address,
+            temporal.namespace,
+            task_queue,
+        ],
+        "plain-worker.log",
+    )
+    try:
+        await temporal.execute_workflow(  # warm: the worker polls once this answers
+            QUEUE_PROBE_WORKFLOW, "warm", id=f"plain-{uuid.uuid4()}", task_queue=task_queue
+        )
+        done = 0
+        deadline = time.perf_counter() + duration
+
+        async def slot() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                await temporal.execute_workflow(
+                    QUEUE_PROBE_WORKFLOW, "x", id=f"plain-{uuid.uuid4()}", task_queue=task_queue
+                )
+                if time.perf_counter() <= deadline:
+                    done += 1
+
+        async with asyncio.TaskGroup() as slots:
+            for _ in range(concurrency):
+                slots.create_task(slot())
+        return done / duration
+    finally:
+        stop_process(worker)
+
+
 async def history_breakdown(
     temporal: Client, runs: list[Run], limit: int
 ) -> dict[str, list[float]]:
@@ -458,7 +499,9 @@ async def bench(stack: Stack, key: str, api: Any, base_url: str, args: argparse.
         print("stack ready; measuring ...", flush=True)
         args.load_average = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
-        temporal = await Client.connect(stack.temporal_address)
+        # The organization's namespace: its executions' histories are there (issue 7).
+        namespace = Settings.from_env(secret_key="").namespace_for(ORG)
+        temporal = await Client.connect(stack.temporal_address, namespace=namespace)
         starts = await measure_starts(client, temporal, setup, args.warmup, args.starts)
 
         pids = {
@@ -479,6 +522,7 @@ async def bench(stack: Stack, key: str, api: Any, base_url: str, args: argparse.
         # CPU over the window and the drain; per execution of all that completed.
         cpu_load = {k: after[k] - before[k] for k in after}
         load_elapsed = time.perf_counter() - load.started
+        plain_rate = await measure_plain(stack, temporal, args.concurrency, args.duration)
         spent_sequential = await history_breakdown(temporal, sequential, HISTORY_SAMPLE)
         spent_load = await history_breakdown(temporal, load.in_window, HISTORY_SAMPLE)
         del temporal  # no close() in the SDK; the process ends with os._exit (sdk-python #300)
@@ -505,6 +549,12 @@ async def bench(stack: Stack, key: str, api: Any, base_url: str, args: argparse.
     if total:
         print(f"  machine CPU busy meanwhile, all processes: {busy / total * 100:.0f}%")
     report_history(spent_load)
+    rate = len(load.in_window) / args.duration
+    print(
+        f"\n(d) plain temporalio worker, one-activity workflow, {args.concurrency} in flight for "
+        f"{args.duration:.0f} s: {plain_rate:.1f} workflows/s; executions/s of (c) / that: "
+        f"{rate / plain_rate:.2f}"
+    )
     print(f"\nexecutions by status per the API at the end: {counts}")
     failed = sum(not r.ok for r in sequential + load.runs) + starts.errors
     return 1 if failed else 0
