@@ -62,7 +62,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.reporting import ControlPlane
-from activities.runtime import FLUSH_SECONDS, cost_of
+from activities.runtime import FLUSH_SECONDS, cost_of, message_id_of
 from activities.tool_runner import ToolActivities
 from activities.workspaces import workspace_root
 from workflows.contracts import (
@@ -194,7 +194,7 @@ class _Chunks:
         self.control_plane = control_plane
         self.turn = turn
         self.attempt = attempt
-        self.message_id = f"{turn.execution_id}_assistant_{turn.turn}"
+        self.message_id = message_id_of(turn)
         self.index = 0
         self.buffered: list[str] = []
         self.last_flush = 0.0

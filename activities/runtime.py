@@ -20,9 +20,11 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.execution_environment import Redactor, fetch_execution_environment
+from activities.report_buffer import ReportBuffer
 from activities.reporting import ControlPlane
 from workflows.contracts import (
     EXECUTE_WITH_RUNTIME,
+    EventReport,
     ReportItem,
     RuntimeTurnInput,
     RuntimeTurnResult,
@@ -78,10 +80,25 @@ class RuntimeActivities:
         control_plane: TurnControlPlane | None = None
         try:
             turn, redactor = await self._render_templates(turn)
-            control_plane = TurnControlPlane(self.control_plane, redactor)
-            # The reports due before this call (`running`, the user's message) go out while the
-            # model starts; what the call publishes waits for them, so the stream keeps order.
-            control_plane.send_first(turn.execution_id, turn.reports)
+            control_plane = TurnControlPlane(self.control_plane, redactor, turn.execution_id)
+            # The reports due before this call (`running`, the user's message) go first, while
+            # the model starts.
+            control_plane.send_first(turn.reports)
+            attempt = activity.info().attempt
+            if attempt > 1:
+                # The call starts again: what an earlier attempt streamed of this message is to
+                # be dropped (README, "Streams").
+                await control_plane.publish(
+                    turn.execution_id,
+                    "message_reset",
+                    {
+                        "message_id": message_id_of(turn),
+                        "attempt": attempt,
+                        "turn": turn.turn,
+                        "step": turn.step,
+                    },
+                    key=f"reset:{turn.turn}:{turn.step}:{attempt}",
+                )
             if turn.runtime_type == "claude_code":
                 # Imported on first use: the SDK takes about a second to import, and most
                 # workers only ever run the default runtime.
@@ -104,6 +121,7 @@ class RuntimeActivities:
                 # On a failing call too: the execution's start is recorded before its failure.
                 with contextlib.suppress(Exception):
                     await control_plane.sent()
+                await control_plane.close()
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
@@ -132,7 +150,7 @@ class RuntimeActivities:
         self, control_plane: ControlPlane, turn: RuntimeTurnInput
     ) -> RuntimeTurnResult:
         attempt = activity.info().attempt
-        message_id = f"{turn.execution_id}_assistant_{turn.turn}"
+        message_id = message_id_of(turn)
         chunk_index = 0
         buffered: list[str] = []
         loop = asyncio.get_running_loop()
@@ -192,29 +210,36 @@ class RuntimeActivities:
         )
 
 
-class TurnControlPlane(ControlPlane):
-    """The worker's control-plane client for one model call: secret values are redacted from
-    what it publishes, and what it publishes follows the reports sent first."""
+def message_id_of(turn: RuntimeTurnInput) -> str:
+    return f"{turn.execution_id}_assistant_{turn.turn}"
 
-    def __init__(self, inner: ControlPlane, redactor: Redactor) -> None:
+
+class TurnControlPlane(ControlPlane):
+    """The worker's control-plane client for one model call: what the call publishes is redacted
+    of secret values and goes through a ReportBuffer, in order after the reports sent first, so
+    the model streams on through an outage of the control plane."""
+
+    def __init__(self, inner: ControlPlane, redactor: Redactor, execution_id: str) -> None:
         self.http = inner.http
         self._redactor = redactor
-        self._first: asyncio.Future[None] | None = None
+        self._buffer = ReportBuffer(inner, execution_id)
 
-    def send_first(self, execution_id: str, items: list[ReportItem]) -> None:
-        if items:
-            self._first = asyncio.ensure_future(self.send_reports(execution_id, items))
+    def send_first(self, items: list[ReportItem]) -> None:
+        for item in items:
+            self._buffer.add(item)
 
     async def sent(self) -> None:
-        """Once the reports sent first have landed (raises if they could not be)."""
-        if self._first is not None:
-            await self._first
+        """Once everything published has landed (raises a refusal, or an outage too long)."""
+        await self._buffer.drain()
+
+    async def close(self) -> None:
+        await self._buffer.close()
 
     async def publish(
         self, execution_id: str, event_type: str, data: dict[str, Any], key: str
     ) -> None:
-        await self.sent()
-        await super().publish(execution_id, event_type, self._redactor.value(data), key)
+        event = EventReport(execution_id, event_type, self._redactor.value(data), key)
+        self._buffer.add(ReportItem(event=event))
 
 
 def _message_of(error: anthropic.APIStatusError) -> str:

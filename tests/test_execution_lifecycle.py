@@ -33,6 +33,18 @@ from workflows.agent_execution import MAX_TURNS_PER_RUN
 LONG_TEXT = " ".join(f"word{i}" for i in range(120))  # ~60 chunks from the fake
 
 
+def joined_under_reset(events: list[dict[str, Any]]) -> str:
+    """The answer as a client builds it from the stream (README, "Streams"): chunks appended,
+    and a message_reset drops what it has of that message."""
+    text = ""
+    for event in events:
+        if event["event_type"] == "message_reset":
+            text = ""
+        elif event["event_type"] == "message_chunk":
+            text += event["data"]["content"]
+    return text
+
+
 async def wait_for_event(db: Any, execution_id: str, event_type: str, timeout: float = 20) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not any(e["event_type"] == event_type for e in await events_of(db, execution_id)):
@@ -151,6 +163,11 @@ async def test_worker_killed_mid_call_is_finished_by_another(
     last_attempt = max(c["attempt"] for c in chunks)
     assert last_attempt >= 2
     assert "".join(c["content"] for c in chunks if c["attempt"] == last_attempt) == LONG_TEXT
+    # The call started again: one message_reset before the new attempt's chunks, and a client
+    # that drops what it has of the message on it ends up with the answer.
+    resets = [e for e in events if e["event_type"] == "message_reset"]
+    assert [r["data"]["attempt"] for r in resets] == [last_attempt]
+    assert joined_under_reset(events) == LONG_TEXT
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(1, len(seqs) + 1))
     session = (await tenant.viewer.get(f"/api/v1/executions/{execution_id}/session")).json()
