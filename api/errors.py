@@ -7,7 +7,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from starlette.responses import JSONResponse
+from temporalio.service import RPCError, RPCStatusCode
 
 from controlplane.errors import (
     Broken,
@@ -76,11 +78,17 @@ STATUS_BY_KIND: dict[type[DomainError], int] = {
 }
 
 
+# What a client is told to wait before it tries again while a backend is down.
+RETRY_AFTER_SECONDS = 5
+
+
 def from_domain(error: DomainError) -> ApiError:
     status = next((code for kind, code in STATUS_BY_KIND.items() if isinstance(error, kind)), 400)
     headers = None
     if isinstance(error, RateLimited):
         headers = {"Retry-After": str(error.retry_after)}
+    elif isinstance(error, Unavailable):
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return ApiError(status, error.message, code=error.code, details=error.details, headers=headers)
 
 
@@ -112,4 +120,37 @@ def error_response(error: ApiError) -> JSONResponse:
         envelope(error.status, error.message, code=error.code, details=error.details),
         status_code=error.status,
         headers=error.headers,
+    )
+
+
+def backend_down(error: BaseException) -> str | None:
+    """Which backend an unexpected error says is unreachable (Postgres, Temporal), or None for
+    any other error: a request that met an outage answers 503, not 500."""
+    if isinstance(
+        error,
+        asyncpg.PostgresConnectionError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.AdminShutdownError
+        | asyncpg.CrashShutdownError
+        | asyncpg.TooManyConnectionsError
+        | asyncpg.InterfaceError
+        | ConnectionError
+        | TimeoutError,
+    ):
+        return "the database"
+    if isinstance(error, OSError) and error.errno is not None:
+        return "the database"  # no socket to connect to: refused, missing, unreachable
+    if isinstance(error, RPCError) and error.status in (
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+    ):
+        return "Temporal"
+    return None
+
+
+def unavailable(backend: str) -> ApiError:
+    return ApiError(
+        503,
+        f"The service is unavailable: {backend} cannot be reached; try again shortly",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )

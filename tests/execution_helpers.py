@@ -39,10 +39,27 @@ async def running_queue(
     queue["worker_key"] = await worker_key_for(tenant, queue["id"])
     process = start_worker_process(queue["id"], queue["worker_key"], live_api, fake_llm)
     queue["process"] = process
+    # Tests time their own steps, not a worker's start (slow on a busy machine): they begin
+    # once it serves the queue.
+    await wait_registered(tenant, queue["id"], process)
     yield queue
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         await asyncio.to_thread(process.wait, 30)
+
+
+async def wait_registered(
+    tenant: Tenant, queue_id: str, process: subprocess.Popen[bytes], timeout: float = 120
+) -> None:
+    """Until a worker has registered on the queue (and the worker process is alive)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        workers = (await tenant.viewer.get(f"/api/v1/worker-queues/{queue_id}/workers")).json()
+        if workers["total"] >= 1:
+            return
+        assert process.poll() is None, f"the worker exited with code {process.returncode}"
+        assert asyncio.get_running_loop().time() < deadline, "the worker did not register"
+        await asyncio.sleep(0.2)
 
 
 async def make_queue(tenant: Tenant, environment: str) -> dict[str, Any]:

@@ -51,6 +51,7 @@ from workflows.registry import WORKFLOWS
 log = logging.getLogger("controlplane.worker")
 # SIGTERM lets in-flight activities finish for this long before they are cancelled.
 DRAIN_SECONDS = 30
+OUTAGE_RETRY_SECONDS = 5.0
 
 
 class WorkerStartError(Exception):
@@ -129,6 +130,7 @@ async def heartbeat_forever(
 ) -> None:
     while True:
         renew = token.due()
+        landed = False
         try:
             response = await http.post(
                 f"/api/v1/workers/{worker_id}/heartbeat",
@@ -138,7 +140,8 @@ async def heartbeat_forever(
                     "renew_temporal_token": renew,
                 },
             )
-            if response.status_code != 200:
+            landed = response.status_code == 200
+            if not landed:
                 log.warning("heartbeat refused", extra={"status": response.status_code})
             elif renew and response.json().get("temporal_api_key"):
                 body = response.json()
@@ -147,8 +150,9 @@ async def heartbeat_forever(
                 log.info("Temporal token renewed")
         except httpx.HTTPError as exc:
             log.warning("heartbeat failed", extra={"error": str(exc)})
-        # Never sleep past the token's renewal time.
-        wait = interval
+        # A heartbeat lost to an outage of the control plane is sent again soon, so a short
+        # outage never makes the worker look dead; never sleep past the token's renewal time.
+        wait = interval if landed else min(interval, OUTAGE_RETRY_SECONDS)
         if token.renew_at is not None:
             wait = max(1.0, min(wait, (token.renew_at - datetime.now(UTC)).total_seconds()))
         await asyncio.sleep(wait)
