@@ -81,6 +81,12 @@ class Settings:
     policy_fail_open: bool = False
     # The vault key (base64 or hex of 32 bytes); empty: the secrets routes answer 503.
     secret_key: str = field(default="", repr=False)
+    # Outbound webhooks. Receivers on private or loopback addresses only when allowed (the dev
+    # stack allows them); link-local and metadata addresses never. A delivery is retried with
+    # exponential backoff from the first delay for the window, then given up.
+    webhook_allow_private: bool = False
+    webhook_first_retry_seconds: int = 5
+    webhook_retry_window_seconds: int = 24 * 3600
 
     def namespace_for(self, organization_id: str) -> str:
         """The Temporal namespace that holds an organization's workflows."""
@@ -114,6 +120,11 @@ class Settings:
             "db_pool_max": _int_env("DB_POOL_MAX", 10),
             "opa_url": os.environ.get("OPA_URL") or None,
             "policy_fail_open": _bool_env("POLICY_FAIL_OPEN", False),
+            "webhook_allow_private": _bool_env("CONTROLPLANE_WEBHOOK_ALLOW_PRIVATE", False),
+            "webhook_first_retry_seconds": _int_env("CONTROLPLANE_WEBHOOK_FIRST_RETRY_SECONDS", 5),
+            "webhook_retry_window_seconds": _int_env(
+                "CONTROLPLANE_WEBHOOK_RETRY_WINDOW_SECONDS", 24 * 3600
+            ),
         }
         if "secret_key" not in overrides:
             values["secret_key"] = _secret_key_env()
