@@ -4,7 +4,7 @@ It polls `SYSTEM_TASK_QUEUE` (default `controlplane-system`) in the control plan
 (`TEMPORAL_NAMESPACE`), with the same database, vault key and signing key as the API. At start
 it makes sure the housekeeping Schedule exists (every minute, skipped while a round runs), so
 the upkeep the API processes used to do each on their own now happens once, visibly, in the
-Temporal UI.
+Temporal UI; and that the webhook dispatcher runs (workflows/webhooks.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from temporalio.client import (
     SchedulePolicy,
     ScheduleSpec,
 )
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.worker import Worker
 
 from controlplane.db import create_pool
@@ -34,8 +35,14 @@ from controlplane.system.activities import SystemActivities
 from controlplane.temporal import TemporalGateway
 from controlplane.temporal_auth import CONTROL_PLANE_PERMISSIONS, load_signing_key, mint
 from controlplane.vault import vault_from_key
-from workflows.contracts import HOUSEKEEPING_WORKFLOW
+from workflows.contracts import (
+    HOUSEKEEPING_WORKFLOW,
+    WEBHOOK_DISPATCHER_WORKFLOW,
+    WebhookDispatcherState,
+    webhook_dispatcher_id,
+)
 from workflows.housekeeping import HousekeepingWorkflow
+from workflows.webhooks import WebhookDeliveryWorkflow, WebhookDispatcherWorkflow
 
 log = logging.getLogger("controlplane.system")
 HOUSEKEEPING_SCHEDULE = "controlplane-housekeeping"
@@ -45,7 +52,18 @@ DRAIN = timedelta(seconds=20)
 
 
 def system_workflows() -> list[type[Any]]:
-    return [HousekeepingWorkflow]
+    return [HousekeepingWorkflow, WebhookDispatcherWorkflow, WebhookDeliveryWorkflow]
+
+
+def system_activities(activities: SystemActivities) -> list[Any]:
+    return [
+        activities.prune_counters,
+        activities.reconcile_executions,
+        activities.announce_stale_workers,
+        activities.dispatch_webhook_events,
+        activities.attempt_webhook_delivery,
+        activities.give_up_webhook_delivery,
+    ]
 
 
 async def ensure_housekeeping_schedule(client: Client, task_queue: str) -> None:
@@ -59,6 +77,18 @@ async def ensure_housekeeping_schedule(client: Client, task_queue: str) -> None:
     )
     with contextlib.suppress(ScheduleAlreadyRunningError):
         await client.create_schedule(HOUSEKEEPING_SCHEDULE, schedule)
+
+
+async def ensure_webhook_dispatcher(client: Client, task_queue: str) -> None:
+    """The dispatcher of this task queue, started unless it runs (it runs for good, so a new
+    system worker finds it and picks up its rounds)."""
+    await client.start_workflow(
+        WEBHOOK_DISPATCHER_WORKFLOW,
+        WebhookDispatcherState(),
+        id=webhook_dispatcher_id(task_queue),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
 
 
 async def connect(settings: Settings) -> tuple[Any, TemporalGateway]:
@@ -83,12 +113,12 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     try:
         client = await gateway.system_client()
         await ensure_housekeeping_schedule(client, settings.system_task_queue)
-        activities = SystemActivities(pool, gateway)
+        await ensure_webhook_dispatcher(client, settings.system_task_queue)
         worker = Worker(
             client,
             task_queue=settings.system_task_queue,
             workflows=system_workflows(),
-            activities=[activities.prune_counters, activities.reconcile_executions],
+            activities=system_activities(SystemActivities(pool, gateway, settings)),
             graceful_shutdown_timeout=DRAIN,
         )
         log.info(
