@@ -35,9 +35,11 @@ from api.routes import (
     models,
     policies,
     projects,
+    runners,
     runtimes,
     secrets,
     skills,
+    webhooks,
     worker_queues,
     workers,
 )
@@ -70,6 +72,8 @@ ROUTERS = [
     secrets.router,
     integrations.router,
     execution_environment.router,
+    webhooks.router,
+    runners.router,
 ]
 # How long start-up waits before asking an unreachable Temporal again for the namespaces.
 NAMESPACE_RETRY_SECONDS = 15

@@ -14,10 +14,9 @@ worker queue, as in Kubiya 0.3's task queues `{org}.{runner}`; that route keeps 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -26,9 +25,9 @@ from controlplane.db import Queryable
 from controlplane.errors import not_found
 from controlplane.queues import NAME_PATTERN, STALE_WORKER_SECONDS
 
+Health = Literal["healthy", "degraded", "down"]
 RUNNER_NAME_PATTERN = NAME_PATTERN
 MAX_RUNNER_NAME = 255
-_NAME = re.compile(RUNNER_NAME_PATTERN)
 RUNNER_MEMORY = "24 hours"
 RECENTLY_LOST = "15 minutes"
 LATE_GRACE_SECONDS = 30
@@ -83,7 +82,7 @@ class RunnerQueue:
 @dataclass
 class Runner:
     name: str
-    status: str  # healthy | degraded | down
+    status: Health
     reasons: list[str]
     live_workers: int
     late_workers: int
@@ -95,13 +94,10 @@ class Runner:
     system_info: dict[str, Any] = field(default_factory=dict)
 
 
-def valid_name(name: str) -> bool:
-    return len(name) <= MAX_RUNNER_NAME and bool(_NAME.match(name))
-
-
 def _runner(row: asyncpg.Record) -> Runner:
     live, late, lost = row["live_workers"], row["late_workers"], row["lost_workers"]
     reasons = []
+    status: Health
     if live == 0:
         status = "down"
         reasons.append(f"no worker has heartbeated in the last {STALE_WORKER_SECONDS} s")
@@ -157,14 +153,10 @@ async def page(
 
 async def get(db: Queryable, org: str, name: str) -> Runner:
     """One runner, or not found (a name no worker used lately, or another organization's)."""
-    row = (
-        await db.fetchrow(
-            f"SELECT {COLUMNS} FROM {RUNNERS_TABLE} WHERE organization_id = $1 AND name = $2",
-            org,
-            name,
-        )
-        if valid_name(name)
-        else None
+    row = await db.fetchrow(
+        f"SELECT {COLUMNS} FROM {RUNNERS_TABLE} WHERE organization_id = $1 AND name = $2",
+        org,
+        name,
     )
     if row is None:
         raise not_found("Runner", name)

@@ -332,6 +332,11 @@ def test_dev_starts_restarts_and_stops(dev: Dev) -> None:
     assert worker_key_file.stat().st_mode & 0o777 == 0o600
     assert worker_key_file.read_text().strip() != key
     assert "ANTHROPIC_BASE_URL" not in api_env and "ANTHROPIC_API_KEY" not in api_env
+    # Webhooks to a receiver on this machine work in development, from the API (test sends)
+    # and the system worker (deliveries).
+    system_env = process_env(pids["system"])
+    assert api_env["CONTROLPLANE_WEBHOOK_ALLOW_PRIVATE"] == "true"
+    assert system_env["CONTROLPLANE_WEBHOOK_ALLOW_PRIVATE"] == "true"
     with client(dev, key) as http:
         queue = default_queue(http)
         assert queue["active_workers"] == 1
