@@ -26,7 +26,8 @@ from controlplane.webhooks.subscriptions import MAX_URL_LENGTH, WEBHOOKS
 
 router = Router("webhooks")
 
-Subscribed = EventType | Literal["*"]
+# One Literal (nested ones flatten), so a bad entry gets one clear error.
+Subscribed = Literal[EventType, "*"]
 Status = Literal["active", "disabled"]
 AttemptStatus = Literal["sending", "succeeded", "failed", "interrupted"]
 EVENTS_DOC = "Event types to receive; `*` receives every type"
