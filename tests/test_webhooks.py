@@ -199,14 +199,15 @@ async def test_bad_input_is_refused_and_writes_nothing(
         "/api/v1/webhooks", json={"url": "http://127.0.0.1:9/x", "events": ["*"]}
     )
     assert "CONTROLPLANE_WEBHOOK_ALLOW_PRIVATE" in refused.json()["error"]["message"]
-    for body, field in [
+    bad_patches: list[tuple[dict[str, Any], str]] = [
         ({"url": None}, "url"),
         ({"events": None}, "events"),
         ({"status": None}, "status"),
         ({"url": "http://localhost/x"}, "url"),
         ({"events": []}, "events"),
         ({"status": "gone"}, "status"),
-    ]:
+    ]
+    for body, field in bad_patches:
         response = await tenant.admin.patch(f"/api/v1/webhooks/{hook}", json=body)
         assert_validation(response, field)
     malformed = await tenant.admin.post(
