@@ -326,14 +326,19 @@ async def test_killing_the_system_worker_mid_delivery_loses_nothing(
             await as_worker(dev_tenant, queue["id"])
             second = system_worker_process(own)
             received = await receiver.wait_for(3, timeout=90)
+            ids = [r.headers["webhook-id"] for r in received]
+            assert ids.count(in_flight.headers["webhook-id"]) == 2 and len(set(ids)) == 2
+            log = await settled_log(dev_tenant, hook["id"], 3)
         finally:
             for process in (first, second):
                 if process is not None and process.poll() is None:
                     process.send_signal(signal.SIGTERM)
                     await asyncio.to_thread(process.wait, 30)
-    ids = [r.headers["webhook-id"] for r in received]
-    assert ids.count(in_flight.headers["webhook-id"]) == 2 and len(set(ids)) == 2
-    log = await delivery_log(dev_tenant, hook["id"])
+            client = await system_client(own)
+            with contextlib.suppress(Exception):
+                await client.get_workflow_handle(
+                    webhook_dispatcher_id(own.system_task_queue)
+                ).terminate()
     by_event: dict[str, list[tuple[int, str]]] = {}
     for attempt in log:
         by_event.setdefault(attempt["event_id"], []).append((attempt["attempt"], attempt["status"]))
