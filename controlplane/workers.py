@@ -67,7 +67,9 @@ async def announce_registered(conn: Conn, worker_id: uuid.UUID) -> None:
     await announce(conn, await describe(conn, worker_id), "registered")
 
 
-async def disconnect(conn: Conn, org: str, worker_id: uuid.UUID, record: dict[str, Any]) -> None:
+async def mark_disconnected(
+    conn: Conn, org: str, worker_id: uuid.UUID, record: dict[str, Any]
+) -> None:
     """Mark the worker gone (its token stops working) and say so, once: a second disconnect
     changes nothing and announces nothing. Run it in a transaction."""
     current = await conn.fetchrow(

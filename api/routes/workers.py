@@ -34,7 +34,7 @@ from controlplane.queues import NAME_PATTERN, STALE_WORKER_SECONDS, live_workers
 from controlplane.runners import MAX_RUNNER_NAME, RUNNER_NAME_PATTERN
 from controlplane.temporal_auth import mint, worker_permissions
 from controlplane.tenancy import hash_key
-from controlplane.workers import announce_registered, disconnect
+from controlplane.workers import announce_registered, mark_disconnected
 
 router = Router("workers")
 
@@ -309,7 +309,7 @@ async def heartbeat(call: Call, body: Heartbeat) -> HeartbeatAck:
 
 
 @router.post("/api/v1/workers/{worker_id}/disconnect", role="worker_token")
-async def disconnect_worker(call: Call, body: Disconnect) -> Disconnected:
+async def disconnect(call: Call, body: Disconnect) -> Disconnected:
     """Mark the worker gone; its token stops working."""
     worker_id = _own_worker(call, call.path_uuid("worker_id", "Worker"))
     record = {
@@ -318,7 +318,7 @@ async def disconnect_worker(call: Call, body: Disconnect) -> Disconnected:
         "error_message": body.error_message,
     }
     async with call.db.acquire() as conn, conn.transaction():
-        await disconnect(conn, call.org, worker_id, record)
+        await mark_disconnected(conn, call.org, worker_id, record)
     return Disconnected(worker_id=worker_id, status="disconnected")
 
 
