@@ -36,10 +36,12 @@ from api.routes import (
     planning,
     policies,
     projects,
+    runners,
     runtimes,
     secrets,
     skills,
     teams,
+    webhooks,
     worker_queues,
     workers,
 )
@@ -75,6 +77,8 @@ ROUTERS = [
     integrations.router,
     execution_environment.router,
     planning.router,
+    webhooks.router,
+    runners.router,
 ]
 # How long start-up waits before asking an unreachable Temporal again for the namespaces.
 NAMESPACE_RETRY_SECONDS = 15

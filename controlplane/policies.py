@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from controlplane import outbox
 from controlplane.context import resolve_context
 from controlplane.db import Queryable
 from controlplane.environments import resolve_for_execution
@@ -327,7 +328,8 @@ async def check_tool_call(
 ) -> Evaluation:
     """May this execution (on `queue_id`, not ended) make this call? The tool must be one the
     execution was started with (or, with `mcp_server`, a server of its environment); who acts,
-    for which agent, team and environments, and what the tool is come from the rows."""
+    for which agent, team and environments, and what the tool is come from the rows. A denial
+    is announced to webhook subscribers (`policy.violation`)."""
     execution = await db.fetchrow(
         "SELECT e.id, e.execution_type, e.entity_id, e.entity_name, e.status, e.worker_queue_id, "
         "e.tools, e.user_id, e.user_name, e.user_email, e.user_role, a.team_id "
@@ -342,7 +344,40 @@ async def check_tool_call(
         raise not_found("Running execution", execution_id)
     tool = await _known_tool(db, org, execution, tool_name, mcp_server)
     if tool is None:
-        return refused(f"'{tool_name}' is not one of this execution's tools")
+        decision = refused(f"'{tool_name}' is not one of this execution's tools")
+    else:
+        decision = await _tool_decision(db, engine, org, execution, tool, arguments, fail_open)
+    if not decision.allowed:
+        await outbox.record(
+            db,
+            org,
+            "policy.violation",
+            {
+                "action": "tool_execution",
+                "execution_id": str(execution["id"]),
+                "execution_type": execution["execution_type"],
+                "agent_id": str(execution["entity_id"]) if execution["entity_id"] else None,
+                "agent_name": execution["entity_name"],
+                "worker_queue_id": str(execution["worker_queue_id"]),
+                "tool_name": tool_name,
+                "mcp_server": mcp_server,
+                "violations": decision.violations,
+                "policies_evaluated": decision.policies_evaluated,
+                "engine_error": decision.engine_error,
+            },
+        )
+    return decision
+
+
+async def _tool_decision(
+    db: Queryable,
+    engine: PolicyEngine,
+    org: str,
+    execution: asyncpg.Record,
+    tool: dict[str, Any],
+    arguments: dict[str, Any],
+    fail_open: bool,
+) -> Evaluation:
     # A team's own run (a claude_code leader running its members' tools) answers to the
     # team's policies; an agent's run, member or not, to the agent's.
     is_team = execution["execution_type"] == "team"

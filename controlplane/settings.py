@@ -85,6 +85,12 @@ class Settings:
     # organization's default model), and how long the synchronous planning routes wait.
     planning_model: str = ""
     planning_timeout_seconds: int = 180
+    # Outbound webhooks. Receivers on private or loopback addresses only when allowed (the dev
+    # stack allows them); link-local and metadata addresses never. A delivery is retried with
+    # exponential backoff from the first delay for the window, then given up.
+    webhook_allow_private: bool = False
+    webhook_first_retry_seconds: int = 5
+    webhook_retry_window_seconds: int = 24 * 3600
 
     def namespace_for(self, organization_id: str) -> str:
         """The Temporal namespace that holds an organization's workflows."""
@@ -120,6 +126,11 @@ class Settings:
             "policy_fail_open": _bool_env("POLICY_FAIL_OPEN", False),
             "planning_model": os.environ.get("PLANNING_MODEL", "").strip(),
             "planning_timeout_seconds": _int_env("PLANNING_TIMEOUT_SECONDS", 180),
+            "webhook_allow_private": _bool_env("CONTROLPLANE_WEBHOOK_ALLOW_PRIVATE", False),
+            "webhook_first_retry_seconds": _int_env("CONTROLPLANE_WEBHOOK_FIRST_RETRY_SECONDS", 5),
+            "webhook_retry_window_seconds": _int_env(
+                "CONTROLPLANE_WEBHOOK_RETRY_WINDOW_SECONDS", 24 * 3600
+            ),
         }
         if "secret_key" not in overrides:
             values["secret_key"] = _secret_key_env()

@@ -80,6 +80,7 @@ def start_worker_process(
     live_api: str,
     fake_llm: FakeAnthropicServer,
     anthropic_api_key: str | None = "test-key",
+    extra_args: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """`python -m worker` on a queue, as an operator runs it: no database credentials, its
     worker key in a file (mode 0600), the model key in its environment (which it scrubs)."""
@@ -96,7 +97,11 @@ def start_worker_process(
     if anthropic_api_key is not None:
         env["ANTHROPIC_API_KEY"] = anthropic_api_key
     return subprocess.Popen(
-        [sys.executable, "-m", "worker", "--queue-id", queue_id, "--api-key-file", key_file],
+        [
+            sys.executable,
+            *("-m", "worker", "--queue-id", queue_id, "--api-key-file", key_file),
+            *extra_args,
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

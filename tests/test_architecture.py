@@ -5,11 +5,13 @@ function counts too):
   contract (names and payload types), never the workflow code itself nor the worker side;
 - a route module imports no other route module (shared shapes live in the domain or api/);
 - `controlplane` → `workflows`' contract; never `api`, `activities` or `worker` (but the entry
-  points: the CLI starts every kind of process, the system worker registers workflows);
+  points: the CLI starts every kind of process, the system worker registers workflows; and the
+  shared leaves below);
 - `worker` → `workflows`, `activities` and two leaf modules (the version and the logging setup);
 - `activities` → `workflows` (contract and templates); never `controlplane`, `api` or `worker`;
 - `workflows` imports no I/O library (it is replayed: deterministic code only);
-- nothing imports `api`.
+- nothing imports `api`;
+- a shared leaf imports nothing of the project, so whoever imports it reaches nothing else.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ WORKER_LEAVES = ("controlplane", "controlplane.logs")
 # Process entry points compose every part: the CLI starts the API, a worker or the dev stack;
 # the system worker registers the control plane's own workflows.
 ENTRY_POINTS = ("controlplane.cli", "controlplane.system.worker")
+# Leaves the domain may import from the worker side. The network guard decides where the platform
+# may connect: the worker's `http` tool and MCP servers, and the control plane's webhook
+# deliveries. One policy, one module; it imports nothing of the project (checked below).
+SHARED_LEAVES = ("activities.tools.network_guard",)
 IO_LIBRARIES = (
     "asyncpg",
     "httpx",
@@ -108,7 +114,11 @@ def test_import_directions(package: str) -> None:
                 ):
                     problems.append(f"{module} imports {name}: route modules stand alone")
             elif package == "controlplane":
-                if within(name, ("activities", "worker")) and module not in ENTRY_POINTS:
+                if (
+                    within(name, ("activities", "worker"))
+                    and module not in ENTRY_POINTS
+                    and name not in SHARED_LEAVES
+                ):
                     problems.append(f"{module} imports {name}: the domain is not the worker")
                 elif (
                     within(name, ("workflows",))
@@ -135,3 +145,10 @@ def test_workflows_import_no_io_library() -> None:
         if within(name, IO_LIBRARIES)
     ]
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("leaf", SHARED_LEAVES)
+def test_shared_leaves_import_nothing_of_the_project(leaf: str) -> None:
+    path = ROOT / (leaf.replace(".", "/") + ".py")
+    found = sorted(name for name in imports(path, leaf) if ours(name))
+    assert not found, f"{leaf} is a shared leaf but imports {found}"

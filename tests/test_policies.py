@@ -817,6 +817,16 @@ async def test_enforce_decides_from_the_execution_not_the_worker(
         "policies_evaluated": 0,
         "engine_error": None,
     }
+    # Each denial is announced to webhook subscribers, with what was denied and why.
+    announced = await db.fetch(
+        "SELECT payload FROM outbox_events WHERE organization_id = $1 "
+        "AND event_type = 'policy.violation' ORDER BY id",
+        tenant.id,
+    )
+    assert [row["payload"]["data"]["tool_name"] for row in announced] == ["shell", "sleep"]
+    first = announced[0]["payload"]["data"]
+    assert first["violations"] == ["Command 'rm -rf /' is blocked"]
+    assert (first["execution_id"], first["agent_id"]) == (run.execution_id, agent["id"])
     # What the tool is, who runs it and for which agent come from the control plane's rows:
     # the shell skill is `critical`, the run was started with a member key.
     facts = await create_policy(

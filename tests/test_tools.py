@@ -33,7 +33,8 @@ from cryptography.x509.oid import NameOID
 from temporalio.testing import ActivityEnvironment
 
 from activities.tools import ToolRefused, ToolResult, run_builtin
-from activities.tools.http_request import host_allowed, pinned_request, send_pinned
+from activities.tools.http_request import host_allowed
+from activities.tools.network_guard import pinned_request, send_pinned
 from activities.tools.shell import check_command, sed_runs_commands
 
 

@@ -16,9 +16,11 @@ import contextlib
 import logging
 import os
 import platform
+import shutil
 import signal
 import socket
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -58,17 +60,41 @@ class WorkerStartError(Exception):
     """A one-line reason the worker could not start."""
 
 
+# A heartbeat carries the system info this often (reference §6: a full heartbeat every 5 min).
+SYSTEM_INFO_EVERY_SECONDS = 300
+STARTED = time.monotonic()
+
+
 def system_info() -> dict[str, Any]:
-    return {
+    """What the runner is and how loaded it is (reference §6's fields, those the standard
+    library can tell)."""
+    info: dict[str, Any] = {
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
+        "os_name": platform.system(),
+        "os_version": platform.release(),
         "python_version": platform.python_version(),
         "pid": os.getpid(),
         "cwd": os.getcwd(),
         "cpu_count": os.cpu_count(),
         "sdk_version": VERSION,
+        "cli_version": VERSION,
         "supported_runtimes": ["default", "claude_code"],
+        "uptime_seconds": round(time.monotonic() - STARTED),
     }
+    with contextlib.suppress(OSError, AttributeError):
+        info["load_average"] = [round(load, 2) for load in os.getloadavg()]
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        page, pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES")
+        available = os.sysconf("SC_AVPHYS_PAGES")
+        info["memory_total"] = page * pages
+        info["memory_used"] = page * (pages - available)
+        info["memory_percent"] = round(100 * (pages - available) / pages, 1)
+    with contextlib.suppress(OSError):
+        disk = shutil.disk_usage(os.getcwd())
+        info["disk_total"], info["disk_used"] = disk.total, disk.used
+        info["disk_percent"] = round(100 * disk.used / disk.total, 1) if disk.total else 0.0
+    return info
 
 
 def activity_methods(instance: object) -> list[Any]:
@@ -80,11 +106,15 @@ def activity_methods(instance: object) -> list[Any]:
     ]
 
 
-async def register(http: httpx.AsyncClient, queue_id: str) -> dict[str, Any]:
+async def register(http: httpx.AsyncClient, queue_id: str, runner_name: str) -> dict[str, Any]:
     try:
         response = await http.post(
             f"/api/v1/worker-queues/{queue_id}/start",
-            json={"worker_sdk_version": VERSION, "system_info": system_info()},
+            json={
+                "worker_sdk_version": VERSION,
+                "runner_name": runner_name,
+                "system_info": system_info(),
+            },
         )
     except httpx.HTTPError as exc:
         raise WorkerStartError(f"control plane unreachable at {http.base_url}: {exc}") from exc
@@ -128,18 +158,20 @@ async def heartbeat_forever(
     token: TemporalToken,
     client: Client,
 ) -> None:
+    info_due = time.monotonic() + SYSTEM_INFO_EVERY_SECONDS
     while True:
         renew = token.due()
+        beat: dict[str, Any] = {
+            "status": tasks.status,
+            "tasks_processed": tasks.finished,
+            "renew_temporal_token": renew,
+        }
+        if time.monotonic() >= info_due:
+            beat["system_info"] = system_info()
+            info_due = time.monotonic() + SYSTEM_INFO_EVERY_SECONDS
         landed = False
         try:
-            response = await http.post(
-                f"/api/v1/workers/{worker_id}/heartbeat",
-                json={
-                    "status": tasks.status,
-                    "tasks_processed": tasks.finished,
-                    "renew_temporal_token": renew,
-                },
-            )
+            response = await http.post(f"/api/v1/workers/{worker_id}/heartbeat", json=beat)
             landed = response.status_code == 200
             if not landed:
                 log.warning("heartbeat refused", extra={"status": response.status_code})
@@ -173,10 +205,11 @@ async def run(
     control_plane_url: str,
     credentials: Credentials,
     stop: asyncio.Event,
+    runner_name: str | None = None,
 ) -> int:
     headers = {"Authorization": f"Bearer {credentials.api_key}"}
     async with httpx.AsyncClient(base_url=control_plane_url, headers=headers, timeout=15) as http:
-        config = await register(http, queue_id)
+        config = await register(http, queue_id, runner_name or socket.gethostname())
         worker_id = config["worker_id"]
         log.info("worker started", extra={"worker_id": worker_id, "queue_id": queue_id})
         control_plane = ControlPlane(control_plane_url, config["worker_token"])
@@ -251,6 +284,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="controlplane worker")
     parser.add_argument("--queue-id", required=True, help="the worker queue to serve")
     parser.add_argument(
+        "--runner-name",
+        default=os.environ.get("CONTROLPLANE_RUNNER_NAME") or socket.gethostname(),
+        help="the infrastructure this worker runs on, as /api/v1/runners lists it "
+        "(env CONTROLPLANE_RUNNER_NAME; default the host name)",
+    )
+    parser.add_argument(
         "--control-plane-url",
         default=os.environ.get("CONTROLPLANE_URL", "http://127.0.0.1:8001"),
         help="control plane API base URL (env CONTROLPLANE_URL)",
@@ -273,7 +312,13 @@ async def _main(args: argparse.Namespace, credentials: Credentials) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        return await run(args.queue_id, args.control_plane_url.rstrip("/"), credentials, stop)
+        return await run(
+            args.queue_id,
+            args.control_plane_url.rstrip("/"),
+            credentials,
+            stop,
+            runner_name=args.runner_name,
+        )
     except WorkerStartError as exc:
         print(f"controlplane worker: {exc}", file=sys.stderr)
         return 1

@@ -25,6 +25,14 @@ BEGIN_PLAN_GENERATION = "begin_plan_generation"
 RUN_PLANNING_TOOL = "run_planning_tool"
 PLAN_MODEL_STEP = "plan_model_step"
 FINISH_PLAN_GENERATION = "finish_plan_generation"
+ANNOUNCE_STALE_WORKERS = "announce_stale_workers"
+# Outbound webhooks: one dispatcher per system task queue fans the outbox out into deliveries,
+# one workflow per delivery posts it until it is delivered or its retry window ends.
+WEBHOOK_DISPATCHER_WORKFLOW = "WebhookDispatcherWorkflow"
+WEBHOOK_DELIVERY_WORKFLOW = "WebhookDeliveryWorkflow"
+DISPATCH_WEBHOOK_EVENTS = "dispatch_webhook_events"
+ATTEMPT_WEBHOOK_DELIVERY = "attempt_webhook_delivery"
+GIVE_UP_WEBHOOK_DELIVERY = "give_up_webhook_delivery"
 # Signals and the query of an execution's workflow (reference §5.1).
 ADD_MESSAGE = "add_message"
 MARK_AS_DONE = "mark_as_done"
@@ -58,6 +66,15 @@ def workflow_id_for(execution_id: str, execution_type: str = "agent") -> str:
 
 def plan_workflow_id(execution_id: str) -> str:
     return f"plan-{execution_id}"
+
+
+def webhook_dispatcher_id(task_queue: str) -> str:
+    """One dispatcher per system task queue (in production: one for the control plane)."""
+    return f"webhook-dispatcher-{task_queue}"
+
+
+def webhook_delivery_id(delivery_id: str) -> str:
+    return f"webhook-delivery-{delivery_id}"
 
 
 @dataclass
@@ -378,6 +395,7 @@ class HousekeepingResult:
 
     pruned: int = 0
     settled: int = 0
+    stale_workers: int = 0
 
 
 # --- task planning ------------------------------------------------------------------------------
@@ -520,3 +538,59 @@ class PlanState:
     stage: str  # starting | discovering | analysis | plan | finishing | completed | failed
     attempts: dict[str, int] = field(default_factory=dict)
     usage: list[StepUsage] = field(default_factory=list)
+    stale_workers: int = 0
+
+
+@dataclass
+class WebhookDispatcherState:
+    """Carried across the dispatcher's continue-as-new: how much it has done, for the UI."""
+
+    rounds: int = 0
+    scheduled: int = 0
+
+
+@dataclass
+class WebhookDispatch:
+    """One dispatch round: wait up to `wait_seconds` for outbox events, fan them out into
+    deliveries and start a delivery workflow for each."""
+
+    wait_seconds: int = 30
+
+
+@dataclass
+class WebhookDeliveryInput:
+    """One event for one subscription: retried with exponential backoff (first delay, doubling,
+    capped) until delivered or until `window_seconds` have passed since the first attempt."""
+
+    delivery_id: str
+    first_retry_seconds: int = 5
+    max_retry_seconds: int = 3600
+    window_seconds: int = 24 * 3600
+
+
+@dataclass
+class WebhookAttempt:
+    delivery_id: str
+    attempt: int
+    # When the next attempt comes if this one fails; None: this is the last one.
+    next_retry_seconds: int | None = None
+
+
+@dataclass
+class WebhookAttemptOutcome:
+    outcome: str  # delivered | failed | abandoned (the subscription or the event is gone)
+    status_code: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class WebhookGiveUp:
+    delivery_id: str
+    window_seconds: int
+
+
+@dataclass
+class WebhookDeliveryResult:
+    status: str  # succeeded | failed | abandoned
+    attempts: int
+    subscription_disabled: bool = False

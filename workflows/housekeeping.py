@@ -1,7 +1,9 @@
 """HousekeepingWorkflow: one round of the control plane's upkeep, started every minute by a
 Temporal Schedule (`controlplane-housekeeping`) on the system worker. Each step is an activity
-that calls the domain: prune counters and idempotency records no request will read again, and
-settle executions whose workflow ended without telling us (controlplane/executions/reconcile.py).
+that calls the domain: prune counters and idempotency records no request will read again,
+settle executions whose workflow ended without telling us (controlplane/executions/reconcile.py),
+and mark workers whose heartbeats stopped as offline, announcing each (`worker.status_changed`,
+status `stale`) to webhook subscribers (controlplane/workers.py).
 
 A round is short and idempotent: a round the system worker dies in is retried by Temporal, and
 the Schedule skips a round while the previous one still runs.
@@ -16,6 +18,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 from workflows.contracts import (
+    ANNOUNCE_STALE_WORKERS,
     HOUSEKEEPING_WORKFLOW,
     PRUNE_COUNTERS,
     RECONCILE_EXECUTIONS,
@@ -36,4 +39,8 @@ class HousekeepingWorkflow:
         settled: int = await workflow.execute_activity(
             RECONCILE_EXECUTIONS, result_type=int, **STEP
         )
-        return HousekeepingResult(pruned=pruned, settled=settled)
+        stale = 0
+        # Rounds recorded before this step existed replay without it.
+        if workflow.patched("announce-stale-workers"):
+            stale = await workflow.execute_activity(ANNOUNCE_STALE_WORKERS, result_type=int, **STEP)
+        return HousekeepingResult(pruned=pruned, settled=settled, stale_workers=stale)

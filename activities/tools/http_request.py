@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from activities.tools import TRUNCATED, Config, ToolRefused, ToolResult, argument
-from activities.tools.network_guard import Address, checked_addresses
+from activities.tools.network_guard import AddressRefused, default_port, send_pinned
 
 DEFAULT_METHODS = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]
 DEFAULT_TIMEOUT = 15
@@ -66,7 +66,7 @@ def host_allowed(url: httpx.URL, patterns: list[str]) -> bool:
     address = _ip(host)
     for pattern in patterns:
         allowed_host, allowed_port = _split_pattern(pattern)
-        if allowed_port is not None and allowed_port != (port or _default_port(url)):
+        if allowed_port is not None and allowed_port != (port or default_port(url)):
             continue
         if address is not None:
             allowed_address = _ip(allowed_host)
@@ -83,10 +83,6 @@ def host_allowed(url: httpx.URL, patterns: list[str]) -> bool:
         ):
             return True
     return False
-
-
-def _default_port(url: httpx.URL) -> int:
-    return 443 if url.scheme == "https" else 80
 
 
 def checked_url(raw: str | httpx.URL, patterns: list[str]) -> httpx.URL:
@@ -121,53 +117,6 @@ def _headers(arguments: Mapping[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in headers.items()}
 
 
-def pinned_request(
-    client: httpx.AsyncClient,
-    method: str,
-    url: httpx.URL,
-    address: Address,
-    headers: Mapping[str, str],
-    content: bytes | None,
-) -> httpx.Request:
-    """A request for `url` that connects to `address` and no other: the URL carries the IP,
-    the Host header and the TLS server name (`sni_hostname`, which certificates are verified
-    against) carry the name. A Host header given by the caller is replaced."""
-    sent = {k: v for k, v in headers.items() if k.lower() != "host"}
-    sent["Host"] = url.netloc.decode("ascii")
-    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-    return client.build_request(
-        method,
-        url.copy_with(host=str(address)),
-        headers=sent,
-        content=content,
-        extensions=extensions,
-    )
-
-
-async def send_pinned(
-    client: httpx.AsyncClient,
-    method: str,
-    url: httpx.URL,
-    headers: Mapping[str, str],
-    content: bytes | None,
-    *,
-    allow_private: bool,
-) -> httpx.Response:
-    """Resolve the URL's host once, check every address, and send to the checked addresses in
-    order until one connects. Raises AddressRefused (a ToolRefused) or httpx errors."""
-    port = url.port or _default_port(url)
-    addresses = await checked_addresses(url.host, port, allow_private)
-    failure: httpx.ConnectError | None = None
-    for address in addresses:
-        request = pinned_request(client, method, url, address, headers, content)
-        try:
-            return await client.send(request, stream=True)
-        except httpx.ConnectError as error:
-            failure = error
-    assert failure is not None
-    raise failure
-
-
 async def run(
     name: str,
     arguments: Mapping[str, Any],
@@ -195,9 +144,12 @@ async def run(
         try:
             for _ in range(MAX_REDIRECTS + 1):
                 async with asyncio.timeout(timeout):  # resolving counts against the timeout
-                    response = await send_pinned(
-                        client, method, url, headers, content, allow_private=allow_private
-                    )
+                    try:
+                        response = await send_pinned(
+                            client, method, url, headers, content, allow_private=allow_private
+                        )
+                    except AddressRefused as refused:  # a refusal the model reads
+                        raise ToolRefused(str(refused)) from None
                 try:
                     if not response.is_redirect:
                         return await _result(method, url, response, max_bytes)

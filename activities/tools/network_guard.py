@@ -1,4 +1,5 @@
-"""Which network addresses a tool may connect to, shared by the `http` tool and MCP servers.
+"""Which network addresses the platform may connect to: shared by the `http` tool and MCP
+servers on the worker, and by webhook deliveries in the control plane (controlplane/webhooks/).
 
 Why: tools run on the worker, next to its credentials. A URL the model (or a rendered MCP
 config) names can point at the worker's own services, its private network or the cloud metadata
@@ -15,6 +16,11 @@ Policy:
   every other address that is not globally routable.
 - IPv6 forms that embed an IPv4 address (IPv4-mapped, IPv4-compatible, 6to4, Teredo, NAT64) are
   judged by the embedded address too; the strictest verdict wins.
+
+This module is a leaf: it imports nothing of the project (tests/test_architecture.py checks it),
+so the control plane may use it without reaching into the worker side. Each caller turns
+`AddressRefused` into its own kind of refusal and names its own switch for private networks
+(`private_hint`).
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Mapping
 from enum import IntEnum
 
-from activities.tools import ToolRefused
+import httpx
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -37,7 +44,11 @@ NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
-class AddressRefused(ToolRefused):
+# What a refusal of a private address tells the caller to do; the tools' switch by default.
+TOOL_PRIVATE_HINT = "set allow_private_networks to reach it"
+
+
+class AddressRefused(Exception):
     """A host whose addresses the guard will not connect to."""
 
 
@@ -87,18 +98,20 @@ def verdict(address: Address) -> Verdict:
     return max([_verdict_of(address), *(_verdict_of(inner) for inner in _embedded(address))])
 
 
-def check_address(address: Address, host: str, allow_private: bool) -> None:
+def check_address(
+    address: Address, host: str, allow_private: bool, private_hint: str = TOOL_PRIVATE_HINT
+) -> None:
     """Raise AddressRefused unless a connection to `address` (which `host` named) is allowed."""
     judged = verdict(address)
     if judged == Verdict.REFUSED:
         raise AddressRefused(
             f"host '{host}' resolves to {address}, a link-local, metadata or non-unicast "
-            "address; it is never reachable from tools"
+            "address; it is never reachable"
         )
     if judged == Verdict.PRIVATE and not allow_private:
         raise AddressRefused(
             f"host '{host}' resolves to {address}, a private, loopback or otherwise internal "
-            "address; set allow_private_networks to reach it"
+            f"address; {private_hint}"
         )
 
 
@@ -131,10 +144,65 @@ async def resolve(host: str, port: int) -> list[Address]:
     return addresses
 
 
-async def checked_addresses(host: str, port: int, allow_private: bool) -> list[Address]:
+async def checked_addresses(
+    host: str, port: int, allow_private: bool, private_hint: str = TOOL_PRIVATE_HINT
+) -> list[Address]:
     """The addresses of `host`, each one checked: any refused address refuses the host (a name
     that resolves to one public and one internal address is not trusted with either)."""
     addresses = await resolve(host, port)
     for address in addresses:
-        check_address(address, host, allow_private)
+        check_address(address, host, allow_private, private_hint)
     return addresses
+
+
+def default_port(url: httpx.URL) -> int:
+    return 443 if url.scheme == "https" else 80
+
+
+def pinned_request(
+    client: httpx.AsyncClient,
+    method: str,
+    url: httpx.URL,
+    address: Address,
+    headers: Mapping[str, str],
+    content: bytes | None,
+) -> httpx.Request:
+    """A request for `url` that connects to `address` and no other: the URL carries the IP,
+    the Host header and the TLS server name (`sni_hostname`, which certificates are verified
+    against) carry the name. A Host header given by the caller is replaced."""
+    sent = {k: v for k, v in headers.items() if k.lower() != "host"}
+    sent["Host"] = url.netloc.decode("ascii")
+    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    return client.build_request(
+        method,
+        url.copy_with(host=str(address)),
+        headers=sent,
+        content=content,
+        extensions=extensions,
+    )
+
+
+async def send_pinned(
+    client: httpx.AsyncClient,
+    method: str,
+    url: httpx.URL,
+    headers: Mapping[str, str],
+    content: bytes | None,
+    *,
+    allow_private: bool,
+    private_hint: str = TOOL_PRIVATE_HINT,
+) -> httpx.Response:
+    """Resolve the URL's host once, check every address, and send to the checked addresses in
+    order until one connects (streamed: the caller reads and closes the response). Raises
+    AddressRefused or httpx errors."""
+    port = url.port or default_port(url)
+    addresses = await checked_addresses(url.host, port, allow_private, private_hint)
+    failure: httpx.ConnectError | None = None
+    for address in addresses:
+        request = pinned_request(client, method, url, address, headers, content)
+        try:
+            return await client.send(request, stream=True)
+        except httpx.ConnectError as error:
+            failure = error
+    assert failure is not None
+    raise failure

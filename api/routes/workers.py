@@ -31,22 +31,34 @@ from api.routing import INT_MAX, INT_MIN, Call, Router
 from api.worker_credentials import require_mint_budget
 from controlplane import VERSION
 from controlplane.queues import NAME_PATTERN, STALE_WORKER_SECONDS, live_workers_sql
+from controlplane.runners import MAX_RUNNER_NAME, RUNNER_NAME_PATTERN
 from controlplane.temporal_auth import mint, worker_permissions
 from controlplane.tenancy import hash_key
+from controlplane.workers import announce_registered, mark_disconnected
 
 router = Router("workers")
 
 WorkerStatus = Literal["active", "idle", "busy"]
 COLUMNS = (
-    "id, worker_queue_id, hostname, status, tasks_processed, current_task_id, worker_metadata, "
-    "system_info, registered_at, last_heartbeat, "
+    "id, worker_queue_id, runner_name, hostname, status, tasks_processed, current_task_id, "
+    "worker_metadata, system_info, registered_at, last_heartbeat, "
     f"(status <> 'disconnected' AND last_heartbeat > now() - interval '{STALE_WORKER_SECONDS} "
     "seconds') AS is_active"
 )
 
 
+RUNNER_DOC = "The infrastructure the worker runs on (`--runner-name`); default its host name"
+
+
 class WorkerStart(BaseModel):
     worker_sdk_version: str | None = None
+    runner_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_RUNNER_NAME,
+        pattern=RUNNER_NAME_PATTERN,
+        description=RUNNER_DOC,
+    )
     system_info: dict[str, Any] = Field(default_factory=dict)
     control_plane_url: str | None = None
 
@@ -114,6 +126,7 @@ class WorkerDetail(BaseModel):
     id: uuid.UUID
     worker_id: uuid.UUID
     worker_queue_id: uuid.UUID
+    runner_name: str
     hostname: str | None
     status: str
     is_active: bool
@@ -135,6 +148,7 @@ async def start_on_queue(
     queue_id: uuid.UUID,
     *,
     hostname: str | None,
+    runner_name: str | None,
     system_info: dict[str, Any],
     worker_metadata: dict[str, Any],
 ) -> WorkerStarted:
@@ -169,7 +183,7 @@ async def start_on_queue(
         )
     await conn.execute(
         "INSERT INTO workers (id, organization_id, worker_queue_id, hostname, system_info, "
-        "worker_metadata, worker_token_hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "worker_metadata, worker_token_hash, runner_name) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         worker_id,
         call.org,
         queue_id,
@@ -177,7 +191,9 @@ async def start_on_queue(
         system_info,
         worker_metadata,
         hash_key(token),
+        runner_name or hostname or "unknown",
     )
+    await announce_registered(conn, worker_id)
     settings = call.state.settings
     # The namespace exists before the worker polls it.
     await call.state.temporal.client(call.org)
@@ -231,7 +247,8 @@ async def start_worker(call: Call, body: WorkerStart) -> WorkerStarted:
             call,
             conn,
             queue_id,
-            hostname=str(hostname) if hostname else None,
+            hostname=str(hostname)[:MAX_RUNNER_NAME] if hostname else None,
+            runner_name=body.runner_name,
             system_info=body.system_info,
             worker_metadata={"worker_sdk_version": body.worker_sdk_version},
         )
@@ -300,17 +317,8 @@ async def disconnect(call: Call, body: Disconnect) -> Disconnected:
         "exit_code": body.exit_code,
         "error_message": body.error_message,
     }
-    updated = await call.db.fetchval(
-        "UPDATE workers SET status = 'disconnected', updated_at = now(), "
-        "worker_metadata = worker_metadata || $3::jsonb || "
-        "jsonb_build_object('disconnect_time', now()) "
-        "WHERE id = $1 AND organization_id = $2 RETURNING id",
-        worker_id,
-        call.org,
-        record,
-    )
-    if updated is None:
-        raise not_found("Worker", worker_id)
+    async with call.db.acquire() as conn, conn.transaction():
+        await mark_disconnected(conn, call.org, worker_id, record)
     return Disconnected(worker_id=worker_id, status="disconnected")
 
 
@@ -476,6 +484,13 @@ USABLE_ENVIRONMENT_STATUSES = ("ready", "active")
 class LegacyRegister(BaseModel):
     environment_name: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
     hostname: str | None = Field(None, max_length=255)
+    runner_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_RUNNER_NAME,
+        pattern=RUNNER_NAME_PATTERN,
+        description=RUNNER_DOC,
+    )
     worker_metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -544,6 +559,7 @@ async def legacy_register(call: Call, body: LegacyRegister) -> LegacyRegistered:
             conn,
             queue_id,
             hostname=body.hostname,
+            runner_name=body.runner_name,
             system_info={"hostname": body.hostname} if body.hostname else {},
             worker_metadata=body.worker_metadata,
         )

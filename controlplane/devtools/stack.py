@@ -518,7 +518,8 @@ class DevRun:
 
     def control_plane_env(self) -> dict[str, str]:
         """What the API and the system worker share: the database, Temporal and the vault key
-        (the control plane's side of the trust boundary; workers get none of it)."""
+        (the control plane's side of the trust boundary; workers get none of it). Webhooks may
+        go to private and loopback addresses: a receiver on this machine is the dev case."""
         env = dict(os.environ)
         env.update(
             DATABASE_URL=self.database_url,
@@ -526,6 +527,7 @@ class DevRun:
             CONTROLPLANE_URL=self.options.api_url,
             CONTROLPLANE_HOME=str(self.home),
             CONTROLPLANE_SECRET_KEY=dev_secret_key(self.home),
+            CONTROLPLANE_WEBHOOK_ALLOW_PRIVATE="true",
         )
         return env
 

@@ -4,8 +4,9 @@ It polls `SYSTEM_TASK_QUEUE` (default `controlplane-system`) in the control plan
 (`TEMPORAL_NAMESPACE`), with the same database, vault key and signing key as the API. At start
 it makes sure the housekeeping Schedule exists (every minute, skipped while a round runs), so
 the upkeep the API processes used to do each on their own now happens once, visibly, in the
-Temporal UI. It also runs task planning (PlanGenerationWorkflow), whose model calls need
-ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY_FILE) and, for another endpoint, ANTHROPIC_BASE_URL.
+Temporal UI; and that the webhook dispatcher runs (workflows/webhooks.py). It also runs task
+planning (PlanGenerationWorkflow), whose model calls need ANTHROPIC_API_KEY (or
+ANTHROPIC_API_KEY_FILE) and, for another endpoint, ANTHROPIC_BASE_URL.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from temporalio.client import (
     SchedulePolicy,
     ScheduleSpec,
 )
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.worker import Worker
 
 from controlplane.db import create_pool
@@ -36,9 +38,15 @@ from controlplane.system.activities import SystemActivities
 from controlplane.temporal import TemporalGateway
 from controlplane.temporal_auth import CONTROL_PLANE_PERMISSIONS, load_signing_key, mint
 from controlplane.vault import vault_from_key
-from workflows.contracts import HOUSEKEEPING_WORKFLOW
+from workflows.contracts import (
+    HOUSEKEEPING_WORKFLOW,
+    WEBHOOK_DISPATCHER_WORKFLOW,
+    WebhookDispatcherState,
+    webhook_dispatcher_id,
+)
 from workflows.housekeeping import HousekeepingWorkflow
 from workflows.plan_generation import PlanGenerationWorkflow
+from workflows.webhooks import WebhookDeliveryWorkflow, WebhookDispatcherWorkflow
 
 log = logging.getLogger("controlplane.system")
 HOUSEKEEPING_SCHEDULE = "controlplane-housekeeping"
@@ -48,7 +56,12 @@ DRAIN = timedelta(seconds=20)
 
 
 def system_workflows() -> list[type[Any]]:
-    return [HousekeepingWorkflow, PlanGenerationWorkflow]
+    return [
+        HousekeepingWorkflow,
+        WebhookDispatcherWorkflow,
+        WebhookDeliveryWorkflow,
+        PlanGenerationWorkflow,
+    ]
 
 
 def model_key_from_env() -> str | None:
@@ -78,6 +91,18 @@ async def ensure_housekeeping_schedule(client: Client, task_queue: str) -> None:
         await client.create_schedule(HOUSEKEEPING_SCHEDULE, schedule)
 
 
+async def ensure_webhook_dispatcher(client: Client, task_queue: str) -> None:
+    """The dispatcher of this task queue, started unless it runs (it runs for good, so a new
+    system worker finds it and picks up its rounds)."""
+    await client.start_workflow(
+        WEBHOOK_DISPATCHER_WORKFLOW,
+        WebhookDispatcherState(),
+        id=webhook_dispatcher_id(task_queue),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+
+
 async def connect(settings: Settings) -> tuple[Any, TemporalGateway]:
     """The pool and a Temporal gateway carrying the control plane's own JWT."""
     pool = await create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
@@ -100,8 +125,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     try:
         client = await gateway.system_client()
         await ensure_housekeeping_schedule(client, settings.system_task_queue)
+        await ensure_webhook_dispatcher(client, settings.system_task_queue)
         model_key = model_key_from_env()
-        activities = SystemActivities(pool, gateway, model_key)
+        activities = SystemActivities(pool, gateway, settings, model_key)
         worker = Worker(
             client,
             task_queue=settings.system_task_queue,

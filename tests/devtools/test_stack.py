@@ -334,6 +334,11 @@ def test_dev_starts_restarts_and_stops(dev: Dev) -> None:
     assert "ANTHROPIC_BASE_URL" not in api_env and "ANTHROPIC_API_KEY" not in api_env
     # The system worker (the planner) calls the fake too.
     assert process_env(pids["system"])["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{fake_port}"
+    # Webhooks to a receiver on this machine work in development, from the API (test sends)
+    # and the system worker (deliveries).
+    system_env = process_env(pids["system"])
+    assert api_env["CONTROLPLANE_WEBHOOK_ALLOW_PRIVATE"] == "true"
+    assert system_env["CONTROLPLANE_WEBHOOK_ALLOW_PRIVATE"] == "true"
     with client(dev, key) as http:
         queue = default_queue(http)
         assert queue["active_workers"] == 1
