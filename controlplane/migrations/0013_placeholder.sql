@@ -1,0 +1,2 @@
+-- Placeholder for a migration reserved by work in flight on another branch: drop this file at
+-- merge, when that branch's 0013 lands.
