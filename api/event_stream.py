@@ -1,22 +1,19 @@
 """Execution events as server-sent events: every API process LISTENs for the NOTIFY that follows
-each append (controlplane/executions/events.py) and serves a stream that resumes from
-Last-Event-ID with no gap and no duplicate."""
+each append (controlplane/executions/events.py, its EventHub) and serves a stream that resumes
+from Last-Event-ID with no gap and no duplicate."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import uuid
-from collections import defaultdict
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
-from controlplane.executions.events import CHANNEL
+from controlplane.executions.events import EventHub
 
 log = logging.getLogger("controlplane.api.events")
 
@@ -24,45 +21,6 @@ KEEPALIVE_SECONDS = 15.0
 TERMINAL_EVENTS = ("done", "error")
 # Kubiya nests these under `data`; the others are flat.
 NESTED_EVENTS = {"message_chunk", "tool_started", "tool_completed", "policy_violation"}
-
-
-class EventHub:
-    """One LISTEN connection per API process, waking the streams of the notified execution."""
-
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._conn: asyncpg.Connection[Any] | None = None
-        self._lock = asyncio.Lock()
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
-
-    async def _ensure_listening(self) -> None:
-        if self._conn is not None and not self._conn.is_closed():
-            return
-        async with self._lock:
-            if self._conn is None or self._conn.is_closed():
-                self._conn = await asyncpg.connect(self._dsn)
-                await self._conn.add_listener(CHANNEL, self._notified)
-
-    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        for waiter in self._waiters.get(str(payload), ()):
-            waiter.set()
-
-    @contextlib.asynccontextmanager
-    async def subscribe(self, execution_id: uuid.UUID) -> AsyncIterator[asyncio.Event]:
-        await self._ensure_listening()
-        key = str(execution_id)
-        waiter = asyncio.Event()
-        self._waiters[key].add(waiter)
-        try:
-            yield waiter
-        finally:
-            self._waiters[key].discard(waiter)
-            if not self._waiters[key]:
-                del self._waiters[key]
-
-    async def close(self) -> None:
-        if self._conn is not None and not self._conn.is_closed():
-            await self._conn.close()
 
 
 def sse(event_type: str, data: dict[str, Any], event_id: int | None = None) -> str:

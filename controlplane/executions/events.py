@@ -3,11 +3,18 @@ in seq order and a reader resuming after seq N can never miss a row that commits
 announced with NOTIFY to every API process that streams them.
 
 A team member's run streams on its own, and its team's stream carries the same events as
-`member_*` events (reference §5.4), each naming the member and the member's run."""
+`member_*` events (reference §5.4), each naming the member and the member's run.
+
+`EventHub` is the listening side: one connection that LISTENs on CHANNEL and wakes the waiters
+of each execution it hears about."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -95,3 +102,43 @@ async def record_worker_event(
             f"member:{execution['id']}:{key or seq}",
         )
     return seq
+
+
+class EventHub:
+    """One LISTEN connection per process (an API process, the system worker), waking whoever
+    waits on the notified execution: its streams, a run awaiting its step."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: asyncpg.Connection[Any] | None = None
+        self._lock = asyncio.Lock()
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    async def _ensure_listening(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            return
+        async with self._lock:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await asyncpg.connect(self._dsn)
+                await self._conn.add_listener(CHANNEL, self._notified)
+
+    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        for waiter in self._waiters.get(str(payload), ()):
+            waiter.set()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, execution_id: uuid.UUID) -> AsyncIterator[asyncio.Event]:
+        await self._ensure_listening()
+        key = str(execution_id)
+        waiter = asyncio.Event()
+        self._waiters[key].add(waiter)
+        try:
+            yield waiter
+        finally:
+            self._waiters[key].discard(waiter)
+            if not self._waiters[key]:
+                del self._waiters[key]
+
+    async def close(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close()
