@@ -29,7 +29,10 @@ CREATE TABLE execution_steps (
     status             text NOT NULL DEFAULT 'pending' CHECK (status IN
                        ('pending', 'running', 'waiting_for_input', 'waiting_for_approval',
                         'completed', 'failed', 'rejected', 'skipped', 'cancelled')),
-    child_execution_id uuid REFERENCES executions(id) ON DELETE SET NULL,
+    -- The step's execution (the run's child, deleted with it). No foreign key: its check would
+    -- share-lock the child's row while the run's row is locked, and a worker's report locks
+    -- the child, then the run (a member's events reach its parent's stream): a deadlock.
+    child_execution_id uuid,
     prompt             text,  -- what the step was given, rendered
     output             text,
     error_message      text,
