@@ -89,10 +89,25 @@ class RecommendedIn(BaseModel):
     entity_name: str | None = Field(None, max_length=MAX_NAME)
 
 
+EXAMPLE_PLAN: dict[str, Any] = {
+    "title": "Rotate the TLS certificates",
+    "summary": "Renew the certificates, then roll them out",
+    "team_breakdown": [
+        {
+            "team_name": "Platform",
+            "tasks": [
+                {"id": 1, "title": "Renew", "description": "Renew the certificates"},
+                {"id": 2, "title": "Roll out", "description": "Deploy them", "dependencies": [1]},
+            ],
+        }
+    ],
+}
+
+
 class PlanToRun(BaseModel):
     """A plan to execute: a TaskPlanResponse (extra fields are kept in `plan_json`)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [EXAMPLE_PLAN]})
 
     title: str = Field(min_length=1, max_length=MAX_NAME)
     summary: str = Field("", max_length=MAX_TEXT)
