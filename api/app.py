@@ -17,7 +17,6 @@ from starlette.routing import BaseRoute, Route
 from api import docs_page
 from api.auth import AuthMiddleware
 from api.errors import ApiError, error_response
-from api.event_stream import EventHub
 from api.idempotency import IdempotencyMiddleware
 from api.metrics import Metrics
 from api.openapi import build_openapi
@@ -33,6 +32,7 @@ from api.routes import (
     health,
     integrations,
     models,
+    plan_executions,
     planning,
     policies,
     projects,
@@ -44,10 +44,12 @@ from api.routes import (
     webhooks,
     worker_queues,
     workers,
+    workflows,
 )
 from api.routing import Endpoint, starlette_routes
 from api.state import AppState
 from controlplane.db import create_pool
+from controlplane.executions.events import EventHub
 from controlplane.schema import apply_schema_at
 from controlplane.settings import Settings
 from controlplane.temporal import TemporalGateway
@@ -79,6 +81,9 @@ ROUTERS = [
     planning.router,
     webhooks.router,
     runners.router,
+    # After planning's: its /tasks/plan/health and /stream come before /tasks/plan/{id}.
+    plan_executions.router,
+    workflows.router,
 ]
 # How long start-up waits before asking an unreachable Temporal again for the namespaces.
 NAMESPACE_RETRY_SECONDS = 15

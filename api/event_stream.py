@@ -1,6 +1,6 @@
 """Execution events as server-sent events: every API process LISTENs for the NOTIFY that follows
-each append (controlplane/executions/events.py) and serves a stream that resumes from
-Last-Event-ID with no gap and no duplicate."""
+each append (controlplane/executions/events.py, its EventHub) and serves a stream that resumes
+from Last-Event-ID with no gap and no duplicate."""
 
 from __future__ import annotations
 
@@ -9,17 +9,14 @@ import contextlib
 import json
 import logging
 import time
-import uuid
-from collections import defaultdict
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from api.errors import backend_down
-from controlplane.db import CONNECT_TIMEOUT
-from controlplane.executions.events import CHANNEL
+from controlplane.executions.events import EventHub
 
 log = logging.getLogger("controlplane.api.events")
 
@@ -29,64 +26,6 @@ OUTAGE_POLL_SECONDS = 1.0
 TERMINAL_EVENTS = ("done", "error")
 # Kubiya nests these under `data`; the others are flat.
 NESTED_EVENTS = {"message_chunk", "tool_started", "tool_completed", "policy_violation"}
-
-
-class EventHub:
-    """One LISTEN connection per API process, waking the streams of the notified execution."""
-
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._conn: asyncpg.Connection[Any] | None = None
-        self._lock = asyncio.Lock()
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
-
-    @property
-    def listening(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed()
-
-    async def _ensure_listening(self) -> None:
-        if self.listening:
-            return
-        async with self._lock:
-            if not self.listening:
-                self._conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT)
-                await self._conn.add_listener(CHANNEL, self._notified)
-                self._conn.add_termination_listener(self._lost)
-
-    async def relisten(self) -> bool:
-        """Listen again after the connection was lost; whether it is listening now."""
-        with contextlib.suppress(Exception):
-            await self._ensure_listening()
-        return self.listening
-
-    def _lost(self, conn: object) -> None:
-        """The LISTEN connection died (Postgres restarted): every stream reads again, and
-        polls until the hub listens again."""
-        self._conn = None
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                waiter.set()
-
-    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        for waiter in self._waiters.get(str(payload), ()):
-            waiter.set()
-
-    @contextlib.asynccontextmanager
-    async def subscribe(self, execution_id: uuid.UUID) -> AsyncIterator[asyncio.Event]:
-        await self.relisten()  # not listening (Postgres down): the stream polls instead
-        key = str(execution_id)
-        waiter = asyncio.Event()
-        self._waiters[key].add(waiter)
-        try:
-            yield waiter
-        finally:
-            self._waiters[key].discard(waiter)
-            if not self._waiters[key]:
-                del self._waiters[key]
-
-    async def close(self) -> None:
-        if self._conn is not None and not self._conn.is_closed():
-            await self._conn.close()
 
 
 def sse(event_type: str, data: dict[str, Any], event_id: int | None = None) -> str:

@@ -7,8 +7,8 @@ from typing import Any
 
 import asyncpg
 
-from api.event_stream import EventHub
 from api.metrics import Metrics
+from controlplane.executions.events import EventHub
 from controlplane.settings import Settings
 from controlplane.temporal import TemporalGateway
 from controlplane.temporal_auth import SigningKey

@@ -538,7 +538,6 @@ class PlanState:
     stage: str  # starting | discovering | analysis | plan | finishing | completed | failed
     attempts: dict[str, int] = field(default_factory=dict)
     usage: list[StepUsage] = field(default_factory=list)
-    stale_workers: int = 0
 
 
 @dataclass
@@ -594,3 +593,215 @@ class WebhookDeliveryResult:
     status: str  # succeeded | failed | abandoned
     attempts: int
     subscription_disabled: bool = False
+
+
+# --- runs: plan executions and user-defined workflows ------------------------------------------
+#
+# A run is a DAG of steps (a plan's tasks, a workflow's steps), orchestrated on the system worker
+# in the control plane's namespace. Each agent or team step is an execution of the organization,
+# which the run starts, signals and awaits through activities (Temporal has no cross-namespace
+# children); an approval step waits for a user's decision, a signal. See workflows/runs.py.
+
+PLAN_ORCHESTRATOR_WORKFLOW = "PlanOrchestratorWorkflow"
+WORKFLOW_INTERPRETER_WORKFLOW = "WorkflowInterpreterWorkflow"
+# Activities (system worker).
+BEGIN_RUN = "begin_run"
+START_RUN_STEP = "start_run_step"
+AWAIT_RUN_STEP = "await_run_step"
+RECORD_RUN_PROGRESS = "record_run_progress"
+MESSAGE_RUN_STEP = "message_run_step"
+CANCEL_RUN_STEPS = "cancel_run_steps"
+FINISH_RUN = "finish_run"
+# Signals and the query of a run's workflow (pause_execution and resume_execution too).
+DECIDE_STEP = "decide_step"
+MESSAGE_STEP = "message_step"
+COMPLETE_RUN = "complete_run"
+GET_RUN_STATE = "get_run_state"
+# Types of the ApplicationErrors run activities raise that no retry can fix.
+STEP_REFUSED = "StepRefused"
+RUN_GONE = "RunGone"
+
+STEP_KINDS = ("agent", "team", "approval")
+# A step's statuses: the first four are live, the rest final.
+STEP_STATUSES = (
+    "pending",
+    "running",
+    "waiting_for_input",
+    "waiting_for_approval",
+    "completed",
+    "failed",
+    "rejected",
+    "skipped",
+    "cancelled",
+)
+FINAL_STEP_STATUSES = ("completed", "failed", "rejected", "skipped", "cancelled")
+
+
+def run_workflow_type(execution_type: str) -> str:
+    """The workflow a run of `execution_type` (plan | workflow) runs."""
+    return PLAN_ORCHESTRATOR_WORKFLOW if execution_type == "plan" else WORKFLOW_INTERPRETER_WORKFLOW
+
+
+@dataclass
+class RunStep:
+    """One node of a run's graph. `prompt` is a plan task's text (its dependencies' outputs are
+    added when it starts) or a workflow step's template."""
+
+    id: str
+    kind: str  # agent | team | approval
+    name: str = ""
+    entity_id: str | None = None
+    prompt: str = ""
+    depends_on: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunInput:
+    execution_id: str
+    organization_id: str
+    worker_queue_id: str
+    steps: list[RunStep]
+    title: str = ""
+    # A workflow run's inputs, for its templates.
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunBegin:
+    execution_id: str
+    organization_id: str
+
+
+@dataclass
+class StepState:
+    """A step as the run sees it; recorded in the read model at every change."""
+
+    status: str = "pending"
+    execution_id: str | None = None
+    output: str | None = None
+    error: str | None = None
+    prompt: str | None = None  # what the step was given (rendered)
+    decided_by: str | None = None
+
+
+@dataclass
+class RunProgress:
+    """Input of `record_run_progress`: a step's new state and the run's status. `sequence`
+    counts the run's records: a record lands once, and an older one never overwrites the run's
+    status of a newer one."""
+
+    execution_id: str
+    organization_id: str
+    run_status: str  # running | waiting_for_input | paused
+    sequence: int
+    step_id: str | None = None
+    step: StepState | None = None
+    reason: str | None = None
+
+
+@dataclass
+class StepStart:
+    """Input of `start_run_step`: start a step's execution (the run's child, keyed by the
+    step's id) and record the step running with it."""
+
+    run_execution_id: str
+    organization_id: str
+    step_id: str
+    kind: str  # agent | team
+    entity_id: str
+    prompt: str
+    worker_queue_id: str
+    progress: RunProgress | None = None
+
+
+@dataclass
+class StepLaunched:
+    execution_id: str
+    workflow_id: str
+
+
+@dataclass
+class StepWatch:
+    """Input of `await_run_step`: wait (heartbeating) until the step's execution is seen in
+    another phase than `seen_phase`, or waits for input again (its transitions counted past
+    `seen_transitions`), or `max_wait_seconds` pass."""
+
+    run_execution_id: str
+    organization_id: str
+    step_id: str
+    execution_id: str
+    seen_phase: str = "live"  # live | waiting
+    seen_transitions: int = 0
+    max_wait_seconds: int = 3600
+
+
+@dataclass
+class StepObservation:
+    execution_id: str
+    status: str
+    phase: str  # live | waiting | ended
+    transitions: int
+    changed: bool
+    response: str | None = None
+    error_message: str | None = None
+
+
+@dataclass
+class StepMessage:
+    """Signal `message_step`: a user's message for a step waiting for input; `mark_done` ends
+    its conversation after the answer."""
+
+    step_id: str
+    message: str
+    mark_done: bool = False
+    actor: str = ""
+
+
+@dataclass
+class StepMessageDelivery:
+    """Input of `message_run_step`: the message, passed on to the step's execution."""
+
+    run_execution_id: str
+    organization_id: str
+    execution_id: str
+    message: StepMessage
+
+
+@dataclass
+class StepDecision:
+    """Signal `decide_step`: a user's decision on an approval step."""
+
+    step_id: str
+    approved: bool
+    actor: str = ""
+    comment: str | None = None
+
+
+@dataclass
+class RunCancel:
+    """Input of `cancel_run_steps`: cancel the run's live step executions and record its
+    unfinished steps `status` (cancelled) or, for those never started, skipped."""
+
+    execution_id: str
+    organization_id: str
+    reason: str = "Run cancelled"
+    sequence: int = 0
+
+
+@dataclass
+class RunFinish:
+    execution_id: str
+    organization_id: str
+    status: str  # completed | failed | cancelled
+    error: str | None = None
+    reason: str | None = None
+    sequence: int = 0
+
+
+@dataclass
+class RunState:
+    """What the `get_run_state` query answers."""
+
+    status: str
+    paused: bool
+    steps: dict[str, StepState] = field(default_factory=dict)

@@ -1,5 +1,6 @@
 """`{{.secret.NAME}}` and `{{.env.VAR}}` templates in system prompts, env var values and MCP
-server configs (reference §10).
+server configs (reference §10); and a user-defined workflow's step prompts, `{{inputs.NAME}}` and
+`{{steps.ID.output}}` (at the end: `step_references`, `render_step`).
 
 Pure functions, shared by the API and the worker's activities. Rules:
 
@@ -14,8 +15,10 @@ Pure functions, shared by the API and the worker's activities. Rules:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 PATTERN = re.compile(r"\{\{\s*\.(secret|env)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -84,3 +87,57 @@ def render_config(value: Any, env: Mapping[str, str], secrets: Mapping[str, str]
             raise TemplateError(absent)
         return items if isinstance(value, list) else tuple(items)
     return value
+
+
+# --- a workflow's step prompts ------------------------------------------------------------------
+#
+# `{{inputs.NAME}}` is the run's input NAME (a string as it is, anything else as JSON) and
+# `{{steps.ID.output}}` the output of step ID, which the step must depend on. Any other
+# `{{inputs...}}` or `{{steps...}}` form is malformed; other `{{...}}` forms are left as text.
+
+STEP_TEMPLATE = re.compile(r"\{\{\s*((?:inputs|steps)\b[^{}]*?)\s*\}\}")
+_INPUT = re.compile(r"inputs\.([A-Za-z_][A-Za-z0-9_]*)")
+_STEP_OUTPUT = re.compile(r"steps\.([A-Za-z0-9_-]+)\.output")
+
+
+@dataclass(frozen=True)
+class StepReferences:
+    inputs: list[str]
+    steps: list[str]
+    malformed: list[str]
+
+
+def step_references(text: str) -> StepReferences:
+    """The inputs and steps a step prompt names, each once in order, and its malformed forms."""
+    inputs: list[str] = []
+    steps: list[str] = []
+    malformed: list[str] = []
+    for match in STEP_TEMPLATE.finditer(text):
+        expression = match.group(1)
+        if found := _INPUT.fullmatch(expression):
+            inputs.append(found.group(1))
+        elif found := _STEP_OUTPUT.fullmatch(expression):
+            steps.append(found.group(1))
+        else:
+            malformed.append(match.group(0))
+    return StepReferences(_unique(inputs), _unique(steps), _unique(malformed))
+
+
+def render_step(text: str, inputs: Mapping[str, Any], outputs: Mapping[str, str | None]) -> str:
+    """`text` with its inputs and step outputs in place (one pass; a name that is not there
+    becomes empty: the definition was checked when written and when started)."""
+
+    def value(match: re.Match[str]) -> str:
+        expression = match.group(1)
+        if found := _INPUT.fullmatch(expression):
+            item = inputs.get(found.group(1), "")
+            return item if isinstance(item, str) else json.dumps(item)
+        if found := _STEP_OUTPUT.fullmatch(expression):
+            return outputs.get(found.group(1)) or ""
+        return match.group(0)
+
+    return STEP_TEMPLATE.sub(value, text)
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))

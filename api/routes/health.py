@@ -134,6 +134,9 @@ ENDPOINT_GROUPS = {
     "integrations": "/api/v1/integrations",
     "custom_integrations": "/api/v1/custom-integrations",
     "execution_environment": "/api/v1/execution-environment",
+    "task_planning": "/api/v1/tasks/plan",
+    "plan_executions": "/api/v1/tasks/plan/plan-executions",
+    "workflows": "/api/v1/workflows",
 }
 
 

@@ -30,8 +30,15 @@ from workflows.contracts import (
 
 LIVE = ("pending", "running", "waiting_for_input", "paused")
 # Executions whose workflow the control plane runs itself, on the system worker in its own
-# namespace (not the organization's): they take no signals, only cancel and delete.
-SYSTEM_EXECUTION_TYPES = ("plan_generation",)
+# namespace (not the organization's), and the signals each takes: a plan generation none (only
+# cancel and delete), a plan execution or a workflow run pause and resume (its steps take
+# messages and decisions through controlplane/runs/control.py).
+SYSTEM_SIGNALS: dict[str, tuple[str, ...]] = {
+    "plan_generation": (),
+    "plan": (PAUSE_EXECUTION, RESUME_EXECUTION),
+    "workflow": (PAUSE_EXECUTION, RESUME_EXECUTION),
+}
+SYSTEM_EXECUTION_TYPES = tuple(SYSTEM_SIGNALS)
 
 
 async def workflow_client(temporal: TemporalGateway, row: asyncpg.Record) -> Client:
@@ -58,10 +65,12 @@ def require_status(row: asyncpg.Record, allowed: tuple[str, ...], action: str) -
 
 async def signal(temporal: TemporalGateway, row: asyncpg.Record, name: str, *args: Any) -> str:
     """Send a signal; returns the workflow id."""
-    if row["execution_type"] in SYSTEM_EXECUTION_TYPES:
+    kind = row["execution_type"]
+    if kind in SYSTEM_SIGNALS and name not in SYSTEM_SIGNALS[kind]:
+        takes = ", ".join(SYSTEM_SIGNALS[kind]) or "no signal"
         raise Conflict(
-            f"A {row['execution_type']} execution takes no '{name}'; cancel or delete it",
-            details={"execution_type": row["execution_type"]},
+            f"A {kind} execution takes no '{name}' ({takes}; cancel or delete it)",
+            details={"execution_type": kind},
         )
     handle = await handle_of(temporal, row)
     try:

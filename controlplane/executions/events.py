@@ -3,16 +3,23 @@ in seq order and a reader resuming after seq N can never miss a row that commits
 announced with NOTIFY to every API process that streams them.
 
 A team member's run streams on its own, and its team's stream carries the same events as
-`member_*` events (reference §5.4), each naming the member and the member's run."""
+`member_*` events (reference §5.4), each naming the member and the member's run.
+
+`EventHub` is the listening side: one connection that LISTENs on CHANNEL and wakes the waiters
+of each execution it hears about."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 
-from controlplane.db import Conn
+from controlplane.db import CONNECT_TIMEOUT, Conn
 
 CHANNEL = "execution_events"
 # What a member's run shows on its team's stream, and as what.
@@ -95,3 +102,62 @@ async def record_worker_event(
             f"member:{execution['id']}:{key or seq}",
         )
     return seq
+
+
+class EventHub:
+    """One LISTEN connection per process (an API process, the system worker), waking whoever
+    waits on the notified execution: its streams, a run awaiting its step."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: asyncpg.Connection[Any] | None = None
+        self._lock = asyncio.Lock()
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    @property
+    def listening(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def _ensure_listening(self) -> None:
+        if self.listening:
+            return
+        async with self._lock:
+            if not self.listening:
+                self._conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT)
+                await self._conn.add_listener(CHANNEL, self._notified)
+                self._conn.add_termination_listener(self._lost)
+
+    async def relisten(self) -> bool:
+        """Listen again after the connection was lost; whether it is listening now."""
+        with contextlib.suppress(Exception):
+            await self._ensure_listening()
+        return self.listening
+
+    def _lost(self, conn: object) -> None:
+        """The LISTEN connection died (Postgres restarted): every waiter reads again, and
+        polls until the hub listens again."""
+        self._conn = None
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.set()
+
+    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        for waiter in self._waiters.get(str(payload), ()):
+            waiter.set()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, execution_id: uuid.UUID) -> AsyncIterator[asyncio.Event]:
+        await self.relisten()  # not listening (Postgres down): the waiter polls instead
+        key = str(execution_id)
+        waiter = asyncio.Event()
+        self._waiters[key].add(waiter)
+        try:
+            yield waiter
+        finally:
+            self._waiters[key].discard(waiter)
+            if not self._waiters[key]:
+                del self._waiters[key]
+
+    async def close(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close()

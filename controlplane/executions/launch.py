@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import asyncpg
 from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from controlplane.context import context_prompt, resolve_context
 from controlplane.db import Queryable
@@ -73,6 +74,10 @@ class LaunchRequest:
     execution_metadata: dict[str, Any] = field(default_factory=dict)
     execution_environment: dict[str, Any] | None = None
     trigger_source: TriggerSource = "user"
+    # A child run (a plan's task, a workflow's step): its parent execution, and the key that
+    # names it there. The same key answers the same run, so a retried start starts nothing twice.
+    parent_execution_id: uuid.UUID | None = None
+    delegation_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -394,9 +399,10 @@ async def _record(
     *,
     parent_execution_id: uuid.UUID | None = None,
     delegation_key: str | None = None,
+    reason: str | None = None,
 ) -> bool:
     """Write the execution, its owner and its first transition in one transaction. False when
-    a member run with this delegation key was recorded already (a retried request)."""
+    a child run with this delegation key was recorded already (a retried request)."""
     caller, org = request.caller, request.caller.organization_id
     metadata = {
         **request.execution_metadata,
@@ -454,24 +460,42 @@ async def _record(
             "reasoning) VALUES ($1, $2, 'pending', $3)",
             execution_id,
             org,
-            "delegated by its team" if parent_execution_id else "execution submitted",
+            reason or ("delegated by its team" if parent_execution_id else "execution submitted"),
         )
     return True
 
 
 async def start_execution(db: Any, services: Services, request: LaunchRequest) -> Launched:
     """Check, record and start an agent or team execution (see the module docstring). `db` is
-    the pool: the rows are written in a transaction of their own."""
+    the pool: the rows are written in a transaction of their own. A child run
+    (`request.parent_execution_id`) whose key was recorded before answers that run, and starts
+    its workflow if it never started (a start that died between the two)."""
     if (request.agent_id is None) == (request.team_id is None):
         raise Invalid("An execution runs exactly one agent or one team")
     org = request.caller.organization_id
     queue = await active_queue(db, org, request.worker_queue_id)
     check_override(request.caller, request.execution_environment)
-    execution_id = uuid.uuid4()
+    existing = await _recorded_child(db, request)
+    if existing is not None and existing["status"] != "pending":
+        return Launched(existing["id"], existing["temporal_workflow_id"], queue["name"])
+    execution_id = existing["id"] if existing is not None else uuid.uuid4()
     plan = _plan_agent if request.agent_id is not None else _plan_team
     planned = await plan(db, services, request, queue, execution_id)
     workflow_id = workflow_id_for(str(execution_id), planned.execution_type)
-    await _record(db, request, planned, queue, execution_id, workflow_id)
+    if existing is None:
+        recorded = await _record(
+            db,
+            request,
+            planned,
+            queue,
+            execution_id,
+            workflow_id,
+            parent_execution_id=request.parent_execution_id,
+            delegation_key=request.delegation_key,
+            reason="started by its parent execution" if request.parent_execution_id else None,
+        )
+        if not recorded:  # a concurrent retry recorded it first: answer that run
+            return await start_execution(db, services, request)
     try:
         client = await services.temporal.client(org)
         await client.start_workflow(
@@ -482,13 +506,29 @@ async def start_execution(db: Any, services: Services, request: LaunchRequest) -
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
     except Exception as error:
+        if existing is not None and isinstance(error, WorkflowAlreadyStartedError):
+            return Launched(execution_id, workflow_id, queue["name"])  # it had started
         # Nothing half-written: an execution whose workflow never started is removed.
-        await db.execute("DELETE FROM executions WHERE id = $1", execution_id)
+        if existing is None:
+            await db.execute("DELETE FROM executions WHERE id = $1", execution_id)
         services.temporal.count_error("start_workflow")
         if isinstance(error, DomainError):
             raise
         raise Unavailable(f"Could not start the execution on Temporal: {error}") from None
     return Launched(execution_id, workflow_id, queue["name"])
+
+
+async def _recorded_child(db: Queryable, request: LaunchRequest) -> asyncpg.Record | None:
+    """The child run recorded under the request's parent and key, if any."""
+    if request.parent_execution_id is None or request.delegation_key is None:
+        return None
+    row: asyncpg.Record | None = await db.fetchrow(
+        "SELECT id, status, temporal_workflow_id FROM executions "
+        "WHERE parent_execution_id = $1 AND delegation_key = $2",
+        request.parent_execution_id,
+        request.delegation_key,
+    )
+    return row
 
 
 async def record_member_execution(

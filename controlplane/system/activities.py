@@ -14,10 +14,14 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from controlplane.executions.events import EventHub
+from controlplane.executions.launch import Services
 from controlplane.executions.reconcile import reconcile_executions
 from controlplane.housekeeping import prune
 from controlplane.planning import generation
 from controlplane.planning.steps import run_step
+from controlplane.policy_engine import get_engine
+from controlplane.runs import records, steps
 from controlplane.settings import Settings
 from controlplane.temporal import TemporalGateway
 from controlplane.vault import Vault, vault_from_key
@@ -26,23 +30,41 @@ from controlplane.workers import mark_stale
 from workflows.contracts import (
     ANNOUNCE_STALE_WORKERS,
     ATTEMPT_WEBHOOK_DELIVERY,
+    AWAIT_RUN_STEP,
     BEGIN_PLAN_GENERATION,
+    BEGIN_RUN,
+    CANCEL_RUN_STEPS,
     DISPATCH_WEBHOOK_EVENTS,
     EXECUTION_GONE,
     FINISH_PLAN_GENERATION,
+    FINISH_RUN,
     GIVE_UP_WEBHOOK_DELIVERY,
+    MESSAGE_RUN_STEP,
     MODEL_NOT_CONFIGURED,
     MODEL_REFUSED,
     PLAN_MODEL_STEP,
     PRUNE_COUNTERS,
     RECONCILE_EXECUTIONS,
+    RECORD_RUN_PROGRESS,
+    RUN_GONE,
     RUN_PLANNING_TOOL,
+    START_RUN_STEP,
+    STEP_REFUSED,
     PlanBegin,
     PlanFinish,
     PlanModelStep,
     PlanModelStepResult,
     PlanningToolCall,
     PlanningToolResult,
+    RunBegin,
+    RunCancel,
+    RunFinish,
+    RunProgress,
+    StepLaunched,
+    StepMessageDelivery,
+    StepObservation,
+    StepStart,
+    StepWatch,
     WebhookAttempt,
     WebhookAttemptOutcome,
     WebhookDeliveryInput,
@@ -97,6 +119,11 @@ class SystemActivities:
         )
         self.anthropic_api_key = anthropic_api_key or None
         self._anthropic: anthropic.AsyncAnthropic | None = None
+        settings = self.settings
+        # What starting an organization's execution needs (a run's steps start them).
+        self.services = Services(temporal, get_engine(settings), settings.policy_fail_open)
+        # Woken by the NOTIFY of every execution event: a run's step awaits its execution.
+        self.hub = EventHub(settings.database_url)
 
     def activities(self) -> list[Any]:
         return [
@@ -110,7 +137,17 @@ class SystemActivities:
             self.run_planning_tool,
             self.plan_model_step,
             self.finish_plan_generation,
+            self.begin_run,
+            self.start_run_step,
+            self.await_run_step,
+            self.record_run_progress,
+            self.message_run_step,
+            self.cancel_run_steps,
+            self.finish_run,
         ]
+
+    async def close(self) -> None:
+        await self.hub.close()
 
     @property
     def anthropic(self) -> anthropic.AsyncAnthropic:
@@ -227,6 +264,43 @@ class SystemActivities:
     async def finish_plan_generation(self, outcome: PlanFinish) -> dict[str, Any] | None:
         return await generation.finish(self.db, outcome)
 
+    # --- runs: plan executions and user-defined workflows (workflows/runs.py) ---------------
+
+    @activity.defn(name=BEGIN_RUN)
+    async def begin_run(self, start: RunBegin) -> None:
+        with _run_errors():
+            await records.begin(self.db, start)
+
+    @activity.defn(name=START_RUN_STEP)
+    async def start_run_step(self, start: StepStart) -> StepLaunched:
+        """Start the step's execution (the same one again on a retry) and record it."""
+        with _run_errors():
+            return await steps.start_step(self.db, self.services, start)
+
+    @activity.defn(name=AWAIT_RUN_STEP)
+    async def await_run_step(self, watch: StepWatch) -> StepObservation:
+        """Wait, heartbeating, for the step's execution to wait for input or end; retried (on
+        another system worker, if this one died) it just waits again."""
+        return await steps.watch_step(self.db, self.hub, watch, activity.heartbeat)
+
+    @activity.defn(name=RECORD_RUN_PROGRESS)
+    async def record_run_progress(self, progress: RunProgress) -> None:
+        with _run_errors():
+            await records.record_progress(self.db, progress)
+
+    @activity.defn(name=MESSAGE_RUN_STEP)
+    async def message_run_step(self, delivery: StepMessageDelivery) -> None:
+        with _run_errors():
+            await steps.deliver_message(self.db, self.temporal, delivery)
+
+    @activity.defn(name=CANCEL_RUN_STEPS)
+    async def cancel_run_steps(self, cancel: RunCancel) -> None:
+        await steps.cancel_steps(self.db, self.temporal, cancel)
+
+    @activity.defn(name=FINISH_RUN)
+    async def finish_run(self, outcome: RunFinish) -> None:
+        await records.finish(self.db, outcome)
+
 
 async def _heartbeat_forever() -> None:
     while True:
@@ -240,6 +314,17 @@ def _gone_is_final() -> Any:
         yield
     except generation.ExecutionGone as error:
         raise ApplicationError(error.message, type=EXECUTION_GONE, non_retryable=True) from None
+
+
+@contextlib.contextmanager
+def _run_errors() -> Any:
+    """What no retry fixes: the run is gone, or the step cannot run as asked."""
+    try:
+        yield
+    except records.RunGone as error:
+        raise ApplicationError(error.message, type=RUN_GONE, non_retryable=True) from None
+    except steps.StepRefused as error:
+        raise ApplicationError(error.message, type=STEP_REFUSED, non_retryable=True) from None
 
 
 def _message(error: anthropic.APIStatusError) -> str:

@@ -6,7 +6,9 @@ it makes sure the housekeeping Schedule exists (every minute, skipped while a ro
 the upkeep the API processes used to do each on their own now happens once, visibly, in the
 Temporal UI; and that the webhook dispatcher runs (workflows/webhooks.py). It also runs task
 planning (PlanGenerationWorkflow), whose model calls need ANTHROPIC_API_KEY (or
-ANTHROPIC_API_KEY_FILE) and, for another endpoint, ANTHROPIC_BASE_URL.
+ANTHROPIC_API_KEY_FILE) and, for another endpoint, ANTHROPIC_BASE_URL; and the runs of plans and
+user-defined workflows (PlanOrchestratorWorkflow, WorkflowInterpreterWorkflow), whose steps are
+executions of the organizations' own workers.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from workflows.contracts import (
 )
 from workflows.housekeeping import HousekeepingWorkflow
 from workflows.plan_generation import PlanGenerationWorkflow
+from workflows.runs import PlanOrchestratorWorkflow, WorkflowInterpreterWorkflow
 from workflows.webhooks import WebhookDeliveryWorkflow, WebhookDispatcherWorkflow
 
 log = logging.getLogger("controlplane.system")
@@ -53,6 +56,9 @@ HOUSEKEEPING_SCHEDULE = "controlplane-housekeeping"
 HOUSEKEEPING_EVERY = timedelta(minutes=1)
 # Let a running activity finish on SIGTERM before it is cancelled (and retried elsewhere).
 DRAIN = timedelta(seconds=20)
+# A run's step holds an activity slot while it awaits its execution (an asyncio wait on a
+# shared LISTEN connection, cheap): room for many at once.
+MAX_CONCURRENT_ACTIVITIES = 1000
 
 
 def system_workflows() -> list[type[Any]]:
@@ -61,6 +67,8 @@ def system_workflows() -> list[type[Any]]:
         WebhookDispatcherWorkflow,
         WebhookDeliveryWorkflow,
         PlanGenerationWorkflow,
+        PlanOrchestratorWorkflow,
+        WorkflowInterpreterWorkflow,
     ]
 
 
@@ -134,6 +142,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             workflows=system_workflows(),
             activities=activities.activities(),
             graceful_shutdown_timeout=DRAIN,
+            max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
         )
         log.info(
             "system worker started",
@@ -143,8 +152,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
                 "planner_model_key": "set" if model_key else "missing",
             },
         )
-        async with worker:
-            await stop.wait()
+        try:
+            async with worker:
+                await stop.wait()
+        finally:
+            await activities.close()
     finally:
         await pool.close()
 
