@@ -1,7 +1,8 @@
 """What an agent execution costs end to end: starting it, running it to `done`, and how many
 run per second, with a model that answers at once.
 
-    .venv/bin/python bench/execution_latency.py [--quick] [--duration S] [--concurrency C]
+    .venv/bin/python bench/execution_latency.py [--quick] [--only-start] [--starts N]
+                                                [--duration S] [--concurrency C]
 
 Starts in a temp dir an embedded Postgres, a headless Temporal dev server, the fake Anthropic
 server (`--zero-latency`), one API process and ONE worker process (`python -m worker`) on a
@@ -460,6 +461,11 @@ async def bench(stack: Stack, key: str, api: Any, base_url: str, args: argparse.
 
         temporal = await Client.connect(stack.temporal_address)
         starts = await measure_starts(client, temporal, setup, args.warmup, args.starts)
+        if args.only_start:
+            del temporal  # see below
+            print(f"\nload average at the start {args.load_average}; {os.cpu_count()} CPUs")
+            report_starts(starts)
+            return 1 if starts.errors else 0
 
         pids = {
             "api": api.pid,
@@ -513,6 +519,9 @@ async def bench(stack: Stack, key: str, api: Any, base_url: str, args: argparse.
 def main() -> int:
     parser = argparse.ArgumentParser(description="Agent execution latency and throughput.")
     parser.add_argument("--quick", action="store_true", help="a short run (about 30 s)")
+    parser.add_argument(
+        "--only-start", action="store_true", help="only (a), the start latency (about 20 s)"
+    )
     parser.add_argument("--starts", type=int, help="timed start pairs in (a); default 200")
     parser.add_argument("--runs", type=int, help="sequential executions in (b); default 50")
     parser.add_argument("--duration", type=float, help="seconds of (c); default 60")
