@@ -24,7 +24,7 @@ import asyncpg
 
 from controlplane.context import context_of
 from controlplane.db import Queryable
-from controlplane.environments import resolve_for_execution
+from controlplane.environments import environment_of
 from controlplane.errors import not_found
 from controlplane.hierarchy import Hierarchy
 from controlplane.policy_engine import PolicyEngine, PolicyResult, PolicySource, decide
@@ -356,11 +356,12 @@ async def check_tool_call(
 ) -> Evaluation:
     """May this execution (on `queue_id`, not ended) make this call? The tool must be one the
     execution was started with (or, with `mcp_server`, a server of its environment); who acts,
-    for which agent, team and environments, and what the tool is come from the rows."""
+    for which agent, team and environments, and what the tool is come from the rows: the
+    execution's, and one snapshot of its agent or team (its environment and its policies)."""
     execution = await db.fetchrow(
         "SELECT e.id, e.execution_type, e.entity_id, e.entity_name, e.status, e.worker_queue_id, "
-        "e.tools, e.user_id, e.user_name, e.user_email, e.user_role, a.team_id "
-        "FROM executions e LEFT JOIN agents a "
+        "e.tools, e.execution_environment, e.user_id, e.user_name, e.user_email, e.user_role, "
+        "a.team_id FROM executions e LEFT JOIN agents a "
         "ON a.id = e.entity_id AND a.organization_id = e.organization_id "
         "WHERE e.id = $1 AND e.organization_id = $2 AND e.worker_queue_id = $3",
         execution_id,
@@ -369,8 +370,8 @@ async def check_tool_call(
     )
     if execution is None or execution["status"] in TERMINAL_STATES:
         raise not_found("Running execution", execution_id)
-    tool = await _known_tool(db, org, execution, tool_name, mcp_server)
-    if tool is None:
+    tool = _builtin_tool(execution, tool_name) if mcp_server is None else None
+    if mcp_server is None and tool is None:
         return refused(f"'{tool_name}' is not one of this execution's tools")
     # A team's own run (a claude_code leader running its members' tools) answers to the
     # team's policies; an agent's run, member or not, to the agent's.
@@ -378,13 +379,28 @@ async def check_tool_call(
     entity_id = execution["entity_id"]
     agent_id = str(entity_id) if entity_id and not is_team else None
     team_id = entity_id if is_team else execution["team_id"]
-    where = {"queue_id": execution["worker_queue_id"], "role": execution["user_role"]}
-    if entity_id is None:
+    snapshot = None
+    if entity_id is not None:
+        snapshot = await load_snapshot(
+            db,
+            org,
+            agent_id=None if is_team else entity_id,
+            team_id=entity_id if is_team else None,
+            queue_id=execution["worker_queue_id"],
+            role=execution["user_role"],
+        )
+    if mcp_server is not None:
+        environment = environment_of(snapshot, execution["execution_environment"])
+        tool = _mcp_tool(environment.mcp_servers, tool_name, mcp_server)
+        if tool is None:
+            return refused(f"'{tool_name}' is not one of this execution's tools")
+    assert tool is not None
+    if snapshot is None:
         scope = PolicyScope()
-    elif is_team:
-        scope = await team_scope(db, org, entity_id, **where)
+    elif snapshot.chain is None:
+        raise not_found("Team" if is_team else "Agent", entity_id)
     else:
-        scope = await agent_scope(db, org, entity_id, **where)
+        scope = run_scope(snapshot)
     policy_input = {
         "action": "tool_execution",
         "tool": {**tool, "arguments": arguments},
@@ -408,22 +424,22 @@ async def check_tool_call(
     return await enforce(db, engine, org, input=policy_input, scope=scope, fail_open=fail_open)
 
 
-async def _known_tool(
-    db: Queryable, org: str, execution: asyncpg.Record, tool_name: str, mcp_server: str | None
-) -> dict[str, Any] | None:
-    """The tool as the control plane knows it, or None when the execution has no such tool."""
-    if mcp_server is None:
-        for spec in execution["tools"] or []:
-            if spec.get("name") == tool_name:
-                return {
-                    "name": spec["name"],
-                    "source": spec.get("source", "builtin"),
-                    "category": spec.get("category", ""),
-                    "risk_level": spec.get("risk_level", "medium"),
-                }
-        return None
-    environment = await resolve_for_execution(db, org, execution["id"])
-    if mcp_server not in environment.mcp_servers:
+def _builtin_tool(execution: asyncpg.Record, tool_name: str) -> dict[str, Any] | None:
+    """The tool as the execution was started with it, or None when it has no such tool."""
+    for spec in execution["tools"] or []:
+        if spec.get("name") == tool_name:
+            return {
+                "name": spec["name"],
+                "source": spec.get("source", "builtin"),
+                "category": spec.get("category", ""),
+                "risk_level": spec.get("risk_level", "medium"),
+            }
+    return None
+
+
+def _mcp_tool(servers: dict[str, Any], tool_name: str, mcp_server: str) -> dict[str, Any] | None:
+    """A tool of one of the execution's MCP servers, or None when it has no such server."""
+    if mcp_server not in servers:
         return None
     return {
         "name": tool_name,
