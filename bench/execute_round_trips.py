@@ -1,6 +1,7 @@
 """How many database round trips starting an execution takes: `POST /agents/{id}/execute` as a
 whole (authentication included), and `start_execution` alone for an agent, for a team and for a
-team member's run (`record_member_execution`), each printed with its statements in order.
+team member's run (`record_member_execution`), each printed with its statements in order; and,
+beside them, the check a worker makes before every tool call (`check_tool_call`).
 
     .venv/bin/python bench/execute_round_trips.py [--quiet]
 
@@ -39,6 +40,7 @@ from controlplane.executions.launch import (
     record_member_execution,
     start_execution,
 )
+from controlplane.policies import check_tool_call
 from controlplane.policy_engine import get_engine
 from controlplane.settings import Settings
 
@@ -181,11 +183,28 @@ async def measure(settings: Settings, key: str, quiet: bool) -> None:
                 if response.status_code != 200:
                     raise RuntimeError(f"execute: {response.status_code} {response.text}")
 
+            agent_runs: list[uuid.UUID] = []
+
             async def agent() -> None:
                 request = LaunchRequest(
                     caller, "hi", queue, agent_id=uuid.UUID(ids["agent"]), trigger_source="api"
                 )
-                await start_execution(pool, services, request)
+                agent_runs.append((await start_execution(pool, services, request)).execution_id)
+
+            async def tool_check() -> None:
+                decision = await check_tool_call(
+                    pool,
+                    services.policy_engine,
+                    ORG,
+                    queue_id=queue,
+                    execution_id=agent_runs[0],
+                    tool_name="shell",
+                    arguments={"command": "echo hi"},
+                    mcp_server=None,
+                    fail_open=False,
+                )
+                if not decision.allowed:
+                    raise RuntimeError(f"the tool check refused: {decision.violations}")
 
             team_runs: list[uuid.UUID] = []
 
@@ -220,6 +239,7 @@ async def measure(settings: Settings, key: str, quiet: bool) -> None:
                 ("start_execution, team (parallel, 2 members)", team),
                 ("record_member_execution, new delegation", member),
                 ("record_member_execution, same delegation again", member_again),
+                ("check_tool_call (a worker's check before a tool call)", tool_check),
             ]
             for title, call in cases:
                 for _ in range(WARMUP):
