@@ -9,9 +9,10 @@ server (`--zero-latency`), one API process and ONE worker process (`python -m wo
 worker queue, and a one-shot agent on `anthropic/claude-sonnet-4-5`. Then, from this process:
 
 (a) start latency: `POST /agents/{id}/execute` on a queue no worker polls (so only the start is
-    measured: three queries, a three-insert transaction and Temporal's StartWorkflowExecution),
-    interleaved with a bare temporalio `client.start_workflow` of `QueueProbeWorkflow` on another
-    unpolled task queue of the same Temporal server, as the baseline;
+    measured: authentication, the run's one read, its one write and Temporal's
+    StartWorkflowExecution), interleaved with a bare temporalio `client.start_workflow` of
+    `QueueProbeWorkflow` on another unpolled task queue of the same Temporal server, as the
+    baseline; with `--only-start`, only this;
 (b) one execution at a time: POST, then `GET /executions/{id}/stream` until `done`, timing the
     POST answer, the `status: running` event, the first `message_chunk` and `done`, both as seen
     by this client and as stamped by the API (the event rows' `created_at`; same clock);
