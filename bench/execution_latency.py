@@ -1,16 +1,18 @@
 """What an agent execution costs end to end: starting it, running it to `done`, and how many
 run per second, with a model that answers at once.
 
-    .venv/bin/python bench/execution_latency.py [--quick] [--duration S] [--concurrency C]
+    .venv/bin/python bench/execution_latency.py [--quick] [--only-start] [--starts N]
+                                                [--duration S] [--concurrency C]
 
 Starts in a temp dir an embedded Postgres, a headless Temporal dev server, the fake Anthropic
 server (`--zero-latency`), one API process and ONE worker process (`python -m worker`) on a
 worker queue, and a one-shot agent on `anthropic/claude-sonnet-4-5`. Then, from this process:
 
 (a) start latency: `POST /agents/{id}/execute` on a queue no worker polls (so only the start is
-    measured: three queries, a three-insert transaction and Temporal's StartWorkflowExecution),
-    interleaved with a bare temporalio `client.start_workflow` of `QueueProbeWorkflow` on another
-    unpolled task queue of the same Temporal server, as the baseline;
+    measured: authentication, the run's one read, its one write and Temporal's
+    StartWorkflowExecution), interleaved with a bare temporalio `client.start_workflow` of
+    `QueueProbeWorkflow` on another unpolled task queue of the same Temporal server, as the
+    baseline; with `--only-start`, only this;
 (b) one execution at a time: POST, then `GET /executions/{id}/stream` until `done`, timing the
     POST answer, the `status: running` event, the first `message_chunk` and `done`, both as seen
     by this client and as stamped by the API (the event rows' `created_at`; same clock);
@@ -205,6 +207,8 @@ class StartResult:
     bare: list[float]
     post: list[float]
     errors: int
+    wall_start: float = 0.0  # the timed pairs' window, for the API's request log
+    wall_end: float = 0.0
 
 
 async def measure_starts(
@@ -226,12 +230,14 @@ async def measure_starts(
         if run.workflow_id is not None:
             started.append(run.workflow_id)
         if i < warmup:
+            result.wall_start = time.time()
             continue
         result.bare.append(bare)
         if run.error is None:
             result.post.append(run.seen["post"])
         else:
             result.errors += 1
+    result.wall_end = time.time()
     # Nothing will ever poll these; end them so Temporal holds no open work.
     limit = asyncio.Semaphore(8)
 
@@ -394,13 +400,18 @@ def print_cpu(cpu: dict[str, float], executions: int, elapsed: float) -> None:
     print(f"  CPU ms per execution: {parts}  (all: {busy:.0f}% of {cores} CPUs)")
 
 
-def report_starts(result: StartResult) -> None:
+def report_starts(result: StartResult, api_log: Path) -> None:
     print(f"\n(a) start latency, {len(result.bare)} interleaved pairs (ms)")
     print(f"  {'':<46} {'p50':>8} {'p99':>8}")
     bare = (ms(result.bare, 0.5), ms(result.bare, 0.99))
     post = (ms(result.post, 0.5), ms(result.post, 0.99))
     print(f"  {'temporalio client.start_workflow (bare)':<46} {bare[0]:>8.1f} {bare[1]:>8.1f}")
     print(f"  {'POST /agents/{id}/execute (unpolled queue)':<46} {post[0]:>8.1f} {post[1]:>8.1f}")
+    mix = request_mix(api_log, result.wall_start, result.wall_end)
+    server = mix.get("POST /api/v1/agents/{agent_id}/execute", [])
+    if server:
+        cells = f"{percentile(server, 0.5):>8.1f} {percentile(server, 0.99):>8.1f}"
+        print(f"  {'  of which inside the API (its request log)':<46} {cells}")
     print(f"  {'ratio POST / bare':<46} {post[0] / bare[0]:>7.2f}x {post[1] / bare[1]:>7.2f}x")
     if result.errors:
         print(f"  POST errors: {result.errors}")
@@ -503,6 +514,11 @@ async def bench(stack: Stack, key: str, api: Any, base_url: str, args: argparse.
         namespace = Settings.from_env(secret_key="").namespace_for(ORG)
         temporal = await Client.connect(stack.temporal_address, namespace=namespace)
         starts = await measure_starts(client, temporal, setup, args.warmup, args.starts)
+        if args.only_start:
+            del temporal  # see below
+            print(f"\nload average at the start {args.load_average}; {os.cpu_count()} CPUs")
+            report_starts(starts, stack.work / "api.log")
+            return 1 if starts.errors else 0
 
         pids = {
             "api": api.pid,
@@ -537,7 +553,7 @@ async def bench(stack: Stack, key: str, api: Any, base_url: str, args: argparse.
         f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}; load average at the start "
         f"{args.load_average}"
     )
-    report_starts(starts)
+    report_starts(starts, stack.work / "api.log")
     report_runs(f"(b) {args.runs} sequential executions, execute -> done", sequential)
     print_cpu(cpu_sequential, sum(r.ok for r in sequential), elapsed)
     report_history(spent_sequential)
@@ -563,6 +579,9 @@ async def bench(stack: Stack, key: str, api: Any, base_url: str, args: argparse.
 def main() -> int:
     parser = argparse.ArgumentParser(description="Agent execution latency and throughput.")
     parser.add_argument("--quick", action="store_true", help="a short run (about 30 s)")
+    parser.add_argument(
+        "--only-start", action="store_true", help="only (a), the start latency (about 20 s)"
+    )
     parser.add_argument("--starts", type=int, help="timed start pairs in (a); default 200")
     parser.add_argument("--runs", type=int, help="sequential executions in (b); default 50")
     parser.add_argument("--duration", type=float, help="seconds of (c); default 60")

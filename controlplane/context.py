@@ -7,13 +7,15 @@ wins."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel
 
 from controlplane.db import Queryable
 from controlplane.errors import Refused, not_found
-from controlplane.hierarchy import Hierarchy, agent_hierarchy, team_hierarchy
+from controlplane.hierarchy import Hierarchy
+from controlplane.snapshot import ContextRow, Snapshot, load_snapshot
 
 EntityType = Literal["organization", "project", "environment", "team", "agent"]
 ENTITY_TYPES: tuple[EntityType, ...] = ("organization", "project", "environment", "team", "agent")
@@ -27,11 +29,9 @@ KIND = {
 }
 
 
-async def entity_id_for(
-    db: Queryable, org: str, entity_type: str, raw_id: str
-) -> tuple[EntityType, str]:
-    """The entity named by a path, checked to exist in the organization: 400 for an unknown
-    type, 404 (like any missing id) for an id that names nothing of the organization."""
+def entity_ref(org: str, entity_type: str, raw_id: str) -> tuple[EntityType, str]:
+    """The entity a path names, not yet checked to exist: 400 for an unknown type, 404 for an
+    id that cannot name anything of the organization."""
     if entity_type not in ENTITY_TYPES:
         raise Refused(
             f"Unknown entity type '{entity_type}'; expected one of {', '.join(ENTITY_TYPES)}",
@@ -45,6 +45,17 @@ async def entity_id_for(
         ident = uuid.UUID(raw_id)
     except ValueError:
         raise not_found(KIND[kind], raw_id) from None
+    return kind, str(ident)
+
+
+async def entity_id_for(
+    db: Queryable, org: str, entity_type: str, raw_id: str
+) -> tuple[EntityType, str]:
+    """The entity named by a path, checked to exist in the organization: 400 for an unknown
+    type, 404 (like any missing id) for an id that names nothing of the organization."""
+    kind, ident = entity_ref(org, entity_type, raw_id)
+    if kind == "organization":
+        return kind, ident
     table = {
         "project": "projects",
         "environment": "environments",
@@ -52,11 +63,11 @@ async def entity_id_for(
         "agent": "agents",
     }[kind]
     found = await db.fetchval(
-        f"SELECT true FROM {table} WHERE id = $1 AND organization_id = $2", ident, org
+        f"SELECT true FROM {table} WHERE id = $1 AND organization_id = $2", uuid.UUID(ident), org
     )
     if not found:
         raise not_found(KIND[kind], raw_id)
-    return kind, str(ident)
+    return kind, ident
 
 
 class ContextLayer(BaseModel):
@@ -88,22 +99,12 @@ def _numbered(prefix: str, ids: list[uuid.UUID], always: bool = False) -> list[t
     return [(f"{prefix}_{n}", str(ident)) for n, ident in enumerate(ids, start=1)]
 
 
-async def resolve_context(
-    db: Queryable, org: str, entity_type: str, entity_id: str | uuid.UUID
-) -> ResolvedContext:
-    """The entity's context merged along its chain; raises 400/404 like the routes."""
-    kind, ident = await entity_id_for(db, org, entity_type, str(entity_id))
-    # (layer name, entity type, entity id), outermost first.
-    layers: list[tuple[str, EntityType, str]] = [("organization", "organization", org)]
-    chain = Hierarchy(organization_id=org)
-    if kind in ("agent", "team"):
-        load = agent_hierarchy if kind == "agent" else team_hierarchy
-        found = await load(db, org, uuid.UUID(ident))
-        if found is None:  # deleted between the check and now
-            raise not_found(KIND[kind], ident)
-        chain = found
-    elif kind == "project":
-        chain.project_ids = [uuid.UUID(ident)]
+Layers = list[tuple[str, EntityType, str]]  # (layer name, entity type, entity id)
+
+
+def _layers(kind: EntityType, ident: str, chain: Hierarchy) -> tuple[Layers, list[uuid.UUID]]:
+    """The entity's context layers, outermost first, and its own environments."""
+    layers: Layers = [("organization", "organization", chain.organization_id)]
     layers += [(name, "project", i) for name, i in _numbered("project", chain.project_ids)]
     environment_ids = [uuid.UUID(ident)] if kind == "environment" else chain.environment_ids
     layers += [(name, "environment", i) for name, i in _numbered("environment", environment_ids)]
@@ -115,20 +116,22 @@ async def resolve_context(
         layers.append(("team", "team", str(chain.team_id)))
     if kind == "agent":
         layers.append(("agent", "agent", ident))
-    rows = await db.fetch(
-        "SELECT entity_type, entity_id, knowledge_uuids, resource_ids, policy_ids "
-        "FROM entity_contexts WHERE organization_id = $1 AND (entity_type, entity_id) IN "
-        "(SELECT * FROM unnest($2::text[], $3::text[]))",
-        org,
-        [layer[1] for layer in layers],
-        [layer[2] for layer in layers],
-    )
-    stored = {(row["entity_type"], row["entity_id"]): row for row in rows}
+    return layers, environment_ids
+
+
+def merge_context(
+    kind: EntityType,
+    ident: str,
+    chain: Hierarchy,
+    stored: Mapping[tuple[str, str], ContextRow],
+) -> ResolvedContext:
+    """The entity's context merged along its chain from the layers' stored rows."""
+    layers, environment_ids = _layers(kind, ident, chain)
     merged: dict[str, dict[str, None]] = {name: {} for name in LISTS}
     out_layers: dict[str, ContextLayer] = {}
     for name, layer_type, layer_id in layers:
         row = stored.get((layer_type, layer_id))
-        values = {key: list(row[key]) if row is not None else [] for key in LISTS}
+        values = {key: list(getattr(row, key)) if row is not None else [] for key in LISTS}
         for key in LISTS:
             merged[key].update(dict.fromkeys(values[key]))
         out_layers[name] = ContextLayer(entity_type=layer_type, entity_id=layer_id, **values)
@@ -137,7 +140,7 @@ async def resolve_context(
     return ResolvedContext(
         entity_type=kind,
         entity_id=ident,
-        organization_id=org,
+        organization_id=chain.organization_id,
         project_id=project_ids[0] if project_ids else None,
         environment_id=all_environment_ids[0] if all_environment_ids else None,
         team_id=str(chain.team_id) if chain.team_id is not None else None,
@@ -148,6 +151,50 @@ async def resolve_context(
         policy_ids=list(merged["policy_ids"]),
         layers=out_layers,
     )
+
+
+def context_of(snapshot: Snapshot) -> ResolvedContext:
+    """The resolved context of the snapshot's agent or team."""
+    chain = snapshot.chain
+    assert chain is not None
+    if chain.agent_id is not None:
+        return merge_context("agent", str(chain.agent_id), chain, snapshot.contexts)
+    return merge_context("team", str(chain.team_id), chain, snapshot.contexts)
+
+
+async def resolve_context(
+    db: Queryable, org: str, entity_type: str, entity_id: str | uuid.UUID
+) -> ResolvedContext:
+    """The entity's context merged along its chain; raises 400/404 like the routes."""
+    kind, ident = entity_ref(org, entity_type, str(entity_id))
+    if kind in ("agent", "team"):
+        if kind == "agent":
+            snapshot = await load_snapshot(db, org, agent_id=uuid.UUID(ident))
+        else:
+            snapshot = await load_snapshot(db, org, team_id=uuid.UUID(ident))
+        if snapshot.chain is None:
+            raise not_found(KIND[kind], entity_id)
+        return context_of(snapshot)
+    await entity_id_for(db, org, kind, str(entity_id))
+    chain = Hierarchy(organization_id=org)
+    if kind == "project":
+        chain.project_ids = [uuid.UUID(ident)]
+    layers, _ = _layers(kind, ident, chain)
+    rows = await db.fetch(
+        "SELECT entity_type, entity_id, knowledge_uuids, resource_ids, policy_ids "
+        "FROM entity_contexts WHERE organization_id = $1 AND (entity_type, entity_id) IN "
+        "(SELECT * FROM unnest($2::text[], $3::text[]))",
+        org,
+        [layer[1] for layer in layers],
+        [layer[2] for layer in layers],
+    )
+    stored = {
+        (row["entity_type"], row["entity_id"]): ContextRow(
+            list(row["knowledge_uuids"]), list(row["resource_ids"]), list(row["policy_ids"])
+        )
+        for row in rows
+    }
+    return merge_context(kind, ident, chain, stored)
 
 
 def _provenance(resolved: ResolvedContext, key: str) -> list[str]:

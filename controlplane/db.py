@@ -60,3 +60,17 @@ def patch_assignments(
 # A connection, checked out of the pool or not, and anything that runs queries.
 Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 Queryable: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any] | asyncpg.Pool[Any]"
+
+
+def sql_uuid(text: str) -> str:
+    """SQL for the uuid that the text expression `text` names, as Python's `uuid.UUID` reads
+    it (optional `urn:`/`uuid:` and braces, hyphens anywhere, any case), else NULL; so a query
+    can take ids from a JSON list without failing on one that is not a uuid."""
+    bare = f"replace(btrim(replace(replace({text}, 'urn:', ''), 'uuid:', ''), '{{}}'), '-', '')"
+    return f"(CASE WHEN {bare} ~ '^[0-9A-Fa-f]{{32}}$' THEN {bare}::uuid END)"
+
+
+def sql_array(jsonb: str) -> str:
+    """SQL for the jsonb expression `jsonb` when it is an array, else an empty array (so
+    `jsonb_array_elements` never fails on a stored value of another shape)."""
+    return f"(CASE WHEN jsonb_typeof({jsonb}) = 'array' THEN {jsonb} ELSE '[]'::jsonb END)"

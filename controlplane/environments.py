@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,8 +30,9 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from controlplane.db import Queryable
 from controlplane.errors import Invalid, Refused, not_found
-from controlplane.hierarchy import agent_hierarchy, team_hierarchy
-from controlplane.skills import resolve_agent_skills
+from controlplane.hierarchy import Hierarchy
+from controlplane.skills import ResolvedSkill, resolve_skills
+from controlplane.snapshot import Snapshot, load_snapshot
 from controlplane.tool_catalogue import SkillConfigError, mcp_servers_of
 
 # The env vars an integration's token is given as, by integration type. Types whose credential
@@ -217,21 +219,17 @@ def make_layer(raw: Any, source: str, ident: str | None = None, name: str | None
     )
 
 
-async def _skill_layers(db: Queryable, org: str, agent_id: uuid.UUID) -> list[Layer]:
-    """The MCP servers of the agent's resolved skills of type mcp_server (admins write skills,
-    so this is where a server that runs a command on the worker may come from)."""
-    skills = [
-        skill
-        for skill in await resolve_agent_skills(db, org, agent_id)
-        if skill.type == "mcp_server"
-    ]
-    if not skills:
+def skill_layer(skills: Sequence[ResolvedSkill]) -> list[Layer]:
+    """The MCP servers of resolved skills of type mcp_server (admins write skills, so this is
+    where a server that runs a command on the worker may come from)."""
+    servers = [skill for skill in skills if skill.type == "mcp_server"]
+    if not servers:
         return []
     try:
-        servers = mcp_servers_of((s.name, s.type, s.configuration) for s in skills)
+        found = mcp_servers_of((s.name, s.type, s.configuration) for s in servers)
     except SkillConfigError as error:
         raise Refused(f"An mcp_server skill is not valid: {error}") from None
-    return [Layer(source="skill", mcp_servers=servers)]
+    return [Layer(source="skill", mcp_servers=found)]
 
 
 def merge(layers: list[Layer]) -> ResolvedEnvironment:
@@ -262,52 +260,54 @@ def merge(layers: list[Layer]) -> ResolvedEnvironment:
     return result
 
 
-async def _agent_layers(
-    db: Queryable, org: str, agent_id: uuid.UUID
-) -> tuple[dict[str, Any] | None, list[Layer]]:
-    """The agent and its layers along the hierarchy: its environments, its team's environments,
-    its team, itself, then the MCP servers of its skills."""
-    chain = await agent_hierarchy(db, org, agent_id)
-    if chain is None or chain.agent is None:
-        return None, []
+def _chain_layers(chain: Hierarchy) -> list[Layer]:
+    """A hierarchy's own layers: its environments, its team's environments, its team, the
+    agent itself."""
     layers = [
         make_layer(env.execution_environment, "environment", str(env.id), env.name)
         for env in chain.environments + chain.team_environments
     ]
-    if chain.team is not None:
-        team = chain.team
+    team, agent = chain.team, chain.agent
+    if team is not None:
         layers.append(
             make_layer(team.get("execution_environment"), "team", str(team["id"]), team["name"])
         )
-    agent = chain.agent
-    layers.append(make_layer(agent["execution_environment"], "agent", str(agent_id), agent["name"]))
-    layers += await _skill_layers(db, org, agent_id)
-    return agent, layers
+    if agent is not None:
+        layers.append(
+            make_layer(agent["execution_environment"], "agent", str(agent["id"]), agent["name"])
+        )
+    return layers
 
 
-async def _team_layers(
-    db: Queryable, org: str, team_id: uuid.UUID
-) -> tuple[dict[str, Any] | None, list[Layer]]:
-    """The team and its layers: its environments, then itself."""
-    chain = await team_hierarchy(db, org, team_id)
-    if chain is None or chain.team is None:
-        return None, []
-    team = chain.team
-    layers = [
-        make_layer(env.execution_environment, "environment", str(env.id), env.name)
-        for env in chain.team_environments
-    ]
-    layers.append(make_layer(team.get("execution_environment"), "team", str(team_id), team["name"]))
-    return team, layers
+def environment_of(
+    snapshot: Snapshot | None,
+    run_override: dict[str, Any] | None,
+    *,
+    skills: Sequence[ResolvedSkill] | None = None,
+) -> ResolvedEnvironment:
+    """The execution environment of the snapshot's agent (its layers, then the MCP servers of
+    its skills: `skills` when resolved already) or team, with the run's override on top;
+    without a snapshot (the agent or team is gone) the override alone. Integrations are not
+    looked up here (`add_integrations`)."""
+    chain = snapshot.chain if snapshot is not None else None
+    layers = _chain_layers(chain) if chain is not None else []
+    if snapshot is not None and chain is not None and chain.agent is not None:
+        layers += skill_layer(skills if skills is not None else resolve_skills(snapshot, chain))
+    if run_override:
+        layers.append(make_layer(run_override, "run"))
+    resolved = merge(layers)
+    if chain is not None and chain.agent is not None:
+        resolved.agent_id, resolved.agent_name = str(chain.agent["id"]), chain.agent["name"]
+    return resolved
 
 
 async def resolve_for_team(db: Queryable, org: str, team_id: uuid.UUID) -> ResolvedEnvironment:
     """The team's own environment (what its leader runs with); 404 if there is no such team."""
-    team, layers = await _team_layers(db, org, team_id)
-    if team is None:
+    snapshot = await load_snapshot(db, org, team_id=team_id)
+    if snapshot.chain is None:
         raise not_found("Team", team_id)
-    resolved = merge(layers)
-    await _add_integrations(db, org, resolved)
+    resolved = environment_of(snapshot, None)
+    await add_integrations(db, org, resolved)
     return resolved
 
 
@@ -324,14 +324,11 @@ async def resolve_for_agent(
     """The agent's environment with the run's override on top; 404 if the organization has no
     such agent."""
     ident = _uuid(agent_id)
-    agent, layers = (None, []) if ident is None else await _agent_layers(db, org, ident)
-    if agent is None:
+    snapshot = None if ident is None else await load_snapshot(db, org, agent_id=ident)
+    if snapshot is None or snapshot.chain is None:
         raise not_found("Agent", agent_id)
-    if run_override:
-        layers.append(make_layer(run_override, "run"))
-    resolved = merge(layers)
-    resolved.agent_id, resolved.agent_name = str(agent["id"]), agent["name"]
-    await _add_integrations(db, org, resolved)
+    resolved = environment_of(snapshot, run_override)
+    await add_integrations(db, org, resolved)
     return resolved
 
 
@@ -348,18 +345,13 @@ async def resolve_for_execution(
     )
     if row is None:
         raise not_found("Execution", execution_id)
-    agent: Any = None
-    layers: list[Layer] = []
+    snapshot = None
     if row["execution_type"] == "agent" and row["entity_id"] is not None:
-        agent, layers = await _agent_layers(db, org, row["entity_id"])
+        snapshot = await load_snapshot(db, org, agent_id=row["entity_id"])
     elif row["execution_type"] == "team" and row["entity_id"] is not None:
-        _, layers = await _team_layers(db, org, row["entity_id"])
-    if row["execution_environment"]:
-        layers.append(make_layer(row["execution_environment"], "run"))
-    resolved = merge(layers)
-    if agent is not None:
-        resolved.agent_id, resolved.agent_name = str(agent["id"]), agent["name"]
-    await _add_integrations(db, org, resolved)
+        snapshot = await load_snapshot(db, org, team_id=row["entity_id"])
+    resolved = environment_of(snapshot, row["execution_environment"])
+    await add_integrations(db, org, resolved)
     return resolved
 
 
@@ -388,7 +380,9 @@ def integration_from_row(row: asyncpg.Record) -> ResolvedIntegration:
     )
 
 
-async def _add_integrations(db: Queryable, org: str, resolved: ResolvedEnvironment) -> None:
+async def add_integrations(db: Queryable, org: str, resolved: ResolvedEnvironment) -> None:
+    """Look up the integrations the resolved environment names (skipped: missing, deleted or
+    inactive ones, with the reason)."""
     ids = [(raw, _uuid(raw)) for raw in resolved.integration_ids]
     rows = await db.fetch(
         "SELECT id, name, integration_type, status, config FROM custom_integrations "

@@ -1,5 +1,6 @@
-"""Where an agent or a team sits in its organization, loaded once and read by everything that
-inherits along it: context, skills, execution environments and policies.
+"""Where an agent or a team sits in its organization, read by everything that inherits along
+it: context, skills, execution environments and policies. The rows come from one statement
+(controlplane/snapshot.py); the functions here only arrange them.
 
 One precedence, outermost first; a later layer wins where values clash, lists are unioned in
 this order:
@@ -16,10 +17,9 @@ this order:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from controlplane.db import Queryable
 
 
 @dataclass(frozen=True)
@@ -70,82 +70,50 @@ def uuids(values: Any) -> list[uuid.UUID]:
     return list(dict.fromkeys(out))
 
 
-async def _environments(db: Queryable, org: str, ids: list[uuid.UUID]) -> list[EnvironmentLayer]:
-    """The organization's environments among `ids`, in the given order."""
-    if not ids:
-        return []
-    rows = await db.fetch(
-        "SELECT id, name, execution_environment FROM environments "
-        "WHERE organization_id = $1 AND id = ANY($2::uuid[])",
-        org,
-        ids,
-    )
-    found = {row["id"]: row for row in rows}
-    return [
-        EnvironmentLayer(ident, found[ident]["name"], dict(found[ident]["execution_environment"]))
-        for ident in ids
-        if ident in found
-    ]
+def chain_environments(
+    ids: Any, found: Mapping[uuid.UUID, EnvironmentLayer], exclude: Iterable[uuid.UUID] = ()
+) -> list[EnvironmentLayer]:
+    """The environments among `ids` (a JSON list) that exist (`found`), in the list's order,
+    once each, leaving out `exclude`."""
+    skip = set(exclude)
+    return [found[ident] for ident in uuids(ids) if ident in found and ident not in skip]
 
 
-async def _team(db: Queryable, org: str, team_id: Any) -> dict[str, Any] | None:
-    """The team row as a dict (every column), or None."""
-    if team_id is None:
-        return None
-    row: dict[str, Any] | None = await db.fetchval(
-        "SELECT to_jsonb(t) FROM teams t WHERE t.id = $1 AND t.organization_id = $2",
-        team_id,
-        org,
-    )
-    return row
-
-
-async def _projects(db: Queryable, org: str, link: str, column: str, ident: Any) -> list[uuid.UUID]:
-    rows = await db.fetch(
-        f"SELECT p.id FROM {link} l JOIN projects p ON p.id = l.project_id "
-        f"WHERE l.{column} = $1 AND p.organization_id = $2 ORDER BY l.added_at, p.id",
-        ident,
-        org,
-    )
-    return [row["id"] for row in rows]
-
-
-async def agent_hierarchy(db: Queryable, org: str, agent_id: uuid.UUID) -> Hierarchy | None:
-    """The agent's hierarchy; None when the organization has no such agent."""
-    agent = await db.fetchrow(
-        "SELECT id, name, team_id, environment_ids, skill_ids, skill_configurations, "
-        "execution_environment FROM agents WHERE id = $1 AND organization_id = $2",
-        agent_id,
-        org,
-    )
-    if agent is None:
-        return None
-    environments = await _environments(db, org, uuids(agent["environment_ids"]))
-    team = await _team(db, org, agent["team_id"])
-    team_environments: list[EnvironmentLayer] = []
+def agent_chain(
+    org: str,
+    agent: dict[str, Any],
+    team: dict[str, Any] | None,
+    environments: Mapping[uuid.UUID, EnvironmentLayer],
+    project_ids: list[uuid.UUID],
+) -> Hierarchy:
+    """An agent's hierarchy from its row, its team's row and the environments that exist."""
+    own = chain_environments(agent.get("environment_ids"), environments)
+    team_environments = []
     if team is not None:
-        own = {environment.id for environment in environments}
-        candidates = [i for i in uuids(team.get("environment_ids")) if i not in own]
-        team_environments = await _environments(db, org, candidates)
+        team_environments = chain_environments(
+            team.get("environment_ids"), environments, exclude=(e.id for e in own)
+        )
     return Hierarchy(
         organization_id=org,
-        project_ids=await _projects(db, org, "project_agents", "agent_id", agent_id),
-        environments=environments,
+        project_ids=project_ids,
+        environments=own,
         team_environments=team_environments,
         team=team,
-        agent=dict(agent),
+        agent=agent,
     )
 
 
-async def team_hierarchy(db: Queryable, org: str, team_id: uuid.UUID) -> Hierarchy | None:
-    """The team's hierarchy: its projects, its environments (as team environments, the same
-    layer they are for its agents) and itself; None when the organization has no such team."""
-    team = await _team(db, org, team_id)
-    if team is None:
-        return None
+def team_chain(
+    org: str,
+    team: dict[str, Any],
+    environments: Mapping[uuid.UUID, EnvironmentLayer],
+    project_ids: list[uuid.UUID],
+) -> Hierarchy:
+    """A team's hierarchy: its projects, its environments (as team environments, the same
+    layer they are for its agents) and itself."""
     return Hierarchy(
         organization_id=org,
-        project_ids=await _projects(db, org, "project_teams", "team_id", team_id),
-        team_environments=await _environments(db, org, uuids(team.get("environment_ids"))),
+        project_ids=project_ids,
+        team_environments=chain_environments(team.get("environment_ids"), environments),
         team=team,
     )

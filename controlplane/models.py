@@ -9,11 +9,14 @@ name, provider and prices it calls with.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 from pydantic import BaseModel, Field
+
+from controlplane.db import sql_uuid
 
 RuntimeId = Literal["default", "claude_code"]
 RUNTIME_IDS: tuple[RuntimeId, ...] = ("default", "claude_code")
@@ -30,7 +33,14 @@ MODEL_COLUMNS = (
     "enabled, recommended, compatible_runtimes, capabilities, pricing, display_order, "
     "created_at, updated_at"
 )
-VISIBLE = "(organization_id IS NULL OR organization_id = $1)"
+
+
+def visible(org: str) -> str:
+    """SQL: a model row `org` (an SQL text expression) sees: the global catalogue or its own."""
+    return f"(organization_id IS NULL OR organization_id = {org})"
+
+
+VISIBLE = visible("$1")
 
 
 # A sanity bound: the dearest models cost well under $1,000 per million tokens.
@@ -174,10 +184,11 @@ def api_model_name(value: str, api_model: str | None) -> str:
     return api_model or value.split("/", 1)[-1]
 
 
-def model_info(row: asyncpg.Record) -> ModelInfo:
+def model_info(row: asyncpg.Record | Mapping[str, Any]) -> ModelInfo:
+    """A catalogue row (a record, or its JSON form, whose id is a string) as a ModelInfo."""
     pricing = row["pricing"]
     return ModelInfo(
-        id=row["id"],
+        id=uuid.UUID(str(row["id"])),
         value=row["value"],
         label=row["label"],
         provider=row["provider"],
@@ -189,25 +200,36 @@ def model_info(row: asyncpg.Record) -> ModelInfo:
     )
 
 
-async def find_model_row(db: Db, org: str, model_id: str) -> asyncpg.Record | None:
-    """A model visible to `org` (global or its own) by id or by value; the org's own row wins
-    over a global one with the same value. `kubiya/x` falls back to `anthropic/x`."""
-    try:
-        as_uuid: uuid.UUID | None = uuid.UUID(model_id)
-    except ValueError:
-        as_uuid = None
-    values = [model_id]
-    if model_id.startswith(KUBIYA_PREFIX):
-        values.append("anthropic/" + model_id[len(KUBIYA_PREFIX) :])
-    row: asyncpg.Record | None = await db.fetchrow(
-        f"SELECT {MODEL_COLUMNS} FROM llm_models WHERE {VISIBLE} "
-        "AND (id = $2 OR value = ANY($3::text[])) "
-        "ORDER BY (id = $2) IS TRUE DESC, array_position($3::text[], value), "
-        "organization_id IS NULL LIMIT 1",
-        org,
-        as_uuid,
-        values,
+def model_sql(org: str, model_id: str) -> str:
+    """SQL selecting the model `org` sees as `model_id` (both SQL text expressions): global or
+    its own, by id or by value; the org's own row wins over a global one with the same value;
+    `kubiya/x` falls back to `anthropic/x`. At most one row."""
+    prefix = len(KUBIYA_PREFIX)
+    values = (
+        f"ARRAY[{model_id}, CASE WHEN left({model_id}, {prefix}) = '{KUBIYA_PREFIX}' "
+        f"THEN 'anthropic/' || substr({model_id}, {prefix + 1}) END]"
     )
+    ident = sql_uuid(model_id)
+    return (
+        f"SELECT {MODEL_COLUMNS} FROM llm_models WHERE {visible(org)} "
+        f"AND (id = {ident} OR value = ANY({values})) "
+        f"ORDER BY (id = {ident}) IS TRUE DESC, array_position({values}, value), "
+        "organization_id IS NULL LIMIT 1"
+    )
+
+
+def default_model_sql(org: str) -> str:
+    """SQL selecting the organization's default model (`org` an SQL text expression): its own
+    recommended enabled model, else the global recommended one (lowest display_order first)."""
+    return (
+        f"SELECT {MODEL_COLUMNS} FROM llm_models WHERE {visible(org)} AND enabled AND recommended "
+        "ORDER BY organization_id IS NULL, display_order, value, id LIMIT 1"
+    )
+
+
+async def find_model_row(db: Db, org: str, model_id: str) -> asyncpg.Record | None:
+    """A model visible to `org` by id or by value (see `model_sql`)."""
+    row: asyncpg.Record | None = await db.fetchrow(model_sql("$1", "$2::text"), org, model_id)
     return row
 
 
@@ -219,13 +241,8 @@ async def resolve_model(db: Db, org: str, model_id: str) -> ModelInfo | None:
 
 
 async def default_model_row(db: Db, org: str) -> asyncpg.Record | None:
-    """The organization's default model: its own recommended enabled model, else the global
-    recommended one (lowest display_order first)."""
-    row: asyncpg.Record | None = await db.fetchrow(
-        f"SELECT {MODEL_COLUMNS} FROM llm_models WHERE {VISIBLE} AND enabled AND recommended "
-        "ORDER BY organization_id IS NULL, display_order, value, id LIMIT 1",
-        org,
-    )
+    """The organization's default model (see `default_model_sql`)."""
+    row: asyncpg.Record | None = await db.fetchrow(default_model_sql("$1"), org)
     return row
 
 

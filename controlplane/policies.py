@@ -23,12 +23,22 @@ from typing import Any
 import asyncpg
 
 from controlplane import outbox
-from controlplane.context import resolve_context
+from controlplane.context import context_of
 from controlplane.db import Queryable
-from controlplane.environments import resolve_for_execution
+from controlplane.environments import environment_of
 from controlplane.errors import not_found
-from controlplane.hierarchy import Hierarchy, agent_hierarchy, team_hierarchy
+from controlplane.hierarchy import Hierarchy
 from controlplane.policy_engine import PolicyEngine, PolicyResult, PolicySource, decide
+from controlplane.snapshot import (
+    POLICY_COLUMNS,
+    PolicyLink,
+    PolicyRow,
+    Snapshot,
+    load_snapshot,
+    policy_link,
+    policy_links_sql,
+    policy_row,
+)
 from workflows.contracts import TERMINAL_STATES
 
 DEFAULT_PRIORITY: dict[str, int] = {"environment": 300, "team": 200, "agent": 100, "role": 100}
@@ -40,10 +50,16 @@ ENTITY_KIND = {"agent": "Agent", "environment": "Environment", "team": "Team"}
 @dataclass
 class PolicyScope:
     """Which policies govern an action: association layers (entity_type, entity_id) and the
-    policies listed by id in projects and resolved context (id, source type, source id)."""
+    policies listed by id in projects and resolved context (id, source type, source id).
+
+    `links` and `policies` are what those name, once loaded (from a snapshot, or by
+    `loaded_scope`): the enabled associations of the layers (at least; ordered by policy name,
+    then id) and the listed policies by id (enabled or not). None: not loaded yet."""
 
     layers: list[tuple[str, str]] = field(default_factory=list)
     listed: list[tuple[uuid.UUID, str, str]] = field(default_factory=list)
+    links: list[PolicyLink] | None = None
+    policies: dict[uuid.UUID, PolicyRow] | None = None
 
     @property
     def environment_ids(self) -> list[str]:
@@ -70,6 +86,12 @@ class Evaluation:
 def source_of(row: asyncpg.Record) -> PolicySource:
     return PolicySource(
         id=str(row["id"]), version=row["version"], content=row["policy_content"], name=row["name"]
+    )
+
+
+def policy_source(policy: PolicyRow) -> PolicySource:
+    return PolicySource(
+        id=str(policy.id), version=policy.version, content=policy.content, name=policy.name
     )
 
 
@@ -107,6 +129,40 @@ def hierarchy_layers(chain: Hierarchy) -> list[tuple[str, str]]:
     return layers
 
 
+def run_scope(snapshot: Snapshot) -> PolicyScope:
+    """The policies that govern a run of the snapshot's agent or team (see the module
+    docstring): its queue's environment, the hierarchy, the caller's role (those the snapshot
+    was loaded with), and the policies its projects and context list."""
+    chain = snapshot.chain
+    assert chain is not None
+    scope = PolicyScope(links=snapshot.policy_links, policies=snapshot.policies)
+    if snapshot.queue is not None:
+        scope.layers.append(("environment", str(snapshot.queue.environment_id)))
+    scope.layers += hierarchy_layers(chain)
+    if snapshot.role is not None:
+        scope.layers.append(("role", snapshot.role))
+    scope.layers = list(dict.fromkeys(scope.layers))
+    scope.listed = listed_policies(snapshot)
+    return scope
+
+
+def listed_policies(snapshot: Snapshot) -> list[tuple[uuid.UUID, str, str]]:
+    """Policy ids named by the entity's projects (`settings.policy_ids`) and by its resolved
+    context (`policy_ids` of every layer), in that order; ids that are not uuids are skipped
+    (whether they are the organization's policies shows when they are looked up)."""
+    chain = snapshot.chain
+    assert chain is not None
+    listed: list[tuple[uuid.UUID, str, str]] = []
+    for project_id in chain.project_ids:
+        listed += [
+            (ident, "project", str(project_id))
+            for ident in _uuid_list(snapshot.project_policy_ids.get(project_id) or [])
+        ]
+    for name, layer in context_of(snapshot).layers.items():
+        listed += [(ident, "context", name) for ident in _uuid_list(layer.policy_ids)]
+    return listed
+
+
 async def agent_scope(
     db: Queryable,
     org: str,
@@ -118,10 +174,10 @@ async def agent_scope(
     """The policies that govern an agent's run (see the module docstring); not found when the
     organization has no such agent."""
     ident = as_uuid(str(agent_id), "Agent")
-    chain = await agent_hierarchy(db, org, ident)
-    if chain is None:
+    snapshot = await load_snapshot(db, org, agent_id=ident, queue_id=queue_id, role=role)
+    if snapshot.chain is None:
         raise not_found("Agent", agent_id)
-    return await _run_scope(db, org, chain, queue_id, role)
+    return run_scope(snapshot)
 
 
 async def team_scope(
@@ -133,71 +189,26 @@ async def team_scope(
     role: str | None = None,
 ) -> PolicyScope:
     """The policies that govern a team's run: as for an agent, along the team's hierarchy."""
-    chain = await team_hierarchy(db, org, team_id)
-    if chain is None:
+    snapshot = await load_snapshot(db, org, team_id=team_id, queue_id=queue_id, role=role)
+    if snapshot.chain is None:
         raise not_found("Team", team_id)
-    return await _run_scope(db, org, chain, queue_id, role)
-
-
-async def _run_scope(
-    db: Queryable, org: str, chain: Hierarchy, queue_id: uuid.UUID | None, role: str | None
-) -> PolicyScope:
-    """A run's scope: its queue's environment, the entity's hierarchy, the caller's role."""
-    scope = PolicyScope()
-    if queue_id is not None:
-        environment_id = await db.fetchval(
-            "SELECT environment_id FROM worker_queues WHERE id = $1 AND organization_id = $2",
-            queue_id,
-            org,
-        )
-        if environment_id is not None:
-            scope.layers.append(("environment", str(environment_id)))
-    scope.layers += hierarchy_layers(chain)
-    if role is not None:
-        scope.layers.append(("role", role))
-    scope.layers = list(dict.fromkeys(scope.layers))
-    scope.listed = await _listed_policies(db, org, chain)
-    return scope
+    return run_scope(snapshot)
 
 
 async def entity_scope(db: Queryable, org: str, entity_type: str, entity_id: str) -> PolicyScope:
-    """An agent's, team's, environment's or role's own policies with their inheritance."""
+    """An agent's, team's, environment's or role's own policies with their inheritance (a team:
+    its environments' and its own associations)."""
     if entity_type == "agent":
         return await agent_scope(db, org, entity_id)
-    ident = await check_entity(db, org, entity_type, entity_id)
     if entity_type == "team":
-        chain = await team_hierarchy(db, org, uuid.UUID(ident))
-        if chain is not None:
-            return PolicyScope(layers=hierarchy_layers(chain))
-    return PolicyScope(layers=[(entity_type, ident)])
-
-
-async def _listed_policies(
-    db: Queryable, org: str, chain: Hierarchy
-) -> list[tuple[uuid.UUID, str, str]]:
-    """Policy ids named by the entity's projects (`settings.policy_ids`) and by its resolved
-    context (`policy_ids` of every layer), in that order; ids that are not uuids are skipped
-    (whether they are the organization's policies is checked when they are loaded)."""
-    listed: list[tuple[uuid.UUID, str, str]] = []
-    if chain.project_ids:
-        projects = await db.fetch(
-            "SELECT id, settings -> 'policy_ids' AS policy_ids FROM projects "
-            "WHERE organization_id = $1 AND id = ANY($2::uuid[])",
-            org,
-            chain.project_ids,
+        snapshot = await load_snapshot(db, org, team_id=as_uuid(entity_id, "Team"))
+        if snapshot.chain is None:
+            raise not_found("Team", entity_id)
+        return PolicyScope(
+            layers=hierarchy_layers(snapshot.chain), links=snapshot.policy_links, policies={}
         )
-        by_id = {row["id"]: row["policy_ids"] for row in projects}
-        for project_id in chain.project_ids:
-            listed += [
-                (ident, "project", str(project_id))
-                for ident in _uuid_list(by_id.get(project_id) or [])
-            ]
-    entity = ("agent", chain.agent_id) if chain.agent_id is not None else ("team", chain.team_id)
-    if entity[1] is not None:
-        context = await resolve_context(db, org, entity[0], entity[1])
-        for name, layer in context.layers.items():
-            listed += [(ident, "context", name) for ident in _uuid_list(layer.policy_ids)]
-    return listed
+    ident = await check_entity(db, org, entity_type, entity_id)
+    return PolicyScope(layers=[(entity_type, ident)])
 
 
 def _uuid_list(values: Sequence[Any]) -> list[uuid.UUID]:
@@ -210,53 +221,71 @@ def _uuid_list(values: Sequence[Any]) -> list[uuid.UUID]:
     return out
 
 
-async def resolve_layers(
-    db: Queryable, org: str, layers: Sequence[tuple[str, str]]
-) -> list[asyncpg.Record]:
-    """The enabled associations of these (entity_type, entity_id) layers, one per policy at its
-    highest priority (ties: the broader layer), highest priority first. Associations of
-    environments that no longer exist are skipped."""
-    if not layers:
-        return []
-    rows = await db.fetch(
-        "SELECT * FROM (SELECT DISTINCT ON (p.id) p.id, p.name, p.description, "
-        "p.policy_content, p.enabled AS policy_enabled, p.version, a.entity_type AS source_type, "
-        "a.entity_id AS source_id, a.priority, a.metadata AS association_metadata "
-        "FROM policy_associations a "
-        "JOIN policies p ON p.id = a.policy_id AND p.organization_id = a.organization_id "
-        "JOIN unnest($2::text[], $3::text[]) AS l(entity_type, entity_id) "
-        "ON l.entity_type = a.entity_type AND l.entity_id = a.entity_id "
-        "WHERE a.organization_id = $1 AND a.enabled AND (a.entity_type <> 'environment' "
-        "OR EXISTS (SELECT 1 FROM environments e WHERE e.organization_id = a.organization_id "
-        "AND e.id::text = a.entity_id)) "
-        "ORDER BY p.id, a.priority DESC, "
-        "array_position($4::text[], a.entity_type)) resolved "
-        "ORDER BY priority DESC, name, id",
-        org,
-        [layer[0] for layer in layers],
-        [layer[1] for layer in layers],
-        sorted(LAYER_RANK, key=LAYER_RANK.__getitem__),
-    )
-    return list(rows)
+async def loaded_scope(db: Queryable, org: str, scope: PolicyScope) -> PolicyScope:
+    """The scope with what its layers and listed ids name loaded (as it is, when it was)."""
+    if scope.links is None:
+        rows = []
+        if scope.layers:
+            rows = await db.fetch(
+                policy_links_sql("unnest($2::text[], $3::text[]) AS k(entity_type, entity_id)")
+                + " ORDER BY p.name, p.id",
+                org,
+                [layer[0] for layer in scope.layers],
+                [layer[1] for layer in scope.layers],
+            )
+        scope.links = [policy_link(dict(row)) for row in rows]
+    if scope.policies is None:
+        scope.policies = {}
+        wanted = list(dict.fromkeys(ident for ident, _, _ in scope.listed))
+        if wanted:
+            rows = await db.fetch(
+                f"SELECT {POLICY_COLUMNS} FROM policies p "
+                "WHERE p.organization_id = $1 AND p.id = ANY($2::uuid[])",
+                org,
+                wanted,
+            )
+            scope.policies = {row["id"]: policy_row(dict(row)) for row in rows}
+    return scope
+
+
+def resolved_links(scope: PolicyScope) -> list[PolicyLink]:
+    """The scope's associations, one per policy at its highest priority (ties: the broader
+    layer, then the earlier one), highest priority first, then by policy name and id. The
+    scope must be loaded."""
+    assert scope.links is not None, "load the scope first"
+    position = {layer: n for n, layer in enumerate(scope.layers)}
+    best: dict[uuid.UUID, PolicyLink] = {}
+    for link in scope.links:  # by policy name, then id
+        at = position.get((link.entity_type, link.entity_id))
+        if at is None:
+            continue
+        current = best.get(link.policy.id)
+        rank = (-link.priority, LAYER_RANK[link.entity_type], at)
+        if current is None or rank < (
+            -current.priority,
+            LAYER_RANK[current.entity_type],
+            position[(current.entity_type, current.entity_id)],
+        ):
+            best[link.policy.id] = link
+    return sorted(best.values(), key=lambda link: -link.priority)
+
+
+def enabled_policies(scope: PolicyScope) -> list[PolicySource]:
+    """The enabled policies of a loaded scope, each once, highest association priority first,
+    then the listed ones in their order."""
+    assert scope.policies is not None, "load the scope first"
+    policies = [policy_source(link.policy) for link in resolved_links(scope) if link.policy.enabled]
+    seen = {policy.id for policy in policies}
+    for ident in dict.fromkeys(ident for ident, _, _ in scope.listed):
+        listed = scope.policies.get(ident)
+        if listed is not None and listed.enabled and str(ident) not in seen:
+            policies.append(policy_source(listed))
+    return policies
 
 
 async def scope_policies(db: Queryable, org: str, scope: PolicyScope) -> list[PolicySource]:
-    """The enabled policies of a scope, each once, highest association priority first, then
-    the listed ones."""
-    rows = await resolve_layers(db, org, scope.layers)
-    policies = [source_of(row) for row in rows if row["policy_enabled"]]
-    seen = {policy.id for policy in policies}
-    wanted = list(dict.fromkeys(ident for ident, _, _ in scope.listed if str(ident) not in seen))
-    if wanted:
-        listed = await db.fetch(
-            "SELECT id, name, version, policy_content FROM policies "
-            "WHERE organization_id = $1 AND id = ANY($2::uuid[]) AND enabled",
-            org,
-            wanted,
-        )
-        by_id = {row["id"]: row for row in listed}
-        policies += [source_of(by_id[ident]) for ident in wanted if ident in by_id]
-    return policies
+    """The enabled policies of a scope (loaded first if it is not)."""
+    return enabled_policies(await loaded_scope(db, org, scope))
 
 
 async def org_enabled_policies(db: Queryable, org: str) -> list[PolicySource]:
@@ -328,12 +357,13 @@ async def check_tool_call(
 ) -> Evaluation:
     """May this execution (on `queue_id`, not ended) make this call? The tool must be one the
     execution was started with (or, with `mcp_server`, a server of its environment); who acts,
-    for which agent, team and environments, and what the tool is come from the rows. A denial
-    is announced to webhook subscribers (`policy.violation`)."""
+    for which agent, team and environments, and what the tool is come from the rows: the
+    execution's, and one snapshot of its agent or team (its environment and its policies). A
+    denial is announced to webhook subscribers (`policy.violation`)."""
     execution = await db.fetchrow(
         "SELECT e.id, e.execution_type, e.entity_id, e.entity_name, e.status, e.worker_queue_id, "
-        "e.tools, e.user_id, e.user_name, e.user_email, e.user_role, a.team_id "
-        "FROM executions e LEFT JOIN agents a "
+        "e.tools, e.execution_environment, e.user_id, e.user_name, e.user_email, e.user_role, "
+        "a.team_id FROM executions e LEFT JOIN agents a "
         "ON a.id = e.entity_id AND a.organization_id = e.organization_id "
         "WHERE e.id = $1 AND e.organization_id = $2 AND e.worker_queue_id = $3",
         execution_id,
@@ -342,11 +372,9 @@ async def check_tool_call(
     )
     if execution is None or execution["status"] in TERMINAL_STATES:
         raise not_found("Running execution", execution_id)
-    tool = await _known_tool(db, org, execution, tool_name, mcp_server)
-    if tool is None:
-        decision = refused(f"'{tool_name}' is not one of this execution's tools")
-    else:
-        decision = await _tool_decision(db, engine, org, execution, tool, arguments, fail_open)
+    decision = await _tool_decision(
+        db, engine, org, execution, tool_name, arguments, mcp_server, fail_open
+    )
     if not decision.allowed:
         await outbox.record(
             db,
@@ -374,23 +402,42 @@ async def _tool_decision(
     engine: PolicyEngine,
     org: str,
     execution: asyncpg.Record,
-    tool: dict[str, Any],
+    tool_name: str,
     arguments: dict[str, Any],
+    mcp_server: str | None,
     fail_open: bool,
 ) -> Evaluation:
+    tool = _builtin_tool(execution, tool_name) if mcp_server is None else None
+    if mcp_server is None and tool is None:
+        return refused(f"'{tool_name}' is not one of this execution's tools")
     # A team's own run (a claude_code leader running its members' tools) answers to the
     # team's policies; an agent's run, member or not, to the agent's.
     is_team = execution["execution_type"] == "team"
     entity_id = execution["entity_id"]
     agent_id = str(entity_id) if entity_id and not is_team else None
     team_id = entity_id if is_team else execution["team_id"]
-    where = {"queue_id": execution["worker_queue_id"], "role": execution["user_role"]}
-    if entity_id is None:
+    snapshot = None
+    if entity_id is not None:
+        snapshot = await load_snapshot(
+            db,
+            org,
+            agent_id=None if is_team else entity_id,
+            team_id=entity_id if is_team else None,
+            queue_id=execution["worker_queue_id"],
+            role=execution["user_role"],
+        )
+    if mcp_server is not None:
+        environment = environment_of(snapshot, execution["execution_environment"])
+        tool = _mcp_tool(environment.mcp_servers, tool_name, mcp_server)
+        if tool is None:
+            return refused(f"'{tool_name}' is not one of this execution's tools")
+    assert tool is not None
+    if snapshot is None:
         scope = PolicyScope()
-    elif is_team:
-        scope = await team_scope(db, org, entity_id, **where)
+    elif snapshot.chain is None:
+        raise not_found("Team" if is_team else "Agent", entity_id)
     else:
-        scope = await agent_scope(db, org, entity_id, **where)
+        scope = run_scope(snapshot)
     policy_input = {
         "action": "tool_execution",
         "tool": {**tool, "arguments": arguments},
@@ -414,22 +461,22 @@ async def _tool_decision(
     return await enforce(db, engine, org, input=policy_input, scope=scope, fail_open=fail_open)
 
 
-async def _known_tool(
-    db: Queryable, org: str, execution: asyncpg.Record, tool_name: str, mcp_server: str | None
-) -> dict[str, Any] | None:
-    """The tool as the control plane knows it, or None when the execution has no such tool."""
-    if mcp_server is None:
-        for spec in execution["tools"] or []:
-            if spec.get("name") == tool_name:
-                return {
-                    "name": spec["name"],
-                    "source": spec.get("source", "builtin"),
-                    "category": spec.get("category", ""),
-                    "risk_level": spec.get("risk_level", "medium"),
-                }
-        return None
-    environment = await resolve_for_execution(db, org, execution["id"])
-    if mcp_server not in environment.mcp_servers:
+def _builtin_tool(execution: asyncpg.Record, tool_name: str) -> dict[str, Any] | None:
+    """The tool as the execution was started with it, or None when it has no such tool."""
+    for spec in execution["tools"] or []:
+        if spec.get("name") == tool_name:
+            return {
+                "name": spec["name"],
+                "source": spec.get("source", "builtin"),
+                "category": spec.get("category", ""),
+                "risk_level": spec.get("risk_level", "medium"),
+            }
+    return None
+
+
+def _mcp_tool(servers: dict[str, Any], tool_name: str, mcp_server: str) -> dict[str, Any] | None:
+    """A tool of one of the execution's MCP servers, or None when it has no such server."""
+    if mcp_server not in servers:
         return None
     return {
         "name": tool_name,

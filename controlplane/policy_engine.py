@@ -25,7 +25,7 @@ import uuid
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar, Generic, TypeVar
@@ -230,9 +230,17 @@ class _Lru(Generic[K, V]):
         while len(self.items) > self.size:
             self.items.popitem(last=False)
 
-    def drop(self, match: Any) -> None:
-        for key in [key for key in self.items if match(key)]:
+    def drop(self, match: Callable[[K, V], bool]) -> None:
+        for key in [key for key, value in self.items.items() if match(key, value)]:
             del self.items[key]
+
+
+@dataclass
+class _Compiled:
+    """A policy text compiled (or the engine's refusal of it), and the policies that had it."""
+
+    result: CompiledPolicy | RegoError
+    policy_ids: set[str] = field(default_factory=set)
 
 
 class PolicyEngine(ABC):
@@ -244,27 +252,28 @@ class PolicyEngine(ABC):
         self._local = threading.local()
 
     @property
-    def _compiled(self) -> _Lru[tuple[str, int], CompiledPolicy | RegoError]:
-        """(policy id, version) -> the compiled text; a version's text never changes."""
-        cache: _Lru[tuple[str, int], CompiledPolicy | RegoError] | None = getattr(
-            self._local, "compiled", None
-        )
+    def _compiled(self) -> _Lru[str, _Compiled]:
+        """Policy text -> the text compiled. Keyed by the text itself, so a policy whose text
+        is the same as another's (or a version's, after a revert) compiles once, and a cached
+        result can never belong to another text."""
+        cache: _Lru[str, _Compiled] | None = getattr(self._local, "compiled", None)
         if cache is None:
             cache = self._local.compiled = _Lru(_CACHE_SIZE)
         return cache
 
     def compiled(self, policy: PolicySource) -> CompiledPolicy:
-        key = (policy.id, policy.version)
-        found = self._compiled.get(key)
-        if found is None:
+        """The policy's text compiled, from the cache when this thread compiled it before."""
+        entry = self._compiled.get(policy.content)
+        if entry is None:
             try:
-                found = compile_rego(policy.content)
+                entry = _Compiled(compile_rego(policy.content))
             except RegoError as exc:
-                found = exc
-            self._compiled.put(key, found)
-        if isinstance(found, RegoError):
-            raise found
-        return found
+                entry = _Compiled(exc)
+            self._compiled.put(policy.content, entry)
+        entry.policy_ids.add(policy.id)
+        if isinstance(entry.result, RegoError):
+            raise entry.result
+        return entry.result
 
     @staticmethod
     def warnings(rego: str) -> list[str]:
@@ -299,13 +308,13 @@ class PolicyEngine(ABC):
         """Whether the engine answers, and a word on its state."""
 
     async def forget(self, policy_id: str) -> None:
-        """A policy was deleted: drop what the engine holds for it."""
-        self._compiled.drop(lambda key: key[0] == policy_id)
+        """A policy was deleted: drop what the engine holds for it (texts it had)."""
+        self._compiled.drop(lambda _, entry: policy_id in entry.policy_ids)
 
 
 class RegorusEngine(PolicyEngine):
-    """In process: one compiled engine per (policy id, version), cloned per evaluation
-    (a clone costs under a microsecond; an evaluation about ten)."""
+    """In process: one compiled engine per policy text, cloned per evaluation (a clone costs
+    under a microsecond; an evaluation about ten)."""
 
     kind = "regorus"
 

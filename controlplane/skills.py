@@ -10,6 +10,7 @@ its associations made through `/skills/associations`."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -19,17 +20,14 @@ from pydantic import BaseModel
 
 from controlplane.db import Queryable
 from controlplane.errors import Refused, not_found
-from controlplane.hierarchy import Hierarchy, agent_hierarchy, team_hierarchy
+from controlplane.hierarchy import Hierarchy
+from controlplane.snapshot import SkillLink, Snapshot, load_snapshot
 from controlplane.tool_catalogue import tools_for_skills, validate_config
 from workflows.contracts import ToolSpec
 
 AssociationEntity = Literal["agent", "team", "environment"]
 ASSOCIATION_ENTITIES: tuple[AssociationEntity, ...] = ("agent", "team", "environment")
 Source = Literal["environment", "team", "agent"]
-SKILL_COLUMNS = (
-    "id, organization_id, name, skill_type AS type, description, icon, enabled, configuration, "
-    "created_at, updated_at"
-)
 
 
 class SkillOut(BaseModel):
@@ -90,7 +88,7 @@ def _own_skill_ids(
     return out
 
 
-async def _attachments(db: Queryable, org: str, chain: Hierarchy) -> list[_Attachment]:
+def _attachments(chain: Hierarchy, links: Sequence[SkillLink]) -> list[_Attachment]:
     """Every attachment along the chain, outermost layer first."""
     layers: list[tuple[Source, str, uuid.UUID]] = [
         ("environment", "environment", env) for env in chain.environment_ids
@@ -100,17 +98,9 @@ async def _attachments(db: Queryable, org: str, chain: Hierarchy) -> list[_Attac
         layers.append(("team", "team", chain.team_id))
     if chain.agent_id is not None:
         layers.append(("agent", "agent", chain.agent_id))
-    rows = await db.fetch(
-        "SELECT entity_type, entity_id, skill_id, configuration_override FROM skill_associations "
-        "WHERE organization_id = $1 AND (entity_type, entity_id) IN "
-        "(SELECT * FROM unnest($2::text[], $3::uuid[])) ORDER BY created_at, id",
-        org,
-        [layer[1] for layer in layers],
-        [layer[2] for layer in layers],
-    )
-    by_entity: dict[tuple[str, uuid.UUID], list[asyncpg.Record]] = {}
-    for row in rows:
-        by_entity.setdefault((row["entity_type"], row["entity_id"]), []).append(row)
+    by_entity: dict[tuple[str, uuid.UUID], list[SkillLink]] = {}
+    for link in links:  # oldest first
+        by_entity.setdefault((link.entity_type, link.entity_id), []).append(link)
     out: list[_Attachment] = []
     for source, entity_type, entity_id in layers:
         if entity_type == "team":
@@ -118,30 +108,24 @@ async def _attachments(db: Queryable, org: str, chain: Hierarchy) -> list[_Attac
         if entity_type == "agent":
             out += _own_skill_ids("agent", entity_id, chain.agent)
         out += [
-            _Attachment(source, entity_id, row["skill_id"], dict(row["configuration_override"]))
-            for row in by_entity.get((entity_type, entity_id), [])
+            _Attachment(source, entity_id, link.skill_id, dict(link.override))
+            for link in by_entity.get((entity_type, entity_id), [])
         ]
     return out
 
 
-async def _resolve(db: Queryable, org: str, chain: Hierarchy) -> list[ResolvedSkill]:
-    attachments = await _attachments(db, org, chain)
-    rows = await db.fetch(
-        f"SELECT {SKILL_COLUMNS} FROM skills WHERE organization_id = $1 "
-        "AND id = ANY($2::uuid[]) AND enabled",
-        org,
-        list({a.skill_id for a in attachments}),
-    )
-    skills = {row["id"]: row for row in rows}
+def resolve_skills(snapshot: Snapshot, chain: Hierarchy) -> list[ResolvedSkill]:
+    """The enabled skills of `chain` (the snapshot's own or one of its team's members),
+    inherited ones first."""
     resolved: dict[uuid.UUID, ResolvedSkill] = {}
-    for attachment in attachments:
-        row = skills.get(attachment.skill_id)
+    for attachment in _attachments(chain, snapshot.skill_links):
+        row = snapshot.skills.get(attachment.skill_id)
         if row is None:  # disabled, deleted, or not the organization's
             continue
         earlier = resolved.pop(attachment.skill_id, None)
         override = {**(earlier.configuration_override if earlier else {}), **attachment.override}
         resolved[attachment.skill_id] = ResolvedSkill(
-            **dict(row)
+            **row
             | {
                 "configuration": {**row["configuration"], **override},
                 "source": attachment.source,
@@ -155,18 +139,18 @@ async def _resolve(db: Queryable, org: str, chain: Hierarchy) -> list[ResolvedSk
 
 async def resolve_agent_skills(db: Queryable, org: str, agent_id: uuid.UUID) -> list[ResolvedSkill]:
     """The agent's enabled skills, inherited ones first; 404 when it is not in the org."""
-    chain = await agent_hierarchy(db, org, agent_id)
-    if chain is None:
+    snapshot = await load_snapshot(db, org, agent_id=agent_id)
+    if snapshot.chain is None:
         raise not_found("Agent", agent_id)
-    return await _resolve(db, org, chain)
+    return resolve_skills(snapshot, snapshot.chain)
 
 
 async def resolve_team_skills(db: Queryable, org: str, team_id: uuid.UUID) -> list[ResolvedSkill]:
     """The team's enabled skills; 404 when there is no such team."""
-    chain = await team_hierarchy(db, org, team_id)
-    if chain is None:
+    snapshot = await load_snapshot(db, org, team_id=team_id)
+    if snapshot.chain is None:
         raise not_found("Team", team_id)
-    return await _resolve(db, org, chain)
+    return resolve_skills(snapshot, snapshot.chain)
 
 
 def tool_specs_for(skills: list[ResolvedSkill]) -> list[ToolSpec]:

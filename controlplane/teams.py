@@ -12,7 +12,7 @@ its model (`configuration.llm.model`) is in the catalogue and suits its runtime.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,6 @@ from controlplane.db import Conn, Queryable, conflict_on_duplicate
 from controlplane.errors import Refused, not_found
 from controlplane.models import check_runtime_model
 from controlplane.projects import default_project_id
-from controlplane.skills import tools_for_agent
 from workflows.contracts import TeamMember, ToolSpec
 
 
@@ -377,25 +376,13 @@ def instructions_of(configuration: dict[str, Any]) -> str | None:
     return str(raw) if raw else None
 
 
-async def team_for_run(db: Queryable, org: str, team_id: uuid.UUID) -> TeamForRun:
-    team = await db.fetchrow(
-        "SELECT id, name, runtime, coordination_type, configuration, model_id FROM teams "
-        "WHERE id = $1 AND organization_id = $2",
-        team_id,
-        org,
-    )
-    if team is None:
-        raise not_found("Team", team_id)
-    members = await db.fetch(
-        f"SELECT m.* FROM teams t, LATERAL ({members_sql('t')}) m "
-        f"WHERE t.id = $1 AND t.organization_id = $2 ORDER BY {MEMBER_ORDER}",
-        team_id,
-        org,
-    )
+def team_for_run(team: Mapping[str, Any], members: Sequence[Mapping[str, Any]]) -> TeamForRun:
+    """What a run of the team needs, from its row and its members' rows in their order
+    (records or their JSON form)."""
     configuration = team["configuration"] or {}
     llm = configuration.get("llm") if isinstance(configuration.get("llm"), dict) else {}
     return TeamForRun(
-        id=team["id"],
+        id=uuid.UUID(str(team["id"])),
         name=team["name"],
         runtime=team["runtime"],
         coordination_type=team["coordination_type"],
@@ -427,12 +414,15 @@ def leader_prompt(team: TeamForRun) -> str:
     return "\n\n".join(parts)
 
 
-async def team_member_tools(db: Queryable, org: str, team: TeamForRun) -> list[ToolSpec]:
-    """The members' tools, once each by name (for a claude_code leader, whose subagents run
-    them inside its call); each member's subagent is told which of them are its own."""
+def team_member_tools(
+    team: TeamForRun, tools_of: Callable[[str], list[ToolSpec]]
+) -> list[ToolSpec]:
+    """The members' tools (`tools_of` a member's agent id), once each by name (for a
+    claude_code leader, whose subagents run them inside its call); each member's subagent is
+    told which of them are its own."""
     tools: dict[str, ToolSpec] = {}
     for member in team.members:
-        own = await tools_for_agent(db, org, uuid.UUID(member.agent_id))
+        own = tools_of(member.agent_id)
         member.tool_names = [tool.name for tool in own]
         for tool in own:
             tools.setdefault(tool.name, tool)

@@ -1026,6 +1026,22 @@ async def test_engine_caches_compiled_policies() -> None:
     assert engine.compiled(first) is not compiled
 
 
+async def test_engine_caches_compiled_policies_by_text() -> None:
+    """A text compiles once, whichever policy or version carries it; a new text compiles anew."""
+    engine = RegorusEngine()
+    from controlplane.policy_engine import PolicySource
+
+    one = PolicySource(id="a", version=1, content=NO_SLEEP, name="a")
+    same_text = PolicySource(id="b", version=7, content=NO_SLEEP, name="b")
+    edited = PolicySource(id="a", version=2, content=NO_RM, name="a")
+    compiled = engine.compiled(one)
+    assert engine.compiled(same_text) is compiled
+    assert engine.compiled(edited) is not compiled
+    # Deleting one of the policies that had a text drops it; it compiles again when used.
+    await engine.forget("b")
+    assert engine.compiled(one) is not compiled
+
+
 # --- OPA REST mode --------------------------------------------------------------------------
 
 

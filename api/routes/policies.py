@@ -28,8 +28,9 @@ from controlplane.policies import (
     check_tool_call,
     entity_scope,
     evaluate,
+    loaded_scope,
     org_enabled_policies,
-    resolve_layers,
+    resolved_links,
     scope_policies,
     source_of,
 )
@@ -595,21 +596,21 @@ async def resolved_policies(call: Call, query: ResolvedQuery) -> ResolvedPolicie
     its projects and resolved context list, source `project` or `context`, priority 0)."""
     entity_type = _entity_type(call)
     scope = await entity_scope(call.db, call.org, entity_type, call.path["entity_id"])
-    rows = await resolve_layers(call.db, call.org, scope.layers)
+    scope = await loaded_scope(call.db, call.org, scope)
     resolved = [
         ResolvedPolicy(
-            policy_id=row["id"],
-            policy_name=row["name"],
-            source_type=row["source_type"],
-            source_id=row["source_id"],
-            priority=row["priority"],
-            enabled=row["policy_enabled"],
-            metadata=row["association_metadata"],
+            policy_id=link.policy.id,
+            policy_name=link.policy.name,
+            source_type=link.entity_type,
+            source_id=link.entity_id,
+            priority=link.priority,
+            enabled=link.policy.enabled,
+            metadata=link.metadata,
         )
-        for row in rows
+        for link in resolved_links(scope)
     ]
     seen = {item.policy_id for item in resolved}
-    listed = await _policies_by_id(call, [ident for ident, _, _ in scope.listed])
+    listed = scope.policies or {}
     for ident, source, source_id in scope.listed:
         policy = listed.get(ident)
         if policy is not None and ident not in seen:

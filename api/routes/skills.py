@@ -25,13 +25,13 @@ from controlplane.context import entity_id_for
 from controlplane.db import conflict_on_duplicate, patch_assignments
 from controlplane.skills import (
     ASSOCIATION_ENTITIES,
-    SKILL_COLUMNS,
     AssociationEntity,
     ResolvedSkill,
     SkillOut,
     resolve_agent_skills,
     resolve_team_skills,
 )
+from controlplane.snapshot import SKILL_COLUMNS
 from controlplane.tool_catalogue import (
     SKILL_TYPES,
     ConfigIssue,

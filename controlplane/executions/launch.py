@@ -5,29 +5,35 @@ workflow starts as its child.
 
 Order, and why: everything is read and checked first (the agent or team, the queue, the model,
 the run's override, the `agent_execution` / `team_execution` policies), so a refusal writes
-nothing; then the rows are written in one transaction (execution, participant, first
+nothing; then the rows are written in one statement (execution, participant, first
 transition); then the workflow starts in the organization's namespace. A workflow that cannot
 start leaves no row behind.
+
+Round trips, and why so few: one statement reads everything the run inherits
+(controlplane/snapshot.py), the checks and resolutions are pure functions of it (policies run in
+process), and one statement writes the three rows; both on one connection, so the pool resets it
+once. Three round trips before the workflow starts.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import asyncpg
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from controlplane.context import context_prompt, resolve_context
+from controlplane.context import context_of, context_prompt
 from controlplane.db import Queryable
-from controlplane.environments import resolve_for_agent, stdio_servers
+from controlplane.environments import environment_of, stdio_servers
 from controlplane.errors import DomainError, Forbidden, Invalid, Refused, Unavailable, not_found
-from controlplane.models import compatibility_errors, default_model_row, model_info, resolve_model
-from controlplane.policies import agent_scope, enforce, team_scope
+from controlplane.models import compatibility_errors, model_info
+from controlplane.policies import PolicyScope, enabled_policies, evaluate, run_scope
 from controlplane.policy_engine import PolicyEngine
-from controlplane.skills import tools_for_agent
+from controlplane.skills import resolve_skills, tool_specs_for
+from controlplane.snapshot import QueueRow, Snapshot, load_snapshot
 from controlplane.teams import leader_prompt, team_for_run, team_member_tools
 from controlplane.temporal import TemporalGateway
 from workflows.contracts import (
@@ -117,18 +123,14 @@ def check_override(caller: Caller, override: dict[str, Any] | None) -> None:
         )
 
 
-async def model_for(db: Queryable, org: str, runtime: str, model_id: str | None) -> ModelSpec:
-    """The model a run uses: the named one, else the organization's default; it must suit the
-    runtime."""
-    if model_id:
-        model = await resolve_model(db, org, model_id)
-        if model is None:
+def model_spec(row: dict[str, Any] | None, runtime: str, model_id: str | None) -> ModelSpec:
+    """The model a run uses (`row`: the snapshot's, the named one or else the organization's
+    default); it must suit the runtime."""
+    if row is None:
+        if model_id:
             raise Refused(f"The model '{model_id}' is not in the catalogue")
-    else:
-        row = await default_model_row(db, org)
-        if row is None:
-            raise Refused("No model is named and the organization has no default")
-        model = model_info(row)
+        raise Refused("No model is named and the organization has no default")
+    model = model_info(row)
     errors = compatibility_errors(runtime, model)
     if errors:
         raise Refused("The model cannot run on this runtime", details={"errors": errors})
@@ -141,17 +143,24 @@ async def model_for(db: Queryable, org: str, runtime: str, model_id: str | None)
     )
 
 
-async def active_queue(db: Queryable, org: str, queue_id: uuid.UUID) -> Any:
-    queue = await db.fetchrow(
-        "SELECT id, name, status FROM worker_queues WHERE id = $1 AND organization_id = $2",
+def active_queue(queue: QueueRow | None, queue_id: uuid.UUID) -> QueueRow:
+    if queue is None:
+        raise not_found("Worker queue", queue_id)
+    if queue.status != "active":
+        raise Refused(f"Worker queue '{queue.name}' is {queue.status}, not active")
+    return queue
+
+
+async def find_active_queue(db: Queryable, org: str, queue_id: uuid.UUID) -> QueueRow:
+    """The organization's worker queue, which must be active (a run's steps will use it)."""
+    row = await db.fetchrow(
+        "SELECT id, name, status, environment_id FROM worker_queues "
+        "WHERE id = $1 AND organization_id = $2",
         queue_id,
         org,
     )
-    if queue is None:
-        raise not_found("Worker queue", queue_id)
-    if queue["status"] != "active":
-        raise Refused(f"Worker queue '{queue['name']}' is {queue['status']}, not active")
-    return queue
+    found = None if row is None else QueueRow(**dict(row))
+    return active_queue(found, queue_id)
 
 
 def with_context(system_prompt: str | None, context: str | None) -> str | None:
@@ -193,14 +202,12 @@ def _policy_user(request: LaunchRequest) -> dict[str, Any]:
 
 
 async def _check_policies(
-    db: Queryable, services: Services, org: str, what: str, input: dict[str, Any], scope: Any
+    services: Services, what: str, input: dict[str, Any], scope: PolicyScope
 ) -> None:
-    decision = await enforce(
-        db,
+    decision = await evaluate(
         services.policy_engine,
-        org,
-        input=input,
-        scope=scope,
+        enabled_policies(scope),
+        input,
         fail_open=services.policy_fail_open,
     )
     if not decision.allowed:
@@ -210,68 +217,64 @@ async def _check_policies(
         )
 
 
-def _execution_facts(request: LaunchRequest, queue: Any, scope: Any) -> dict[str, Any]:
+def _execution_facts(request: LaunchRequest, queue: QueueRow, scope: PolicyScope) -> dict[str, Any]:
     return {
         "prompt": request.prompt,
         "environment_ids": scope.environment_ids,
-        "worker_queue_id": str(queue["id"]),
+        "worker_queue_id": str(queue.id),
         "trigger_source": request.trigger_source,
     }
 
 
 async def _plan_agent(
-    db: Any,
+    snapshot: Snapshot,
     services: Services,
     request: LaunchRequest,
-    queue: Any,
     execution_id: uuid.UUID,
     *,
     one_shot: bool | None = None,
 ) -> Planned:
-    caller, org = request.caller, request.caller.organization_id
-    agent = await db.fetchrow(
-        "SELECT id, name, configuration, model_id, runtime, llm_config, team_id "
-        "FROM agents WHERE id = $1 AND organization_id = $2",
-        request.agent_id,
-        org,
-    )
-    if agent is None:
+    org, chain, queue = request.caller.organization_id, snapshot.chain, snapshot.queue
+    if chain is None or chain.agent is None:
         raise not_found("Agent", request.agent_id)
-    model = await model_for(db, org, agent["runtime"], agent["model_id"])
-    scope = await agent_scope(db, org, agent["id"], queue_id=queue["id"], role=caller.role)
+    assert queue is not None
+    agent = chain.agent
+    agent_id = uuid.UUID(str(agent["id"]))
+    team_id = str(agent["team_id"]) if agent["team_id"] else None
+    model = model_spec(snapshot.model, agent["runtime"], agent["model_id"])
+    scope = run_scope(snapshot)
     await _check_policies(
-        db,
         services,
-        org,
         "execution",
         {
             "action": "agent_execution",
             "agent": {
-                "id": str(agent["id"]),
+                "id": str(agent_id),
                 "name": agent["name"],
                 "runtime": agent["runtime"],
                 "model": model.value,
             },
             "user": _policy_user(request),
             "organization": {"id": org},
-            "team": {"id": str(agent["team_id"])} if agent["team_id"] else None,
+            "team": {"id": team_id} if team_id else None,
             "execution": _execution_facts(request, queue, scope),
         },
         scope,
     )
-    tools = await tools_for_agent(db, org, agent["id"])
-    environment = await resolve_for_agent(db, org, agent["id"], request.execution_environment)
+    skills = resolve_skills(snapshot, chain)
+    tools = tool_specs_for(skills)
+    environment = environment_of(snapshot, request.execution_environment, skills=skills)
     configuration = agent["configuration"] or {}
     # Templates such as {{.secret.X}} stay unrendered here: the worker renders them inside its
     # activities, so secret values never enter Temporal history.
     system_prompt = with_context(
         request.system_prompt or configuration.get("system_prompt"),
-        context_prompt(await resolve_context(db, org, "agent", agent["id"])),
+        context_prompt(context_of(snapshot)),
     )
     user = _user(request)
     workflow_input = AgentExecutionInput(
         execution_id=str(execution_id),
-        agent_id=str(agent["id"]),
+        agent_id=str(agent_id),
         organization_id=org,
         prompt=request.prompt,
         model=model,
@@ -286,16 +289,16 @@ async def _plan_agent(
         policy=PolicyContext(
             organization_id=org,
             execution_id=str(execution_id),
-            agent_id=str(agent["id"]),
+            agent_id=str(agent_id),
             agent_name=agent["name"],
-            team_id=str(agent["team_id"]) if agent["team_id"] else None,
+            team_id=team_id,
             environment_ids=scope.environment_ids,
             user=user,
         ),
     )
     return Planned(
         execution_type="agent",
-        entity_id=agent["id"],
+        entity_id=agent_id,
         entity_name=agent["name"],
         system_prompt=system_prompt,
         metadata={"model": model.value, "runtime": agent["runtime"]},
@@ -306,11 +309,13 @@ async def _plan_agent(
 
 
 async def _plan_team(
-    db: Any, services: Services, request: LaunchRequest, queue: Any, execution_id: uuid.UUID
+    snapshot: Snapshot, services: Services, request: LaunchRequest, execution_id: uuid.UUID
 ) -> Planned:
-    caller, org = request.caller, request.caller.organization_id
-    assert request.team_id is not None
-    team = await team_for_run(db, org, request.team_id)
+    org, queue = request.caller.organization_id, snapshot.queue
+    if snapshot.team is None:
+        raise not_found("Team", request.team_id)
+    assert queue is not None
+    team = team_for_run(snapshot.team, [member.agent or {} for member in snapshot.members])
     if not team.members:
         raise Refused(
             f"The team '{team.name}' has no members: add agents with "
@@ -320,12 +325,10 @@ async def _plan_team(
     if team.model_id or team.coordination_type == "leader":
         # The leader needs a model (the team's, else the default); a parallel team with one
         # also has it sum up its members' answers.
-        model = await model_for(db, org, team.runtime, team.model_id)
-    scope = await team_scope(db, org, team.id, queue_id=queue["id"], role=caller.role)
+        model = model_spec(snapshot.model, team.runtime, team.model_id)
+    scope = run_scope(snapshot)
     await _check_policies(
-        db,
         services,
-        org,
         "execution",
         {
             "action": "team_execution",
@@ -344,10 +347,17 @@ async def _plan_team(
         scope,
     )
     # Only a claude_code leader runs tools itself (its members as subagents, inside its call).
-    tools = await team_member_tools(db, org, team) if team.runtime == "claude_code" else []
+    members = {str(member.agent_id): member for member in snapshot.members}
+    tools = (
+        team_member_tools(
+            team, lambda agent_id: tool_specs_for(resolve_skills(snapshot, members[agent_id]))
+        )
+        if team.runtime == "claude_code"
+        else []
+    )
     system_prompt = with_context(
         request.system_prompt or leader_prompt(team),
-        context_prompt(await resolve_context(db, org, "team", team.id)),
+        context_prompt(context_of(snapshot)),
     )
     user = _user(request)
     workflow_input = TeamExecutionInput(
@@ -389,125 +399,139 @@ async def _plan_team(
     )
 
 
+# The execution, its owner and its first transition in one statement (so in one transaction);
+# a member run whose delegation key is recorded already inserts nothing and answers that run's
+# id (when it was committed before this statement began).
+RECORD_SQL = """
+WITH execution AS (
+    INSERT INTO executions (id, organization_id, execution_type, entity_id, entity_name,
+        runner_name, user_id, user_name, user_email, user_avatar, prompt, system_prompt,
+        execution_metadata, temporal_workflow_id, worker_queue_id, execution_environment, tools,
+        user_role, trigger_source, parent_execution_id, delegation_key)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+        $19, $20, $21)
+    ON CONFLICT (parent_execution_id, delegation_key) WHERE parent_execution_id IS NOT NULL
+    DO NOTHING
+    RETURNING id
+), participant AS (
+    INSERT INTO execution_participants (id, execution_id, organization_id, user_id, user_name,
+        user_email, user_avatar, role)
+    SELECT $22, id, $2, $7, $8, $9, $10, 'owner' FROM execution
+), transition AS (
+    INSERT INTO execution_transitions (execution_id, organization_id, to_state, reasoning)
+    SELECT id, $2, 'pending', $23 FROM execution
+)
+SELECT id FROM execution
+UNION ALL
+SELECT id FROM executions WHERE parent_execution_id = $20 AND delegation_key = $21
+"""
+
+
 async def _record(
-    db: Any,
+    conn: Any,
     request: LaunchRequest,
     planned: Planned,
-    queue: Any,
+    queue: QueueRow,
     execution_id: uuid.UUID,
     workflow_id: str,
     *,
     parent_execution_id: uuid.UUID | None = None,
     delegation_key: str | None = None,
     reason: str | None = None,
-) -> bool:
-    """Write the execution, its owner and its first transition in one transaction. False when
-    a child run with this delegation key was recorded already (a retried request)."""
+) -> uuid.UUID | None:
+    """Write the execution, its owner and its first transition (RECORD_SQL). The id of the run
+    recorded: `execution_id`, or for a child run whose delegation key was recorded already (a
+    retried request) that run's; None when that run is not committed yet."""
     caller, org = request.caller, request.caller.organization_id
     metadata = {
         **request.execution_metadata,
         "organization_id": org,
-        "worker_queue_name": queue["name"],
+        "worker_queue_name": queue.name,
         **planned.metadata,
     }
-    async with db.acquire() as conn, conn.transaction():
-        inserted = await conn.fetchval(
-            "INSERT INTO executions (id, organization_id, execution_type, entity_id, entity_name, "
-            "runner_name, user_id, user_name, user_email, user_avatar, prompt, system_prompt, "
-            "execution_metadata, temporal_workflow_id, worker_queue_id, execution_environment, "
-            "tools, user_role, trigger_source, parent_execution_id, delegation_key) VALUES ($1, "
-            "$2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, "
-            "$20, $21) ON CONFLICT (parent_execution_id, delegation_key) "
-            "WHERE parent_execution_id IS NOT NULL DO NOTHING RETURNING id",
-            execution_id,
-            org,
-            planned.execution_type,
-            planned.entity_id,
-            planned.entity_name,
-            queue["name"],
-            caller.actor,
-            request.user_name,
-            request.user_email,
-            request.user_avatar,
-            request.prompt,
-            planned.system_prompt,
-            metadata,
-            workflow_id,
-            queue["id"],
-            request.execution_environment or {},
-            [asdict(tool) for tool in planned.tools],
-            caller.role,
-            request.trigger_source,
-            parent_execution_id,
-            delegation_key,
-        )
-        if inserted is None:
-            return False
-        await conn.execute(
-            "INSERT INTO execution_participants (id, execution_id, organization_id, user_id, "
-            "user_name, user_email, user_avatar, role) VALUES ($1, $2, $3, $4, $5, $6, $7, "
-            "'owner')",
-            uuid.uuid4(),
-            execution_id,
-            org,
-            caller.actor,
-            request.user_name,
-            request.user_email,
-            request.user_avatar,
-        )
-        await conn.execute(
-            "INSERT INTO execution_transitions (execution_id, organization_id, to_state, "
-            "reasoning) VALUES ($1, $2, 'pending', $3)",
-            execution_id,
-            org,
-            reason or ("delegated by its team" if parent_execution_id else "execution submitted"),
-        )
-    return True
+    recorded: uuid.UUID | None = await conn.fetchval(
+        RECORD_SQL,
+        execution_id,
+        org,
+        planned.execution_type,
+        planned.entity_id,
+        planned.entity_name,
+        queue.name,
+        caller.actor,
+        request.user_name,
+        request.user_email,
+        request.user_avatar,
+        request.prompt,
+        planned.system_prompt,
+        metadata,
+        workflow_id,
+        queue.id,
+        request.execution_environment or {},
+        [asdict(tool) for tool in planned.tools],
+        caller.role,
+        request.trigger_source,
+        parent_execution_id,
+        delegation_key,
+        uuid.uuid4(),
+        reason or ("delegated by its team" if parent_execution_id else "execution submitted"),
+    )
+    return recorded
 
 
 async def start_execution(db: Any, services: Services, request: LaunchRequest) -> Launched:
     """Check, record and start an agent or team execution (see the module docstring). `db` is
-    the pool: the rows are written in a transaction of their own. A child run
+    the pool: the run is read and written on one connection of it. A child run
     (`request.parent_execution_id`) whose key was recorded before answers that run, and starts
     its workflow if it never started (a start that died between the two)."""
     if (request.agent_id is None) == (request.team_id is None):
         raise Invalid("An execution runs exactly one agent or one team")
     org = request.caller.organization_id
-    queue = await active_queue(db, org, request.worker_queue_id)
-    check_override(request.caller, request.execution_environment)
-    existing = await _recorded_child(db, request)
-    if existing is not None and existing["status"] != "pending":
-        return Launched(existing["id"], existing["temporal_workflow_id"], queue["name"])
-    execution_id = existing["id"] if existing is not None else uuid.uuid4()
-    plan = _plan_agent if request.agent_id is not None else _plan_team
-    planned = await plan(db, services, request, queue, execution_id)
-    workflow_id = workflow_id_for(str(execution_id), planned.execution_type)
-    if existing is None:
-        recorded = await _record(
-            db,
-            request,
-            planned,
-            queue,
-            execution_id,
-            workflow_id,
-            parent_execution_id=request.parent_execution_id,
-            delegation_key=request.delegation_key,
-            reason="started by its parent execution" if request.parent_execution_id else None,
+    async with db.acquire() as conn:
+        snapshot = await load_snapshot(
+            conn,
+            org,
+            agent_id=request.agent_id,
+            team_id=request.team_id,
+            queue_id=request.worker_queue_id,
+            role=request.caller.role,
         )
-        if not recorded:  # a concurrent retry recorded it first: answer that run
-            return await start_execution(db, services, request)
+        queue = active_queue(snapshot.queue, request.worker_queue_id)
+        check_override(request.caller, request.execution_environment)
+        existing = await _recorded_child(conn, request)
+        raced = False
+        if existing is not None and existing["status"] != "pending":
+            return Launched(existing["id"], existing["temporal_workflow_id"], queue.name)
+        execution_id = existing["id"] if existing is not None else uuid.uuid4()
+        plan = _plan_agent if request.agent_id is not None else _plan_team
+        planned = await plan(snapshot, services, request, execution_id)
+        workflow_id = workflow_id_for(str(execution_id), planned.execution_type)
+        if existing is None:
+            recorded = await _record(
+                conn,
+                request,
+                planned,
+                queue,
+                execution_id,
+                workflow_id,
+                parent_execution_id=request.parent_execution_id,
+                delegation_key=request.delegation_key,
+                reason="started by its parent execution" if request.parent_execution_id else None,
+            )
+            raced = recorded != execution_id
+    if existing is None and raced:  # a concurrent retry recorded it first: answer that run
+        return await start_execution(db, services, request)
     try:
         client = await services.temporal.client(org)
         await client.start_workflow(
             planned.workflow_type,
             planned.workflow_input,
             id=workflow_id,
-            task_queue=str(queue["id"]),
+            task_queue=str(queue.id),
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
     except Exception as error:
         if existing is not None and isinstance(error, WorkflowAlreadyStartedError):
-            return Launched(execution_id, workflow_id, queue["name"])  # it had started
+            return Launched(execution_id, workflow_id, queue.name)  # it had started
         # Nothing half-written: an execution whose workflow never started is removed.
         if existing is None:
             await db.execute("DELETE FROM executions WHERE id = $1", execution_id)
@@ -515,7 +539,20 @@ async def start_execution(db: Any, services: Services, request: LaunchRequest) -
         if isinstance(error, DomainError):
             raise
         raise Unavailable(f"Could not start the execution on Temporal: {error}") from None
-    return Launched(execution_id, workflow_id, queue["name"])
+    return Launched(execution_id, workflow_id, queue.name)
+
+
+def _as_execution(planned: Planned, execution_id: uuid.UUID) -> Planned:
+    """The same plan for another execution id (a member run recorded already)."""
+    workflow_input = planned.workflow_input
+    assert isinstance(workflow_input, AgentExecutionInput)
+    policy = workflow_input.policy
+    if policy is not None:
+        policy = replace(policy, execution_id=str(execution_id))
+    return replace(
+        planned,
+        workflow_input=replace(workflow_input, execution_id=str(execution_id), policy=policy),
+    )
 
 
 async def _recorded_child(db: Queryable, request: LaunchRequest) -> asyncpg.Record | None:
@@ -541,58 +578,60 @@ async def record_member_execution(
     org = team_run["organization_id"]
     if team_run["execution_type"] != "team":
         raise Refused("Only a team execution delegates to members")
-    member_team = await db.fetchval(
-        "SELECT team_id FROM agents WHERE id = $1 AND organization_id = $2", agent_id, org
-    )
-    if member_team is None or member_team != team_run["entity_id"]:
-        raise Refused(
-            f"Agent '{agent_id}' is not a member of the team '{team_run['entity_name']}'",
-            details={"agent_id": str(agent_id)},
+    caller = Caller(org, team_run["user_id"] or "system", team_run["user_role"] or "member")
+    async with db.acquire() as conn:
+        snapshot = await load_snapshot(
+            conn, org, agent_id=agent_id, queue_id=team_run["worker_queue_id"], role=caller.role
         )
-    queue = await db.fetchrow(
-        "SELECT id, name FROM worker_queues WHERE id = $1", team_run["worker_queue_id"]
-    )
-    if queue is None:
-        raise Refused("The team execution's worker queue no longer exists")
-    request = LaunchRequest(
-        caller=Caller(org, team_run["user_id"] or "system", team_run["user_role"] or "member"),
-        prompt=task,
-        worker_queue_id=queue["id"],
-        agent_id=agent_id,
-        user_name=team_run["user_name"],
-        user_email=team_run["user_email"],
-        user_avatar=team_run["user_avatar"],
-        execution_metadata={
-            "team_execution_id": str(team_run["id"]),
-            "team_id": str(team_run["entity_id"]),
-        },
-        trigger_source=team_run["trigger_source"],
-    )
-    existing = await db.fetchval(
-        "SELECT id FROM executions WHERE parent_execution_id = $1 AND delegation_key = $2",
-        team_run["id"],
-        key,
-    )
-    execution_id = existing or uuid.uuid4()
-    planned = await _plan_agent(db, services, request, queue, execution_id, one_shot=True)
-    workflow_id = workflow_id_for(str(execution_id))
-    if existing is None:
+        member = snapshot.agent
+        if member is None or member["team_id"] != str(team_run["entity_id"]):
+            raise Refused(
+                f"Agent '{agent_id}' is not a member of the team '{team_run['entity_name']}'",
+                details={"agent_id": str(agent_id)},
+            )
+        queue = snapshot.queue
+        if queue is None:
+            raise Refused("The team execution's worker queue no longer exists")
+        request = LaunchRequest(
+            caller=caller,
+            prompt=task,
+            worker_queue_id=queue.id,
+            agent_id=agent_id,
+            user_name=team_run["user_name"],
+            user_email=team_run["user_email"],
+            user_avatar=team_run["user_avatar"],
+            execution_metadata={
+                "team_execution_id": str(team_run["id"]),
+                "team_id": str(team_run["entity_id"]),
+            },
+            trigger_source=team_run["trigger_source"],
+        )
+        execution_id = uuid.uuid4()
+        planned = await _plan_agent(snapshot, services, request, execution_id, one_shot=True)
         recorded = await _record(
-            db,
+            conn,
             request,
             planned,
             queue,
             execution_id,
-            workflow_id,
+            workflow_id_for(str(execution_id)),
             parent_execution_id=team_run["id"],
             delegation_key=key,
         )
-        if not recorded:  # a concurrent retry recorded it first: answer that run
-            return await record_member_execution(db, services, team_run, agent_id, task, key)
+        if recorded is None:  # a concurrent retry is recording it: answer that run
+            recorded = await conn.fetchval(
+                "SELECT id FROM executions WHERE parent_execution_id = $1 AND delegation_key = $2",
+                team_run["id"],
+                key,
+            )
+    if recorded is None:  # that retry's transaction rolled back: record it here after all
+        return await record_member_execution(db, services, team_run, agent_id, task, key)
+    if recorded != execution_id:  # a retried request: the run recorded before
+        planned = _as_execution(planned, recorded)
     assert isinstance(planned.workflow_input, AgentExecutionInput)
     return MemberExecution(
-        execution_id=str(execution_id),
-        workflow_id=workflow_id,
+        execution_id=str(recorded),
+        workflow_id=workflow_id_for(str(recorded)),
         agent_id=str(agent_id),
         name=planned.entity_name,
         input=planned.workflow_input,

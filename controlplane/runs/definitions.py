@@ -27,7 +27,7 @@ import asyncpg
 from controlplane.crud import Table
 from controlplane.db import Conn, Queryable, conflict_on_duplicate
 from controlplane.errors import Invalid, Refused, not_found
-from controlplane.executions.launch import Caller, active_queue
+from controlplane.executions.launch import Caller, find_active_queue
 from controlplane.runs.graph import ancestors, graph_errors
 from controlplane.runs.records import (
     NewRun,
@@ -235,7 +235,7 @@ async def start_workflow(
     """Start a run of the workflow (400 while one is live). Its definition is checked again,
     and every input its templates name must be given."""
     org = caller.organization_id
-    queue = await active_queue(db, org, worker_queue_id)
+    queue = await find_active_queue(db, org, worker_queue_id)
     async with db.acquire() as conn, conn.transaction():
         # The definition's row lock: two starts at once make one run, and a 400.
         row = await _locked(conn, org, ident)
@@ -296,7 +296,7 @@ async def start_workflow(
         RunInput(
             execution_id=str(started.execution_id),
             organization_id=org,
-            worker_queue_id=str(queue["id"]),
+            worker_queue_id=str(queue.id),
             steps=run_steps,
             title=row["name"],
             inputs=inputs,

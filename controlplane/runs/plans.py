@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane.crud import fetch_page
 from controlplane.errors import Invalid, not_found
-from controlplane.executions.launch import Caller, active_queue
+from controlplane.executions.launch import Caller, find_active_queue
 from controlplane.runs.graph import graph_errors
 from controlplane.runs.records import (
     NewRun,
@@ -217,7 +217,7 @@ async def execute_plan(
 ) -> PlanRunStarted:
     """Check the plan and start its execution; nothing is written unless it can run."""
     org = caller.organization_id
-    queue = await active_queue(db, org, worker_queue_id)
+    queue = await find_active_queue(db, org, worker_queue_id)
     if agent_id is not None and not await _existing(db, org, "agents", {agent_id}):
         raise not_found("Agent", agent_id)
     if plan_generation_id is not None:
@@ -282,7 +282,7 @@ async def execute_plan(
         RunInput(
             execution_id=str(started.execution_id),
             organization_id=org,
-            worker_queue_id=str(queue["id"]),
+            worker_queue_id=str(queue.id),
             steps=steps,
             title=plan.title,
         ),

@@ -28,6 +28,7 @@ from controlplane.executions.events import append_event
 from controlplane.executions.launch import Caller
 from controlplane.executions.lifecycle import COLUMNS, Report, report
 from controlplane.settings import Settings
+from controlplane.snapshot import QueueRow
 from controlplane.temporal import TemporalGateway
 from workflows.contracts import (
     FINAL_STEP_STATUSES,
@@ -72,7 +73,7 @@ class NewRun:
     entity_id: uuid.UUID | None
     entity_name: str
     prompt: str
-    queue: asyncpg.Record
+    queue: QueueRow
     steps: list[NewStep]
     metadata: dict[str, Any] = field(default_factory=dict)
     plan_json: dict[str, Any] | None = None
@@ -103,12 +104,12 @@ async def record_run(conn: Conn, run: NewRun) -> RunStarted:
         run.execution_type,
         run.entity_id,
         run.entity_name,
-        run.queue["name"],
+        run.queue.name,
         run.caller.actor,
         run.prompt,
-        {**run.metadata, "organization_id": org, "worker_queue_name": run.queue["name"]},
+        {**run.metadata, "organization_id": org, "worker_queue_name": run.queue.name},
         workflow_id,
-        run.queue["id"],
+        run.queue.id,
         run.caller.role,
         run.plan_json,
     )
