@@ -125,6 +125,10 @@ class RunWorkflow:
         self._decisions: dict[str, StepDecision] = {}
         self._paused = False
         self._completing = False
+        # Set when the run stops its steps: a step's task checks it as well as being cancelled,
+        # because a cancel that meets the step's activity completing in the same workflow task
+        # is lost (the task goes on with the activity's result) and `_stop` would wait forever.
+        self._stopping = False
         self._begun = False
         self._changed = False
         self._sequence = 0
@@ -333,6 +337,8 @@ class RunWorkflow:
             await self._record(step.id)
             return
         state.execution_id = launched.execution_id
+        if self._stopping:
+            return
         self._changed = True
         watch = StepWatch(
             run_execution_id=inp.execution_id,
@@ -341,10 +347,12 @@ class RunWorkflow:
             execution_id=launched.execution_id,
             max_wait_seconds=WAIT_SECONDS,
         )
-        while True:
+        while not self._stopping:
             seen: StepObservation = await workflow.execute_activity(
                 AWAIT_RUN_STEP, watch, result_type=StepObservation, **AWAIT
             )
+            if self._stopping:
+                return
             if not seen.changed:
                 continue
             if seen.phase == "ended":
@@ -363,7 +371,9 @@ class RunWorkflow:
         state = self._state[step.id]
         state.prompt = self._prompt(step)
         await self._record(step.id)
-        await workflow.wait_condition(lambda: step.id in self._decisions)
+        await workflow.wait_condition(lambda: step.id in self._decisions or self._stopping)
+        if self._stopping:
+            return
         decision = self._decisions[step.id]
         state.decided_by = decision.actor
         if decision.approved:
@@ -379,6 +389,7 @@ class RunWorkflow:
         """Stop every step: their tasks here, their executions in the organization's namespace
         (`cancel_run_steps` also records the unfinished steps)."""
         assert self._input is not None
+        self._stopping = True
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
