@@ -18,10 +18,10 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from api.errors import ApiError, error_response, from_domain, not_found
+from api.errors import ApiError, error_response, from_domain, json_response, not_found
 from api.principal import ACCESS_DESCRIPTION, Access, Principal
 from api.schemas import Deleted
 from controlplane.errors import DomainError
@@ -256,10 +256,8 @@ class Endpoint:
         result = await self.handler(call, **kwargs)
         if isinstance(result, Response):
             return result
-        if isinstance(result, BaseModel):
-            result = result.model_dump(mode="json")
         headers = {"Cache-Control": NO_STORE} if self.carries_secret else None
-        return JSONResponse(result, status_code=self.status_code, headers=headers)
+        return json_response(result, self.status_code, headers)
 
     @staticmethod
     def _parse_query(request: Request, model: type[BaseModel]) -> BaseModel:
