@@ -88,6 +88,16 @@ class Call:
             raise not_found(kind, ident)
         return Deleted(id=ident)
 
+    def forget_queue_credentials(self) -> None:
+        """After queues were deleted (with their worker keys and workers): this process reads
+        the organization's queue-bound keys and worker tokens again on their next use."""
+        org = self.org
+        self.state.credentials.forget(
+            lambda principal: (
+                principal.organization_id == org and principal.worker_queue_id is not None
+            )
+        )
+
     @property
     def caller(self) -> Caller:
         """The principal as the domain sees it."""

@@ -196,7 +196,9 @@ async def update_environment(call: Call, body: EnvironmentUpdate) -> Environment
 @router.delete("/api/v1/environments/{environment_id}")
 async def delete_environment(call: Call) -> Deleted:
     """Delete an environment with its worker queues and their workers."""
-    return await call.delete_owned("environments", "environment_id", "Environment")
+    deleted = await call.delete_owned("environments", "environment_id", "Environment")
+    call.forget_queue_credentials()
+    return deleted
 
 
 @router.get("/api/v1/environments/{environment_id}/worker-command")

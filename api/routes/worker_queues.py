@@ -169,7 +169,9 @@ async def update_worker_queue(call: Call, body: WorkerQueueUpdate) -> WorkerQueu
 @router.delete("/api/v1/worker-queues/{queue_id}")
 async def delete_worker_queue(call: Call) -> Deleted:
     """Delete a queue and its worker records."""
-    return await call.delete_owned("worker_queues", "queue_id", "Worker queue")
+    deleted = await call.delete_owned("worker_queues", "queue_id", "Worker queue")
+    call.forget_queue_credentials()
+    return deleted
 
 
 @router.get("/api/v1/worker-queues/{queue_id}/worker-command", role="admin", carries_secret=True)

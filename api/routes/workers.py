@@ -311,6 +311,7 @@ async def disconnect(call: Call, body: Disconnect) -> Disconnected:
     )
     if updated is None:
         raise not_found("Worker", worker_id)
+    call.state.credentials.forget(lambda principal: principal.worker_id == worker_id)
     return Disconnected(worker_id=worker_id, status="disconnected")
 
 
