@@ -40,6 +40,7 @@ async def fetch_page(
     query: ListQuery,
     order: str = "created_at, id",
     filters: Mapping[str, object] | None = None,
+    counted: str | None = None,
 ) -> tuple[list[asyncpg.Record], int]:
     """One page as `query` asks (see controlplane.crud.fetch_page)."""
     return await crud.fetch_page(
@@ -52,4 +53,5 @@ async def fetch_page(
         offset=query.start,
         order=order,
         filters=filters,
+        counted=counted,
     )

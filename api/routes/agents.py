@@ -344,6 +344,7 @@ async def list_agents(call: Call, query: AgentQuery) -> Page[AgentOut]:
         args=[call.org],
         query=query,
         filters={"status": query.status_filter},
+        counted="agents",
     )
     items = [AgentOut.from_row(row) for row in rows]
     return Page[AgentOut](items=items, total=total, limit=query.limit, offset=query.start)

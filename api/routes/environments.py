@@ -149,6 +149,7 @@ async def list_environments(call: Call, query: EnvironmentQuery) -> Page[Environ
         args=[call.org],
         query=query,
         filters={"status": query.status_filter},
+        counted="environments",
     )
     items = [EnvironmentOut.from_row(row) for row in rows]
     return Page[EnvironmentOut](items=items, total=total, limit=query.limit, offset=query.start)

@@ -190,6 +190,7 @@ async def list_executions(call: Call, query: ExecutionQuery) -> Page[ExecutionOu
             "execution_type": query.execution_type,
             "entity_id": query.entity_id,
         },
+        counted="executions",
     )
     items = [ExecutionOut(**dict(row)) for row in rows]
     return Page[ExecutionOut](items=items, total=total, limit=query.limit, offset=query.start)

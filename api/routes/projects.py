@@ -22,11 +22,10 @@ router = Router("projects")
 ProjectStatus = Literal["active", "archived", "draft"]
 Visibility = Literal["private", "org"]
 SETTINGS_FIELDS = ("goals", "policy_ids", "default_model", "restrict_to_environment")
+# agent_count and team_count are kept by triggers on the membership tables (migration 0015).
 COLUMNS = (
     "id, organization_id, name, key, description, settings, status, visibility, owner_id, "
-    "owner_email, created_at, updated_at, archived_at, "
-    "(SELECT count(*) FROM project_agents pa WHERE pa.project_id = projects.id) AS agent_count, "
-    "(SELECT count(*) FROM project_teams pt WHERE pt.project_id = projects.id) AS team_count"
+    "owner_email, created_at, updated_at, archived_at, agent_count, team_count"
 )
 
 
@@ -182,6 +181,7 @@ async def list_projects(call: Call, query: ProjectQuery) -> Page[ProjectOut]:
         args=[call.org],
         query=query,
         filters={"status": query.status_filter},
+        counted="projects",
     )
     items = [ProjectOut.from_row(row) for row in rows]
     return Page[ProjectOut](items=items, total=total, limit=query.limit, offset=query.start)

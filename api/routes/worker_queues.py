@@ -57,7 +57,7 @@ class QueueListQuery(ListQuery):
 
 
 async def _list(
-    call: Call, query: QueueListQuery, where: str, args: list[Any]
+    call: Call, query: QueueListQuery, where: str, args: list[Any], counted: str | None = None
 ) -> Page[WorkerQueueOut]:
     rows, total = await fetch_page(
         call.db,
@@ -67,6 +67,7 @@ async def _list(
         args=args,
         query=query,
         filters={"status": query.status_filter},
+        counted=counted,
     )
     items = [WorkerQueueOut.from_row(row) for row in rows]
     return Page[WorkerQueueOut](items=items, total=total, limit=query.limit, offset=query.start)
@@ -122,7 +123,8 @@ async def list_environment_worker_queues(call: Call, query: QueueListQuery) -> P
 @router.get("/api/v1/worker-queues")
 async def list_worker_queues(call: Call, query: QueueListQuery) -> Page[WorkerQueueOut]:
     """All of the organization's queues (ephemeral ones hidden)."""
-    return await _list(call, query, "organization_id = $1", [call.org])
+    # The organization's count of queues is of listed ones (migration 0015).
+    return await _list(call, query, "organization_id = $1", [call.org], counted="worker_queues")
 
 
 @router.get("/api/v1/worker-queues/{queue_id}")
