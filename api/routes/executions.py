@@ -14,7 +14,7 @@ from starlette.responses import Response, StreamingResponse
 from api.access import execution_for
 from api.errors import ApiError
 from api.event_stream import stream_events
-from api.pagination import ListQuery, Page, fetch_page
+from api.pagination import ListQuery, Page, fetch_page, page_of
 from api.routing import BIGINT_MAX, Call, Router
 from api.schemas import Deleted
 from controlplane.executions import actions
@@ -192,8 +192,7 @@ async def list_executions(call: Call, query: ExecutionQuery) -> Page[ExecutionOu
         },
         counted="executions",
     )
-    items = [ExecutionOut(**dict(row)) for row in rows]
-    return Page[ExecutionOut](items=items, total=total, limit=query.limit, offset=query.start)
+    return page_of(ExecutionOut, [dict(row) for row in rows], total, query)
 
 
 @router.get("/api/v1/executions/{execution_id}")

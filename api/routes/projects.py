@@ -11,7 +11,7 @@ import asyncpg
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from api.errors import not_found
-from api.pagination import ListQuery, Page, fetch_page
+from api.pagination import ListQuery, Page, fetch_page, page_of
 from api.routing import Call, Router
 from api.schemas import Deleted, PatchBody
 from controlplane.db import conflict_on_duplicate, patch_assignments
@@ -115,17 +115,19 @@ class ProjectOut(BaseModel):
     agent_count: int
     team_count: int
 
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> ProjectOut:
+    @staticmethod
+    def fields(row: asyncpg.Record) -> dict[str, Any]:
         data = dict(row)
         settings = data["settings"]
-        return cls(
-            **data,
-            goals=settings.get("goals"),
-            policy_ids=settings.get("policy_ids", []),
-            default_model=settings.get("default_model"),
-            restrict_to_environment=settings.get("restrict_to_environment", False),
-        )
+        data["goals"] = settings.get("goals")
+        data["policy_ids"] = settings.get("policy_ids", [])
+        data["default_model"] = settings.get("default_model")
+        data["restrict_to_environment"] = settings.get("restrict_to_environment", False)
+        return data
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> ProjectOut:
+        return cls.model_validate(cls.fields(row))
 
 
 class ProjectQuery(ListQuery):
@@ -183,8 +185,7 @@ async def list_projects(call: Call, query: ProjectQuery) -> Page[ProjectOut]:
         filters={"status": query.status_filter},
         counted="projects",
     )
-    items = [ProjectOut.from_row(row) for row in rows]
-    return Page[ProjectOut](items=items, total=total, limit=query.limit, offset=query.start)
+    return page_of(ProjectOut, [ProjectOut.fields(row) for row in rows], total, query)
 
 
 @router.get("/api/v1/projects/default")

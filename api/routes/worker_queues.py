@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from api.errors import not_found
-from api.pagination import ListQuery, Page, fetch_page
+from api.pagination import ListQuery, Page, fetch_page, page_of
 from api.queue_shapes import (
     QueueStatus,
     WorkerCommand,
@@ -69,8 +69,7 @@ async def _list(
         filters={"status": query.status_filter},
         counted=counted,
     )
-    items = [WorkerQueueOut.from_row(row) for row in rows]
-    return Page[WorkerQueueOut](items=items, total=total, limit=query.limit, offset=query.start)
+    return page_of(WorkerQueueOut, [WorkerQueueOut.fields(row) for row in rows], total, query)
 
 
 async def _environment_exists(call: Call, environment_id: uuid.UUID) -> None:
