@@ -122,6 +122,7 @@ async def fetch_page(
     order: str = "created_at, id",
     filters: Mapping[str, object] | None = None,
     counted: str | None = None,
+    joins: str = "",
 ) -> tuple[list[asyncpg.Record], int]:
     """One page of rows and the total that matches `where`, in a stable order, in one query.
 
@@ -131,7 +132,8 @@ async def fetch_page(
 
     Reading the page costs `offset + limit` index entries when an index has the `where` and the
     order (migration 0015 adds them). From a plain table the page is picked first and `columns`
-    (correlated subqueries among them) computed for its rows only. The total is counted with
+    (correlated subqueries among them) computed for its rows only; `joins` (a plain table only)
+    joins more to the page's rows, under the table's name. The total is counted with
     the same `where`, unless `counted` names the resource whose row count in `row_counts` is
     that total (kept by triggers, for `organization_id = $1` alone) and no filter is set."""
     args = list(args)
@@ -153,9 +155,10 @@ async def fetch_page(
     if _TABLE_NAME.fullmatch(table):
         query = (
             f"SELECT {columns}, {total} AS total_rows "
-            f"FROM (SELECT * FROM {table} {page}) AS {table} ORDER BY {order}"
+            f"FROM (SELECT * FROM {table} {page}) AS {table} {joins} ORDER BY {order}"
         )
     else:
+        assert not joins, "joins need a plain table"
         query = f"SELECT {columns}, {total} AS total_rows FROM {table} {page}"
     rows = await db.fetch(query, *args, limit, offset)
     if rows:
