@@ -172,12 +172,15 @@ class Stack:
         extra: list[str],
         env: dict[str, str] | None = None,
         source: Path = REPO_ROOT,
+        database_url: str = "",
+        log_name: str = "api.log",
     ) -> subprocess.Popen[bytes]:
-        """One uvicorn process of the API; its JSON request log goes to `api.log`. `source`: the
+        """One uvicorn process of the API; its JSON request log goes to `log_name`. `source`: the
         checkout whose API runs (another one, e.g. `git archive` of a base commit, to compare);
-        it applies that checkout's migrations at start-up."""
+        it applies that checkout's migrations at start-up, to `database_url` (default: the
+        server's first database)."""
         api_env = os.environ | {
-            "DATABASE_URL": self.database_url,
+            "DATABASE_URL": database_url or self.database_url,
             "TEMPORAL_ADDRESS": self.temporal_address,
             "CONTROLPLANE_HOME": str(self.work / "home"),
             # First on the path: the venv's editable install may point at another checkout.
@@ -186,7 +189,17 @@ class Stack:
         }
         command = [sys.executable, "-m", "uvicorn", "--factory", "api.asgi:app_from_env"]
         command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra]
-        return self.spawn(command, "api.log", api_env, cwd=source)
+        return self.spawn(command, log_name, api_env, cwd=source)
+
+    async def create_database(self, name: str) -> str:
+        """Another database on the Postgres server; returns its URL."""
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        head, sep, query = self.database_url.partition("?")
+        return f"{head.rsplit('/', 1)[0]}/{name}{sep}{query}"
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         with contextlib.suppress(OSError):

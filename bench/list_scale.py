@@ -7,8 +7,9 @@ Starts an embedded Postgres and a headless Temporal dev server in a temp dir and
 process of the API (which applies its migrations), then seeds the `bench` organization straight
 in SQL: `--rows` projects (every tenth archived; one `Default` project that every agent joins, as
 agents created through the API do, and every fifth agent in one other project too), environments,
-worker queues (100 in each of the first environments, with two live workers on each of the first
-2,000), agents (two environments each) and executions (of 1,000 agents, statuses mixed). Then
+worker queues (one in each environment but the newest, which has 1,000; two live workers on each
+of the 1,000 oldest), agents (two environments each) and executions (of 1,000 agents, statuses
+mixed). Then
 `VACUUM ANALYZE`, as autovacuum would have done by then. Each row of the table is one URL asked
 `--requests` times one after another (after untimed warm-up requests), so the server time is the
 request's own and not a wait behind others. Columns:
@@ -47,8 +48,8 @@ REQUEST_ID = "bench-{scenario}-{seq}"
 PROJECT_SETTINGS = (
     '{"goals": null, "policy_ids": [], "default_model": null, "restrict_to_environment": false}'
 )
-QUEUES_PER_ENVIRONMENT = 100
-LIVE_WORKER_QUEUES = 2000
+BIG_ENVIRONMENT_QUEUES = 1000
+LIVE_WORKER_QUEUES = 1000
 EXECUTION_AGENTS = 1000
 
 
@@ -68,13 +69,19 @@ def seed_sql(rows: int) -> list[str]:
         "CASE WHEN i % 10 = 0 THEN 'inactive' ELSE 'ready' END, "
         "now() - interval '1 day' + i * interval '1 ms' "
         f"FROM generate_series(1, {rows}) i",
+        # One queue in each environment but the newest, which has BIG_ENVIRONMENT_QUEUES.
         "INSERT INTO worker_queues (id, organization_id, environment_id, name, status, created_at) "
-        f"SELECT gen_random_uuid(), '{ORG}', e.id, 'q-' || j, "
-        "CASE WHEN j % 10 = 0 THEN 'inactive' ELSE 'active' END, "
-        "e.created_at + j * interval '1 us' "
+        f"SELECT gen_random_uuid(), '{ORG}', e.id, 'q-' || e.n, "
+        "CASE WHEN e.n % 10 = 0 THEN 'inactive' ELSE 'active' END, e.created_at "
+        "FROM (SELECT id, created_at, row_number() OVER (ORDER BY created_at, id) AS n "
+        f"FROM environments WHERE organization_id = '{ORG}') e "
+        f"WHERE e.n <= {rows - BIG_ENVIRONMENT_QUEUES}",
+        "INSERT INTO worker_queues (id, organization_id, environment_id, name, created_at) "
+        f"SELECT gen_random_uuid(), '{ORG}', e.id, 'q-' || j, e.created_at + j * interval '1 us' "
         f"FROM (SELECT id, created_at FROM environments WHERE organization_id = '{ORG}' "
-        f"ORDER BY created_at LIMIT {math.ceil(rows / QUEUES_PER_ENVIRONMENT)}) e, "
-        f"generate_series(1, {QUEUES_PER_ENVIRONMENT}) j",
+        "ORDER BY created_at DESC LIMIT 1) e, "
+        f"generate_series(1, {BIG_ENVIRONMENT_QUEUES}) j",
+        # Two live workers on each of the oldest queues (and so the oldest environments).
         "INSERT INTO workers (id, organization_id, worker_queue_id, status, last_heartbeat) "
         f"SELECT gen_random_uuid(), '{ORG}', q.id, (ARRAY['active', 'idle', 'busy'])[1 + n % 3], "
         "now() + interval '1 hour' "
@@ -118,8 +125,8 @@ async def fill(database_url: str, rows: int) -> dict[str, str]:
             "SELECT entity_id FROM executions WHERE organization_id = $1 LIMIT 1", ORG
         )
         environment = await conn.fetchval(
-            "SELECT environment_id FROM worker_queues WHERE organization_id = $1 "
-            "ORDER BY created_at LIMIT 1",
+            "SELECT id FROM environments WHERE organization_id = $1 "
+            "ORDER BY created_at DESC LIMIT 1",
             ORG,
         )
     finally:
