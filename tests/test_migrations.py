@@ -211,6 +211,19 @@ async def test_upgrade_from_the_previous_release(new_database: NewDatabase) -> N
     members = await fetch(old, "SELECT agent_id FROM project_agents")
     assert [row["agent_id"] for row in members] == [uuid.UUID(AGENT_ID)]
     assert await fetch(old, "SELECT * FROM project_teams") == []
+    # 0015 counted the rows there were, for list totals and projects' member counts.
+    counts = await fetch(
+        old, "SELECT resource, n FROM row_counts WHERE organization_id = 'acme' ORDER BY 1"
+    )
+    assert [tuple(row) for row in counts] == [
+        ("agents", 1),
+        ("environments", 1),
+        ("executions", 1),
+        ("projects", 1),
+        ("worker_queues", 1),
+    ]
+    (project,) = await fetch(old, "SELECT agent_count, team_count FROM projects")
+    assert tuple(project) == (1, 0)
 
     # Worker keys now work, bound to a queue, and only so.
     await execute(
