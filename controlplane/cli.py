@@ -339,6 +339,10 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
     row = _with_connection(work)
     print(f"revoked key {key_id} ({row['prefix']}...) at {_when(row['revoked_at'])}")
+    print(
+        "running API processes refuse it within their AUTH_CACHE_SECONDS (5 s by default)",
+        file=sys.stderr,
+    )
     return 0
 
 
