@@ -131,6 +131,8 @@ def scenarios() -> list[Scenario]:
 
     return [
         Scenario("GET /api/health (no key)", lambda _: ("GET", "/api/health", None), 200, False),
+        # A key, and no query: what authentication and routing cost without Postgres.
+        Scenario("GET /api/v1/runtimes", lambda _: ("GET", "/api/v1/runtimes", None), 200),
         Scenario(
             "GET /api/v1/projects?limit=50",
             lambda _: ("GET", "/api/v1/projects?limit=50", None),
@@ -298,9 +300,10 @@ def main() -> int:
                 database_url = await stack.create_database(f"bench_{i}")
                 port = free_port()
                 log = f"api-{i}.log"
+                # Connections wait idle while the other server is measured: keep them open.
                 api = stack.start_api(
                     port,
-                    shlex.split(uvicorn_args),
+                    ["--timeout-keep-alive", "600", *shlex.split(uvicorn_args)],
                     source=source,
                     database_url=database_url,
                     log_name=log,
