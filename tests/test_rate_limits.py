@@ -115,8 +115,8 @@ async def test_two_api_processes_admit_no_more_than_the_limit(
             refused[window] += 1
         else:
             admitted[window] += 1
-    # Both processes answered, and together they spent the limit and were refused beyond it.
-    assert {r.status_code for r in first} == {r.status_code for r in second} == {200, 429}
+    # Both processes admitted requests, and together they spent the limit and refused beyond it.
+    assert all(any(r.status_code == 200 for r in answered) for answered in (first, second))
     for window, count in admitted.items():
         assert count <= LIMIT * 1.05, (window, count, admitted)
     # 600 requests span at most two windows, so one of them had at least 300: it reached the
