@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +22,17 @@ def _int_env(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
 
 
-def _float_env(name: str, default: float) -> float:
+def _seconds_env(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
-    except ValueError as exc:
-        raise SystemExit(f"{name} must be a number, got {raw!r}") from exc
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise SystemExit(f"{name} must be a number of seconds, 0 or more, got {raw!r}")
+    return seconds
 
 
 def _bool_env(name: str, default: bool) -> bool:
@@ -123,7 +127,7 @@ class Settings:
             "default_rate_limit_per_minute": _int_env("RATE_LIMIT_PER_MINUTE", 100),
             "worker_rate_limit_per_minute": _int_env("WORKER_RATE_LIMIT_PER_MINUTE", 6000),
             "credential_mint_limit_per_minute": _int_env("CREDENTIAL_MINT_LIMIT_PER_MINUTE", 60),
-            "auth_cache_seconds": _float_env("AUTH_CACHE_SECONDS", 5.0),
+            "auth_cache_seconds": _seconds_env("AUTH_CACHE_SECONDS", 5.0),
             "max_body_bytes": _int_env("MAX_BODY_BYTES", 1024 * 1024),
             "db_pool_min": _int_env("DB_POOL_MIN", 2),
             "db_pool_max": _int_env("DB_POOL_MAX", 10),

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+import pytest
 from starlette.applications import Starlette
 
 from api.app import create_app
@@ -78,3 +79,14 @@ async def test_a_disconnected_worker_token_is_refused_once_its_entry_is_older_th
         assert_error(await on_slow.post(heartbeat, json={}), 404, "RESOURCE_NOT_FOUND")
         await asyncio.sleep(WINDOW)
         assert_error(await on_quick.post(heartbeat, json={}), 401, "AUTHENTICATION_ERROR")
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-1", "soon"])
+def test_the_window_is_a_finite_number_of_seconds(
+    raw: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTH_CACHE_SECONDS", "0.5")
+    assert Settings.from_env().auth_cache_seconds == 0.5
+    monkeypatch.setenv("AUTH_CACHE_SECONDS", raw)
+    with pytest.raises(SystemExit, match="AUTH_CACHE_SECONDS must be a number of seconds"):
+        Settings.from_env()
