@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from api import docs_page
 from api.auth import AuthMiddleware
+from api.credentials import CredentialCache
 from api.errors import ApiError, error_response
 from api.idempotency import IdempotencyMiddleware
 from api.metrics import Metrics
@@ -167,6 +168,7 @@ def create_app(settings: Settings) -> Starlette:
             settings, lambda operation: metrics.temporal_errors.labels(operation=operation).inc()
         ),
         events=EventHub(settings.database_url),
+        credentials=CredentialCache(settings.auth_cache_seconds),
     )
     endpoints = all_endpoints()
     openapi = build_openapi(endpoints)

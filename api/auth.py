@@ -1,58 +1,68 @@
-"""Authentication and the per-key rate limit, in one middleware and one database round trip.
+"""Authentication and the per-credential rate limit, in one middleware.
+
+Who a key or worker token belongs to is read from Postgres and kept in memory for
+`Settings.auth_cache_seconds` (5 s by default), so most requests make no database round trip
+here. The price: a key revoked, or a worker disconnected, through another API process (or the
+CLI) keeps working on this one until its entry is that old. This process forgets the entry at
+once when the change is made through it.
 
 The rate limit is a fixed one-minute window counted in Postgres, so every API process sees the
-same count: a client cannot multiply its limit by spreading requests over replicas.
+same count: a client cannot multiply its limit by spreading requests over replicas
+(api/rate_limits.py reserves requests in batches, so not every request writes).
 """
 
 from __future__ import annotations
 
-import math
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.credentials import Credential
 from api.errors import ApiError, error_response
 from api.principal import Principal
 from api.state import AppState
 from controlplane.tenancy import hash_key
 
-WINDOW_SECONDS = 60
 PROTECTED_PREFIX = "/api/v1"
 WORKER_TOKEN_PREFIX = "worker_"
 
-_AUTHENTICATE = """
-WITH key AS (
-    SELECT k.id, k.organization_id, k.role, k.worker_queue_id, o.rate_limit_per_minute
-    FROM api_keys k JOIN organizations o ON o.id = k.organization_id
-    WHERE k.key_hash = $1 AND k.revoked_at IS NULL
-), hit AS (
-    INSERT INTO rate_limit_counters (api_key_id, window_start, count)
-    SELECT id, $2, 1 FROM key
-    ON CONFLICT (api_key_id, window_start)
-    DO UPDATE SET count = rate_limit_counters.count + 1
-    RETURNING count
-)
-SELECT key.id, key.organization_id, key.role, key.worker_queue_id, key.rate_limit_per_minute,
-       hit.count
-FROM key, hit
+_KEY = """
+SELECT k.id, k.organization_id, k.role, k.worker_queue_id, o.rate_limit_per_minute
+FROM api_keys k JOIN organizations o ON o.id = k.organization_id
+WHERE k.key_hash = $1 AND k.revoked_at IS NULL
 """
 
 # Worker tokens have their own, generous limit per token (WORKER_RATE_LIMIT_PER_MINUTE): a
 # runaway worker cannot flood the API, and a healthy one is never refused a heartbeat.
-_AUTHENTICATE_WORKER = """
-WITH worker AS (
-    SELECT id, organization_id, worker_queue_id FROM workers
-    WHERE worker_token_hash = $1 AND status <> 'disconnected'
-), hit AS (
-    INSERT INTO rate_limit_counters (api_key_id, window_start, count)
-    SELECT id, $2, 1 FROM worker
-    ON CONFLICT (api_key_id, window_start)
-    DO UPDATE SET count = rate_limit_counters.count + 1
-    RETURNING count
-)
-SELECT worker.id, worker.organization_id, worker.worker_queue_id, hit.count
-FROM worker, hit
+_WORKER = """
+SELECT id, organization_id, worker_queue_id FROM workers
+WHERE worker_token_hash = $1 AND status <> 'disconnected'
 """
+
+
+async def _load(state: AppState, token: str, token_hash: str) -> Credential | None:
+    now = time.monotonic()
+    if token.startswith(WORKER_TOKEN_PREFIX):
+        row = await state.pool.fetchrow(_WORKER, token_hash)
+        if row is None:
+            return None
+        principal = Principal(
+            row["organization_id"],
+            "worker_token",
+            worker_id=row["id"],
+            worker_queue_id=row["worker_queue_id"],
+        )
+        return Credential(principal, row["id"], state.settings.worker_rate_limit_per_minute, now)
+    row = await state.pool.fetchrow(_KEY, token_hash)
+    if row is None:
+        return None
+    principal = Principal(
+        row["organization_id"],
+        row["role"],
+        api_key_id=row["id"],
+        worker_queue_id=row["worker_queue_id"],
+    )
+    return Credential(principal, row["id"], row["rate_limit_per_minute"], now)
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -80,54 +90,38 @@ class AuthMiddleware:
                 scope, receive, send, "Missing API key: send 'Authorization: Bearer <key>'"
             )
             return
+        token_hash = hash_key(token)
+        credential = state.credentials.get(token_hash, time.monotonic())
+        if credential is None:
+            credential = await _load(state, token, token_hash)
+            if credential is None:
+                message = (
+                    "Invalid or disconnected worker token"
+                    if token.startswith(WORKER_TOKEN_PREFIX)
+                    else "Invalid or revoked API key"
+                )
+                await self._reject(scope, receive, send, message)
+                return
+            state.credentials.put(token_hash, credential)
+        scope["principal"] = credential.principal
         now = time.time()
-        window = int(now) // WINDOW_SECONDS * WINDOW_SECONDS
-        if token.startswith(WORKER_TOKEN_PREFIX):
-            row = await state.pool.fetchrow(_AUTHENTICATE_WORKER, hash_key(token), window)
-            if row is None:
-                await self._reject(scope, receive, send, "Invalid or disconnected worker token")
-                return
-            scope["principal"] = Principal(
-                row["organization_id"],
-                "worker_token",
-                worker_id=row["id"],
-                worker_queue_id=row["worker_queue_id"],
-            )
-            limit: int = state.settings.worker_rate_limit_per_minute
-        else:
-            row = await state.pool.fetchrow(_AUTHENTICATE, hash_key(token), window)
-            if row is None:
-                await self._reject(scope, receive, send, "Invalid or revoked API key")
-                return
-            scope["principal"] = Principal(
-                row["organization_id"],
-                row["role"],
-                api_key_id=row["id"],
-                worker_queue_id=row["worker_queue_id"],
-            )
-            limit = row["rate_limit_per_minute"]
-        reset = window + WINDOW_SECONDS
-        headers = {
-            "X-RateLimit-Limit": str(limit),
-            "X-RateLimit-Remaining": str(max(0, limit - row["count"])),
-            "X-RateLimit-Reset": str(reset),
-        }
-        if row["count"] > limit:
-            retry_after = max(1, math.ceil(reset - now))
+        decision = await state.rate_limiter.hit(credential.counter, credential.limit, now)
+        headers = decision.headers()
+        if not decision.allowed:
+            retry_after = decision.retry_after(now)
             error = ApiError(
                 429,
-                f"Rate limit of {limit} requests per minute exceeded",
-                details={"limit": limit, "retry_after_seconds": retry_after},
+                f"Rate limit of {decision.limit} requests per minute exceeded",
+                details={"limit": decision.limit, "retry_after_seconds": retry_after},
                 headers=headers | {"Retry-After": str(retry_after)},
             )
             await error_response(error)(scope, receive, send)
             return
+        extra = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + [
-                    (k.lower().encode(), v.encode()) for k, v in headers.items()
-                ]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

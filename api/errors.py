@@ -4,11 +4,14 @@ that route code raises to produce it."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from starlette.responses import JSONResponse
+import orjson
+from pydantic import BaseModel
+from starlette.responses import Response
 from temporalio.service import RPCError, RPCStatusCode
 
 from controlplane.errors import (
@@ -115,11 +118,23 @@ def envelope(
     }
 
 
-def error_response(error: ApiError) -> JSONResponse:
-    return JSONResponse(
+def json_response(
+    content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """A JSON body serialised in one step: a model by pydantic's own serializer (as
+    `model_dump_json` does, straight to bytes), anything else by orjson."""
+    if isinstance(content, BaseModel):
+        body = content.__pydantic_serializer__.to_json(content)
+    else:
+        body = orjson.dumps(content)
+    return Response(body, status_code, headers, media_type="application/json")
+
+
+def error_response(error: ApiError) -> Response:
+    return json_response(
         envelope(error.status, error.message, code=error.code, details=error.details),
-        status_code=error.status,
-        headers=error.headers,
+        error.status,
+        error.headers,
     )
 
 

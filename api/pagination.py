@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from controlplane import crud
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 class ListQuery(BaseModel):
@@ -40,6 +41,8 @@ async def fetch_page(
     query: ListQuery,
     order: str = "created_at, id",
     filters: Mapping[str, object] | None = None,
+    counted: str | None = None,
+    joins: str = "",
 ) -> tuple[list[asyncpg.Record], int]:
     """One page as `query` asks (see controlplane.crud.fetch_page)."""
     return await crud.fetch_page(
@@ -52,4 +55,15 @@ async def fetch_page(
         offset=query.start,
         order=order,
         filters=filters,
+        counted=counted,
+        joins=joins,
+    )
+
+
+def page_of(model: type[M], items: list[dict[str, Any]], total: int, query: ListQuery) -> Page[M]:
+    """A page whose items are validated from their fields in one call: pydantic-core loops over
+    the rows instead of Python building one model at a time (about half the cost)."""
+    page: type[Page[M]] = Page[model]  # type: ignore[valid-type]
+    return page.model_validate(
+        {"items": items, "total": total, "limit": query.limit, "offset": query.start}
     )

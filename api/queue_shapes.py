@@ -36,9 +36,15 @@ class WorkerQueueOut(BaseModel):
     active_workers: int
     task_queue_name: str
 
+    @staticmethod
+    def fields(row: asyncpg.Record) -> dict[str, Any]:
+        data = dict(row)
+        data["task_queue_name"] = str(row["id"])
+        return data
+
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> WorkerQueueOut:
-        return cls(**dict(row), task_queue_name=str(row["id"]))
+        return cls.model_validate(cls.fields(row))
 
 
 class WorkerCommand(BaseModel):

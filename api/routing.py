@@ -18,10 +18,10 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from api.errors import ApiError, error_response, from_domain, not_found
+from api.errors import ApiError, error_response, from_domain, json_response, not_found
 from api.principal import ACCESS_DESCRIPTION, Access, Principal
 from api.schemas import Deleted
 from controlplane.errors import DomainError
@@ -87,6 +87,16 @@ class Call:
         if deleted is None:
             raise not_found(kind, ident)
         return Deleted(id=ident)
+
+    def forget_queue_credentials(self) -> None:
+        """After queues were deleted (with their worker keys and workers): this process reads
+        the organization's queue-bound keys and worker tokens again on their next use."""
+        org = self.org
+        self.state.credentials.forget(
+            lambda principal: (
+                principal.organization_id == org and principal.worker_queue_id is not None
+            )
+        )
 
     @property
     def caller(self) -> Caller:
@@ -256,10 +266,8 @@ class Endpoint:
         result = await self.handler(call, **kwargs)
         if isinstance(result, Response):
             return result
-        if isinstance(result, BaseModel):
-            result = result.model_dump(mode="json")
         headers = {"Cache-Control": NO_STORE} if self.carries_secret else None
-        return JSONResponse(result, status_code=self.status_code, headers=headers)
+        return json_response(result, self.status_code, headers)
 
     @staticmethod
     def _parse_query(request: Request, model: type[BaseModel]) -> BaseModel:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
+from api.credentials import CredentialCache
 from api.metrics import Metrics
+from api.rate_limits import RateLimiter
 from controlplane.executions.events import EventHub
 from controlplane.settings import Settings
 from controlplane.temporal import TemporalGateway
@@ -20,8 +22,13 @@ class AppState:
     metrics: Metrics
     temporal: TemporalGateway
     events: EventHub
+    credentials: CredentialCache
     pool_or_none: asyncpg.Pool[Any] | None = None
     signing_key: SigningKey | None = None
+    rate_limiter: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rate_limiter = RateLimiter(lambda: self.pool)
 
     @property
     def pool(self) -> asyncpg.Pool[Any]:

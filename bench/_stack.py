@@ -91,10 +91,11 @@ def machine_cpu() -> tuple[float, float]:
     return float(total - idle), float(total)
 
 
-async def seed(database_url: str) -> str:
-    """The schema, the bench organization (a limit the rate limiter never reaches) and an
-    admin key of it."""
-    await apply_schema_at(database_url)
+async def seed(database_url: str, *, apply_schema: bool = True) -> str:
+    """The schema (unless the API process has applied its own), the bench organization (a limit
+    the rate limiter never reaches) and an admin key of it."""
+    if apply_schema:
+        await apply_schema_at(database_url)
     conn = await asyncpg.connect(database_url)
     try:
         await create_org(conn, ORG, rate_limit_per_minute=100_000_000)
@@ -145,13 +146,17 @@ class Stack:
         self.processes.append(temporal)
 
     def spawn(
-        self, command: list[str], log_name: str, env: dict[str, str] | None = None
+        self,
+        command: list[str],
+        log_name: str,
+        env: dict[str, str] | None = None,
+        cwd: Path = REPO_ROOT,
     ) -> subprocess.Popen[bytes]:
         """A child in its own session (Ctrl-C reaches only us; we stop it), stderr to a log."""
         with open(self.work / log_name, "wb") as log:
             process = subprocess.Popen(
                 command,
-                cwd=REPO_ROOT,
+                cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -162,18 +167,39 @@ class Stack:
         return process
 
     def start_api(
-        self, port: int, extra: list[str], env: dict[str, str] | None = None
+        self,
+        port: int,
+        extra: list[str],
+        env: dict[str, str] | None = None,
+        source: Path = REPO_ROOT,
+        database_url: str = "",
+        log_name: str = "api.log",
     ) -> subprocess.Popen[bytes]:
-        """One uvicorn process of the API; its JSON request log goes to `api.log`."""
+        """One uvicorn process of the API; its JSON request log goes to `log_name`. `source`: the
+        checkout whose API runs (another one, e.g. `git archive` of a base commit, to compare);
+        it applies that checkout's migrations at start-up, to `database_url` (default: the
+        server's first database)."""
         api_env = os.environ | {
-            "DATABASE_URL": self.database_url,
+            "DATABASE_URL": database_url or self.database_url,
             "TEMPORAL_ADDRESS": self.temporal_address,
             "CONTROLPLANE_HOME": str(self.work / "home"),
+            # First on the path: the venv's editable install may point at another checkout.
+            "PYTHONPATH": str(source),
             **(env or {}),
         }
         command = [sys.executable, "-m", "uvicorn", "--factory", "api.asgi:app_from_env"]
         command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra]
-        return self.spawn(command, "api.log", api_env)
+        return self.spawn(command, log_name, api_env, cwd=source)
+
+    async def create_database(self, name: str) -> str:
+        """Another database on the Postgres server; returns its URL."""
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        head, sep, query = self.database_url.partition("?")
+        return f"{head.rsplit('/', 1)[0]}/{name}{sep}{query}"
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         with contextlib.suppress(OSError):

@@ -339,6 +339,10 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
     row = _with_connection(work)
     print(f"revoked key {key_id} ({row['prefix']}...) at {_when(row['revoked_at'])}")
+    print(
+        "running API processes refuse it within their AUTH_CACHE_SECONDS (5 s by default)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -370,6 +374,10 @@ def cmd_api(args: argparse.Namespace) -> int:
         port=args.port,
         log_config=None,
         lifespan="on",
+        # uvicorn[standard]: the C HTTP parser and event loop, named so that a missing one fails
+        # here instead of silently costing about a quarter of the API's CPU (docs/PERFORMANCE.md).
+        http="httptools",
+        loop="uvloop",
     )
     server = uvicorn.Server(config)
     try:

@@ -5,19 +5,35 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeAlias
 
 import asyncpg
+import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from controlplane.errors import Conflict
+
+# orjson decodes JSON as json.loads does, about five times faster, except integers beyond 64 bits
+# (it makes floats of them) and lone surrogates (it refuses them): text with a run of 19 digits
+# or more, or that orjson refuses, is decoded by json.loads.
+_LONG_NUMBER = re.compile(r"\d{19}")
+
+
+def decode_json(text: str) -> Any:
+    if _LONG_NUMBER.search(text) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
 
 
 async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
     for type_name in ("json", "jsonb"):
         await conn.set_type_codec(
-            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+            type_name, encoder=json.dumps, decoder=decode_json, schema="pg_catalog"
         )
 
 
@@ -25,11 +41,24 @@ async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
 CONNECT_TIMEOUT = 5
 
 
+async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
+    """What a connection goes back to the pool with, instead of asyncpg's reset query (a round
+    trip per release, about a fifth of a small request's cost). Nothing here leaves session
+    state on a pooled connection: no SET, LISTEN (the EventHub has its own connection),
+    session advisory lock (the migrations' is on their own connection) or cursor outside a
+    transaction. asyncpg still rolls back a transaction left open."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool[Any]:
     """A pool that outlives a Postgres restart: a connection found dead is dropped when it is
     used and a new one made on the next acquire."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, timeout=CONNECT_TIMEOUT
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        reset=_keep_session,
+        timeout=CONNECT_TIMEOUT,
     )
     assert pool is not None
     return pool

@@ -19,17 +19,17 @@ MAX_WORKERS_LIMIT = 100_000
 STALE_WORKER_SECONDS = 150
 
 
+# Whether worker `w` is live.
+LIVE_WORKER = (
+    "w.status IN ('active', 'idle', 'busy') "
+    f"AND w.last_heartbeat > now() - interval '{STALE_WORKER_SECONDS} seconds'"
+)
+
+
 def live_workers_sql(queue_filter: str, status: str | None = None) -> str:
     """A correlated count of live workers; `queue_filter` picks the queues."""
     status_clause = f" AND w.status = '{status}'" if status else ""
-    return (
-        "(SELECT count(*) FROM workers w WHERE "
-        + queue_filter
-        + " AND w.status IN ('active', 'idle', 'busy')"
-        + f" AND w.last_heartbeat > now() - interval '{STALE_WORKER_SECONDS} seconds'"
-        + status_clause
-        + ")"
-    )
+    return f"(SELECT count(*) FROM workers w WHERE {queue_filter} AND {LIVE_WORKER}{status_clause})"
 
 
 QUEUE_COLUMNS = (

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -75,21 +76,30 @@ class Outcome:
 
 
 def load_migrations(directory: Path) -> list[Migration]:
-    """The numbered migrations in `directory`, in order; versions must run 1, 2, ... without gaps
-    or duplicates (two branches that both added 0010 conflict here, not in production)."""
+    """The numbered migrations in `directory`, in order, starting at 0001; a number used twice
+    is refused (two branches that both added 0010 conflict here, not in production).
+
+    Numbers may skip: branches developed side by side reserve their numbers, and one may land
+    before the others (0015 before 0011-0014). A database then applies the lower numbers when
+    they arrive, after the higher one, so a migration must not depend on one numbered above it
+    that has not landed."""
     migrations = []
     for path in sorted(directory.glob("*.sql")):
         match = _FILE_NAME.fullmatch(path.name)
         if match is None:
             raise MigrationError(f"{path}: migration files are named NNNN_lowercase_name.sql")
         migrations.append(Migration(int(match[1]), match[2], path.read_text()))
-    for expected, migration in enumerate(migrations, start=1):
-        if migration.version != expected:
-            raise MigrationError(
-                f"{directory}: expected migration {expected:04d}, found {migration.file_name}"
-            )
     if not migrations:
         raise MigrationError(f"{directory}: no migrations")
+    if migrations[0].version != 1:
+        first = migrations[0].file_name
+        raise MigrationError(f"{directory}: expected migration 0001, found {first}")
+    for before, migration in itertools.pairwise(migrations):
+        if migration.version == before.version:
+            raise MigrationError(
+                f"{directory}: two migrations numbered {migration.version:04d}: "
+                f"{before.file_name} and {migration.file_name}"
+            )
     return migrations
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,19 @@ def _int_env(name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _seconds_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise SystemExit(f"{name} must be a number of seconds, 0 or more, got {raw!r}")
+    return seconds
 
 
 def _bool_env(name: str, default: bool) -> bool:
@@ -72,6 +86,10 @@ class Settings:
     worker_rate_limit_per_minute: int = 6000
     # Worker keys and worker tokens minted per organization per minute.
     credential_mint_limit_per_minute: int = 60
+    # How long an API process trusts what it read about a key or worker token: a key revoked
+    # (a worker disconnected) elsewhere stops working here within this many seconds; 0: never
+    # cached.
+    auth_cache_seconds: float = 5.0
     max_body_bytes: int = 1024 * 1024
     db_pool_min: int = 2
     db_pool_max: int = 10
@@ -119,6 +137,7 @@ class Settings:
             "default_rate_limit_per_minute": _int_env("RATE_LIMIT_PER_MINUTE", 100),
             "worker_rate_limit_per_minute": _int_env("WORKER_RATE_LIMIT_PER_MINUTE", 6000),
             "credential_mint_limit_per_minute": _int_env("CREDENTIAL_MINT_LIMIT_PER_MINUTE", 60),
+            "auth_cache_seconds": _seconds_env("AUTH_CACHE_SECONDS", 5.0),
             "max_body_bytes": _int_env("MAX_BODY_BYTES", 1024 * 1024),
             "db_pool_min": _int_env("DB_POOL_MIN", 2),
             "db_pool_max": _int_env("DB_POOL_MAX", 10),

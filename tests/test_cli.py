@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,7 +19,9 @@ from starlette.applications import Starlette
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 
+from api.app import create_app
 from controlplane.cli import main
+from controlplane.settings import Settings
 from tests.conftest import assert_error, client_for
 
 
@@ -140,7 +143,9 @@ def test_a_dev_stack_that_was_killed_is_not_used(
     assert "is not a dev stack record" in one_line(err)
 
 
-async def test_keys(app: Starlette, capsys: pytest.CaptureFixture[str], cli_env: None) -> None:
+async def test_keys(
+    app: Starlette, settings: Settings, capsys: pytest.CaptureFixture[str], cli_env: None
+) -> None:
     async def cli(*args: str) -> tuple[int, str, str]:
         # main() runs its own event loop, so it runs in a thread beside the test's loop.
         code = await asyncio.to_thread(main, list(args))
@@ -155,7 +160,10 @@ async def test_keys(app: Starlette, capsys: pytest.CaptureFixture[str], cli_env:
     assert key.startswith("cpk_")
     assert "shown only this once" in err
 
-    async with client_for(app, key) as http:
+    # A running API process reads the key again once what it read is AUTH_CACHE_SECONDS old.
+    window = 0.3
+    api = create_app(dataclasses.replace(settings, auth_cache_seconds=window))
+    async with api.router.lifespan_context(api), client_for(api, key) as http:
         response = await http.get("/api/v1/environments")
         assert response.status_code == 200, response.text
 
@@ -167,9 +175,11 @@ async def test_keys(app: Starlette, capsys: pytest.CaptureFixture[str], cli_env:
         assert " ci " in line
         assert line.rstrip().endswith("-")  # not revoked
 
-        code, out, _ = await cli("keys", "revoke", "--org", slug, key_id)
+        code, out, err = await cli("keys", "revoke", "--org", slug, key_id)
         assert code == 0
         assert key_id in out
+        assert "within their AUTH_CACHE_SECONDS" in err
+        await asyncio.sleep(window)
         assert_error(await http.get("/api/v1/environments"), 401, "AUTHENTICATION_ERROR")
 
     _, out, _ = await cli("keys", "list", "--org", slug)

@@ -23,7 +23,8 @@ from controlplane.settings import MIGRATIONS_DIR
 from tests.conftest import _with_database
 
 NewDatabase = Callable[[], Awaitable[str]]
-LATEST = len(load_migrations(MIGRATIONS_DIR))
+VERSIONS = [m.version for m in load_migrations(MIGRATIONS_DIR)]
+LATEST = VERSIONS[-1]
 PREVIOUS_RELEASE = (MIGRATIONS_DIR / "0001_initial.sql").read_text() + (
     MIGRATIONS_DIR / "repeatable" / "model_catalogue.sql"
 ).read_text()
@@ -131,11 +132,8 @@ async def recorded(url: str) -> list[tuple[int, str, str, Any]]:
 async def test_a_new_database_gets_every_migration_once(new_database: NewDatabase) -> None:
     url = await new_database()
     outcome = await run(url)
-    assert (
-        [m.version for m in outcome.applied]
-        == list(range(1, LATEST + 1))
-        == [m.version for m in load_migrations(MIGRATIONS_DIR)]
-    )
+    assert [m.version for m in outcome.applied] == VERSIONS
+    assert VERSIONS[:10] == list(range(1, 11))
     assert outcome.version == LATEST
     first = await recorded(url)
     assert [(v, name, checksum) for v, name, checksum, _ in first] == [
@@ -158,7 +156,7 @@ async def test_upgrade_from_the_previous_release(new_database: NewDatabase) -> N
 
     # 0001 runs too, a no-op on the schema it is.
     outcome = await run(old)
-    assert [m.version for m in outcome.applied] == list(range(1, LATEST + 1))
+    assert [m.version for m in outcome.applied] == VERSIONS
 
     # The new columns, tables and constraints are there, and the schema is a new database's.
     await run(fresh)
@@ -213,6 +211,19 @@ async def test_upgrade_from_the_previous_release(new_database: NewDatabase) -> N
     members = await fetch(old, "SELECT agent_id FROM project_agents")
     assert [row["agent_id"] for row in members] == [uuid.UUID(AGENT_ID)]
     assert await fetch(old, "SELECT * FROM project_teams") == []
+    # 0016 counted the rows there were, for list totals and projects' member counts.
+    counts = await fetch(
+        old, "SELECT resource, n FROM row_counts WHERE organization_id = 'acme' ORDER BY 1"
+    )
+    assert [tuple(row) for row in counts] == [
+        ("agents", 1),
+        ("environments", 1),
+        ("executions", 1),
+        ("projects", 1),
+        ("worker_queues", 1),
+    ]
+    (project,) = await fetch(old, "SELECT agent_count, team_count FROM projects")
+    assert tuple(project) == (1, 0)
 
     # Worker keys now work, bound to a queue, and only so.
     await execute(
@@ -246,7 +257,7 @@ async def test_upgrade_from_the_last_schema_sql(new_database: NewDatabase) -> No
         "INSERT INTO idempotency_keys (organization_id, credential, idempotency_key, "
         "request_hash, replayable) VALUES ('acme', 'api_key:x', 'retry-1', 'hash', false);",
     )
-    assert [m.version for m in (await run(old)).applied] == list(range(1, LATEST + 1))
+    assert [m.version for m in (await run(old)).applied] == VERSIONS
     await run(fresh)
     assert await shape(old) == await shape(fresh)
     roles = await fetch(old, "SELECT role FROM api_keys ORDER BY role")
@@ -328,17 +339,33 @@ async def test_a_database_newer_than_the_code_is_refused(
         await run(url, tmp_path)
 
 
+async def test_a_reserved_number_that_lands_later_is_applied_then(
+    new_database: NewDatabase, tmp_path: Path
+) -> None:
+    """Branches reserve numbers: 0003 may land before 0002. A database that ran 0001 and 0003
+    applies 0002 when it arrives."""
+    (tmp_path / "0001_first.sql").write_text("CREATE TABLE first (id int);")
+    (tmp_path / "0003_third.sql").write_text("CREATE TABLE third (id int);")
+    url = await new_database()
+    outcome = await run(url, tmp_path)
+    assert ([m.version for m in outcome.applied], outcome.version) == ([1, 3], 3)
+    (tmp_path / "0002_second.sql").write_text("CREATE TABLE second (id int);")
+    outcome = await run(url, tmp_path)
+    assert ([m.file_name for m in outcome.applied], outcome.version) == (["0002_second.sql"], 3)
+    assert [row[0] for row in await recorded(url)] == [1, 2, 3]
+
+
 @pytest.mark.parametrize(
     ("files", "message"),
     [
         ([], "no migrations"),
         (["0001_a.sql", "2_b.sql"], "2_b.sql: migration files are named"),
         (["0001_a.sql", "0002-b.sql"], "0002-b.sql: migration files are named"),
-        (["0001_a.sql", "0003_c.sql"], "expected migration 0002, found 0003_c.sql"),
-        (["0001_a.sql", "0001_b.sql"], "expected migration 0002, found 0001_b.sql"),
+        (["0002_b.sql", "0003_c.sql"], "expected migration 0001, found 0002_b.sql"),
+        (["0001_a.sql", "0001_b.sql"], "two migrations numbered 0001: 0001_a.sql and 0001_b.sql"),
     ],
 )
-def test_migration_files_are_numbered_without_gaps(
+def test_migration_files_are_numbered_once_each(
     tmp_path: Path, files: list[str], message: str
 ) -> None:
     for name in files:
@@ -368,8 +395,8 @@ async def test_concurrent_runners_apply_each_migration_once(new_database: NewDat
     finally:
         for conn in (holder, *runners):
             await conn.close()
-    assert sorted(len(outcome.applied) for outcome in outcomes) == [0, LATEST]
-    assert [row[0] for row in await recorded(url)] == list(range(1, LATEST + 1))
+    assert sorted(len(outcome.applied) for outcome in outcomes) == [0, len(VERSIONS)]
+    assert [row[0] for row in await recorded(url)] == VERSIONS
 
 
 async def test_cli_migrate_reports_and_refuses_in_one_line(

@@ -12,7 +12,7 @@ import asyncpg
 from pydantic import AliasChoices, BaseModel, Field
 
 from api.errors import ApiError, not_found
-from api.pagination import ListQuery, Page, fetch_page
+from api.pagination import ListQuery, Page, fetch_page, page_of
 from api.routing import Call, Router
 from api.schemas import Deleted, PatchBody
 from controlplane.db import conflict_on_duplicate, patch_assignments
@@ -179,10 +179,16 @@ class AgentOut(BaseModel):
     skill_configurations: dict[str, dict[str, Any]]
     execution_environment: dict[str, Any]
 
+    @staticmethod
+    def fields(row: asyncpg.Record) -> dict[str, Any]:
+        data = dict(row)
+        data["system_prompt"] = data["configuration"].get("system_prompt")
+        data["skills"] = []
+        return data
+
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> AgentOut:
-        data = dict(row)
-        return cls(**data, system_prompt=data["configuration"].get("system_prompt"), skills=[])
+        return cls.model_validate(cls.fields(row))
 
 
 class AgentQuery(ListQuery):
@@ -344,9 +350,9 @@ async def list_agents(call: Call, query: AgentQuery) -> Page[AgentOut]:
         args=[call.org],
         query=query,
         filters={"status": query.status_filter},
+        counted="agents",
     )
-    items = [AgentOut.from_row(row) for row in rows]
-    return Page[AgentOut](items=items, total=total, limit=query.limit, offset=query.start)
+    return page_of(AgentOut, [AgentOut.fields(row) for row in rows], total, query)
 
 
 @router.get("/api/v1/agents/{agent_id}")

@@ -102,9 +102,12 @@ async def list_api_keys(call: Call, query: ListQuery) -> Page[ApiKeyOut]:
 
 @router.delete("/api/v1/api-keys/{key_id}", role="admin")
 async def revoke_api_key(call: Call) -> ApiKeyRevoked:
-    """Revoke a key; it stops working at once."""
+    """Revoke a key; it stops working at once (other API processes: within 5 s).
+
+    Other API processes drop it once their cached entry is `AUTH_CACHE_SECONDS` old."""
     key_id = call.path_uuid("key_id", "API key")
     row = await revoke_key(call.db, call.org, key_id)
     if row is None:
         raise not_found("API key", key_id)
+    call.state.credentials.forget(lambda principal: principal.api_key_id == key_id)
     return ApiKeyRevoked(id=row["id"], deleted=True, revoked_at=row["revoked_at"])

@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from api.access import execution_for
 from api.errors import ApiError
 from api.event_stream import stream_events
-from api.pagination import ListQuery, Page, fetch_page
+from api.pagination import ListQuery, Page, fetch_page, page_of
 from api.routing import BIGINT_MAX, Call, Router, launch_services
 from api.schemas import Deleted
 from controlplane.errors import not_found
@@ -208,9 +208,9 @@ async def list_executions(call: Call, query: ExecutionQuery) -> Page[ExecutionOu
             "entity_id": query.entity_id,
             "parent_execution_id": query.parent_execution_id,
         },
+        counted="executions",
     )
-    items = [ExecutionOut(**dict(row)) for row in rows]
-    return Page[ExecutionOut](items=items, total=total, limit=query.limit, offset=query.start)
+    return page_of(ExecutionOut, [dict(row) for row in rows], total, query)
 
 
 @router.get("/api/v1/executions/{execution_id}")

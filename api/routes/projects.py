@@ -12,7 +12,7 @@ import asyncpg
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from api.errors import not_found
-from api.pagination import ListQuery, Page, fetch_page
+from api.pagination import ListQuery, Page, fetch_page, page_of
 from api.routing import Call, Router
 from api.schemas import Deleted, PatchBody
 from controlplane.db import conflict_on_duplicate, patch_assignments
@@ -23,11 +23,10 @@ router = Router("projects")
 ProjectStatus = Literal["active", "archived", "draft"]
 Visibility = Literal["private", "org"]
 SETTINGS_FIELDS = ("goals", "policy_ids", "default_model", "restrict_to_environment")
+# agent_count and team_count are kept by triggers on the membership tables (migration 0016).
 COLUMNS = (
     "id, organization_id, name, key, description, settings, status, visibility, owner_id, "
-    "owner_email, created_at, updated_at, archived_at, "
-    "(SELECT count(*) FROM project_agents pa WHERE pa.project_id = projects.id) AS agent_count, "
-    "(SELECT count(*) FROM project_teams pt WHERE pt.project_id = projects.id) AS team_count"
+    "owner_email, created_at, updated_at, archived_at, agent_count, team_count"
 )
 
 
@@ -117,17 +116,19 @@ class ProjectOut(BaseModel):
     agent_count: int
     team_count: int
 
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> ProjectOut:
+    @staticmethod
+    def fields(row: asyncpg.Record) -> dict[str, Any]:
         data = dict(row)
         settings = data["settings"]
-        return cls(
-            **data,
-            goals=settings.get("goals"),
-            policy_ids=settings.get("policy_ids", []),
-            default_model=settings.get("default_model"),
-            restrict_to_environment=settings.get("restrict_to_environment", False),
-        )
+        data["goals"] = settings.get("goals")
+        data["policy_ids"] = settings.get("policy_ids", [])
+        data["default_model"] = settings.get("default_model")
+        data["restrict_to_environment"] = settings.get("restrict_to_environment", False)
+        return data
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> ProjectOut:
+        return cls.model_validate(cls.fields(row))
 
 
 class ProjectQuery(ListQuery):
@@ -183,9 +184,9 @@ async def list_projects(call: Call, query: ProjectQuery) -> Page[ProjectOut]:
         args=[call.org],
         query=query,
         filters={"status": query.status_filter},
+        counted="projects",
     )
-    items = [ProjectOut.from_row(row) for row in rows]
-    return Page[ProjectOut](items=items, total=total, limit=query.limit, offset=query.start)
+    return page_of(ProjectOut, [ProjectOut.fields(row) for row in rows], total, query)
 
 
 @router.get("/api/v1/projects/default")

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from api.errors import not_found
-from api.pagination import ListQuery, Page, fetch_page
+from api.pagination import ListQuery, Page, fetch_page, page_of
 from api.queue_shapes import (
     QueueStatus,
     WorkerCommand,
@@ -57,7 +57,7 @@ class QueueListQuery(ListQuery):
 
 
 async def _list(
-    call: Call, query: QueueListQuery, where: str, args: list[Any]
+    call: Call, query: QueueListQuery, where: str, args: list[Any], counted: str | None = None
 ) -> Page[WorkerQueueOut]:
     rows, total = await fetch_page(
         call.db,
@@ -67,9 +67,9 @@ async def _list(
         args=args,
         query=query,
         filters={"status": query.status_filter},
+        counted=counted,
     )
-    items = [WorkerQueueOut.from_row(row) for row in rows]
-    return Page[WorkerQueueOut](items=items, total=total, limit=query.limit, offset=query.start)
+    return page_of(WorkerQueueOut, [WorkerQueueOut.fields(row) for row in rows], total, query)
 
 
 async def _environment_exists(call: Call, environment_id: uuid.UUID) -> None:
@@ -122,7 +122,8 @@ async def list_environment_worker_queues(call: Call, query: QueueListQuery) -> P
 @router.get("/api/v1/worker-queues")
 async def list_worker_queues(call: Call, query: QueueListQuery) -> Page[WorkerQueueOut]:
     """All of the organization's queues (ephemeral ones hidden)."""
-    return await _list(call, query, "organization_id = $1", [call.org])
+    # The organization's count of queues is of listed ones (migration 0016).
+    return await _list(call, query, "organization_id = $1", [call.org], counted="worker_queues")
 
 
 @router.get("/api/v1/worker-queues/{queue_id}")
@@ -169,7 +170,9 @@ async def update_worker_queue(call: Call, body: WorkerQueueUpdate) -> WorkerQueu
 @router.delete("/api/v1/worker-queues/{queue_id}")
 async def delete_worker_queue(call: Call) -> Deleted:
     """Delete a queue and its worker records."""
-    return await call.delete_owned("worker_queues", "queue_id", "Worker queue")
+    deleted = await call.delete_owned("worker_queues", "queue_id", "Worker queue")
+    call.forget_queue_credentials()
+    return deleted
 
 
 @router.get("/api/v1/worker-queues/{queue_id}/worker-command", role="admin", carries_secret=True)

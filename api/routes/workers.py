@@ -319,6 +319,7 @@ async def disconnect(call: Call, body: Disconnect) -> Disconnected:
     }
     async with call.db.acquire() as conn, conn.transaction():
         await mark_disconnected(conn, call.org, worker_id, record)
+    call.state.credentials.forget(lambda principal: principal.worker_id == worker_id)
     return Disconnected(worker_id=worker_id, status="disconnected")
 
 

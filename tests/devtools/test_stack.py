@@ -171,6 +171,11 @@ def process_env(pid: int) -> dict[str, str]:
     return dict(entry.split("=", 1) for entry in raw.split("\0") if "=" in entry)
 
 
+def loaded_libraries(pid: int) -> str:
+    """The shared objects the process has mapped (its C extensions among them)."""
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
 def start_agent(http: httpx.Client, queue_id: object, prompt: str) -> str:
     """Create a one-shot agent and start an execution of it on the queue; returns its id."""
     agent = http.post(
@@ -279,6 +284,9 @@ def test_dev_starts_restarts_and_stops(dev: Dev) -> None:
         # The summary is printed once the worker serves the queue.
         assert worker_registered(http, default_queue(http)["id"], pids["worker"])
         assert httpx.get(f"{dev.url}/api/ready").status_code == 200
+    # The API serves with uvicorn[standard]'s C parser and event loop.
+    api_libraries = loaded_libraries(pids["api"])
+    assert "/httptools/" in api_libraries and "/uvloop/" in api_libraries
     # The system worker has the database; the queue's worker does not.
     assert "DATABASE_URL" in process_env(pids["system"])
     assert "DATABASE_URL" not in process_env(pids["worker"])
