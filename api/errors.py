@@ -21,6 +21,7 @@ from controlplane.errors import (
     RateLimited,
     Refused,
     TimedOut,
+    Unauthenticated,
     Unavailable,
     UpstreamFailed,
 )
@@ -65,6 +66,7 @@ class ApiError(Exception):
 
 # The status each kind of domain refusal answers with.
 STATUS_BY_KIND: dict[type[DomainError], int] = {
+    Unauthenticated: 401,
     NotFound: 404,
     Conflict: 409,
     Refused: 400,

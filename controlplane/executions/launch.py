@@ -74,6 +74,8 @@ class LaunchRequest:
     execution_metadata: dict[str, Any] = field(default_factory=dict)
     execution_environment: dict[str, Any] | None = None
     trigger_source: TriggerSource = "user"
+    # The job this run is for (controlplane/jobs/), if any.
+    job_id: uuid.UUID | None = None
     # A child run (a plan's task, a workflow's step): its parent execution, and the key that
     # names it there. The same key answers the same run, so a retried start starts nothing twice.
     parent_execution_id: uuid.UUID | None = None
@@ -415,9 +417,9 @@ async def _record(
             "INSERT INTO executions (id, organization_id, execution_type, entity_id, entity_name, "
             "runner_name, user_id, user_name, user_email, user_avatar, prompt, system_prompt, "
             "execution_metadata, temporal_workflow_id, worker_queue_id, execution_environment, "
-            "tools, user_role, trigger_source, parent_execution_id, delegation_key) VALUES ($1, "
-            "$2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, "
-            "$20, $21) ON CONFLICT (parent_execution_id, delegation_key) "
+            "tools, user_role, trigger_source, parent_execution_id, delegation_key, job_id) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
+            "$18, $19, $20, $21, $22) ON CONFLICT (parent_execution_id, delegation_key) "
             "WHERE parent_execution_id IS NOT NULL DO NOTHING RETURNING id",
             execution_id,
             org,
@@ -440,6 +442,7 @@ async def _record(
             request.trigger_source,
             parent_execution_id,
             delegation_key,
+            request.job_id,
         )
         if inserted is None:
             return False
