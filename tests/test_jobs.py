@@ -7,6 +7,7 @@ the fake model the only stand-in. Plus the replay of recorded JobRunWorkflow his
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -23,7 +24,9 @@ from temporalio.client import ScheduleActionExecutionStartWorkflow, ScheduleHand
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer
 
+from api.app import create_app
 from controlplane.devtools.fake_anthropic import AsyncFakeAnthropicClient, FakeAnthropicServer
+from controlplane.services import free_port
 from controlplane.settings import Settings
 from controlplane.system.worker import system_workflows
 from tests.conftest import Tenant, assert_error, client_for, make_tenant
@@ -270,6 +273,42 @@ async def test_another_tenants_job_is_not_found_on_every_route(
     assert (await schedule_of(org, job["id"]).describe()).schedule.state.paused is False
 
 
+async def test_temporal_down_is_503_and_changes_nothing(
+    org: Org, agent: str, settings: Settings, db: asyncpg.Pool[Any]
+) -> None:
+    """The row and its Schedule stay together: without Temporal, no cron job is created,
+    changed, disabled or deleted, and reading one says so."""
+    job = await create_job(org, agent, trigger_type="cron", cron_schedule="0 5 * * *")
+    unreachable = dataclasses.replace(
+        settings,
+        temporal_address=f"127.0.0.1:{free_port()}",
+        system_task_queue=org.stack.task_queue,
+    )
+    down = create_app(unreachable)
+    before = await rows_of(db, "jobs", org.tenant.id)
+    async with down.router.lifespan_context(down):
+        client = client_for(down, org.tenant.keys["member"])
+        ident = job["id"]
+        for response in (
+            await client.post(
+                "/api/v1/jobs",
+                json=job_body(org, agent, trigger_type="cron", cron_schedule="0 6 * * *"),
+            ),
+            await client.get(f"/api/v1/jobs/{ident}"),
+            await client.patch(f"/api/v1/jobs/{ident}", json={"cron_schedule": "0 7 * * *"}),
+            await client.post(f"/api/v1/jobs/{ident}/disable"),
+            await client.delete(f"/api/v1/jobs/{ident}"),
+        ):
+            assert_error(response, 503, "SERVICE_UNAVAILABLE")
+        # A manual job needs no Schedule.
+        manual = await client.post("/api/v1/jobs", json=job_body(org, agent))
+        assert manual.status_code == 201, manual.text
+    after = await rows_of(db, "jobs", org.tenant.id)
+    assert [row for row in after if str(row["id"]) != manual.json()["id"]] == before
+    described = await schedule_of(org, job["id"]).describe()
+    assert described.schedule.state.paused is False
+
+
 # --- cron jobs: their Temporal Schedule ------------------------------------------------------
 
 
@@ -493,6 +532,7 @@ async def test_a_workflow_job_starts_a_workflow_run(org: Org, settings: Settings
     assert done["status"] == "completed", done
     assert done["execution_type"] == "workflow" and done["job_id"] == job["id"]
     assert done["trigger_source"] == "job_manual"
+    assert done["execution_metadata"]["job_id"] == job["id"]
     state = (await org.client("viewer").get(f"/api/v1/workflows/{workflow.json()['id']}")).json()
     step = state["state"]["steps"]["only"]
     assert step["prompt"] == f"Do the backup of orders for sre {tok}"

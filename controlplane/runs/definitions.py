@@ -234,10 +234,11 @@ async def start_workflow(
     trigger_source: str = "user",
     job_id: uuid.UUID | None = None,
     prompt: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> RunStarted:
     """Start a run of the workflow (400 while one is live). Its definition is checked again,
     and every input its templates name must be given. A job's run says so (`trigger_source`,
-    `job_id`) and carries the job's rendered prompt."""
+    `job_id`) and carries the job's rendered prompt and its own `metadata`."""
     org = caller.organization_id
     queue = await active_queue(db, org, worker_queue_id)
     async with db.acquire() as conn, conn.transaction():
@@ -288,7 +289,7 @@ async def start_workflow(
                     )
                     for s in run_steps
                 ],
-                metadata={"workflow_id": str(ident), "inputs": inputs},
+                metadata={**(metadata or {}), "workflow_id": str(ident), "inputs": inputs},
                 trigger_source=trigger_source,
                 job_id=job_id,
             ),
