@@ -26,6 +26,7 @@ from temporalio.worker import Replayer
 
 from api.app import create_app
 from controlplane.devtools.fake_anthropic import AsyncFakeAnthropicClient, FakeAnthropicServer
+from controlplane.jobs.schedules import ScheduleSpecOfJob, build
 from controlplane.services import free_port
 from controlplane.settings import Settings
 from controlplane.system.worker import system_workflows
@@ -395,6 +396,20 @@ async def test_delete_removes_the_schedule(org: Org, agent: str) -> None:
     assert gone.value.status == RPCStatusCode.NOT_FOUND
 
 
+async def test_a_schedule_without_its_job_removes_itself(org: Org) -> None:
+    """What a create whose row did not commit leaves behind: its first run takes it away."""
+    orphan = str(uuid.uuid4())
+    spec = ScheduleSpecOfJob(orphan, org.tenant.id, "0 0 1 1 *", None, enabled=True)
+    await org.stack.temporal.create_schedule(f"job-{orphan}", build(spec, org.stack.task_queue))
+    workflow_id = await triggered_run(org, orphan)
+    result = await org.stack.temporal.get_workflow_handle(workflow_id).result()
+    assert result == {"execution_id": None, "skipped": "the job was deleted"}
+    with pytest.raises(RPCError) as gone:
+        await schedule_of(org, orphan).describe()
+    assert gone.value.status == RPCStatusCode.NOT_FOUND
+    await record_job_history(org, workflow_id, "cron_run_job_gone")
+
+
 # --- manual and webhook triggers -----------------------------------------------------------------
 
 
@@ -451,11 +466,13 @@ async def test_inbound_webhooks_are_verified(
     json_type = {"content-type": "application/json"}
 
     # Bad, missing or misplaced signatures: 401, nothing runs.
+    good = signed(secret, body)
+    tampered = good[:-1] + ("1" if good[-1] == "0" else "0")
     signatures: tuple[dict[str, str], ...] = (
         {},
         {"X-Webhook-Signature": signed("not-the-secret", body)},
         {"X-Webhook-Signature": signed(secret, body + b" ")},
-        {"X-Hub-Signature-256": signed(secret, body)[:-1] + "0"},
+        {"X-Hub-Signature-256": tampered},
         {"X-Webhook-Signature": "sha1=" + hmac.new(secret.encode(), body, "sha1").hexdigest()},
     )
     for headers in signatures:
@@ -552,6 +569,7 @@ def test_job_histories_were_recorded() -> None:
     assert {path.stem for path in HISTORIES.glob("*.json")} >= {
         "cron_run_started",
         "cron_run_skipped",
+        "cron_run_job_gone",
     }
 
 

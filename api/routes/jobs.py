@@ -106,7 +106,9 @@ class JobOut(BaseModel):
     webhook_url: str | None = Field(description="For a webhook job: where to POST, signed")
     temporal_schedule_id: str | None = Field(description="For a cron job: its Temporal Schedule")
     next_run_at: datetime | None = Field(description="The Schedule's next action (cron jobs)")
-    last_run_at: datetime | None = Field(description="When it last started a run")
+    last_run_at: datetime | None = Field(
+        description="The later of its Schedule's last action (cron jobs) and its last execution"
+    )
     total_executions: int
     created_by: str | None
     created_at: datetime
@@ -176,31 +178,53 @@ def _environment(value: ExecutionEnvironmentIn | None) -> dict[str, Any]:
     return value.model_dump(exclude_none=True) if value is not None else {}
 
 
+# First: a webhook path is never read as a job id.
+@router.post("/api/v1/jobs/webhook/{webhook_path}", role=None, responses=WEBHOOK_ERRORS)
+async def job_webhook(call: Call, body: WebhookBody) -> JobRunOut:
+    """Run a webhook job: no API key, but `X-Webhook-Signature` (or GitHub's
+    `X-Hub-Signature-256`) `sha256=<hex HMAC-SHA256 of the raw body>` keyed with the job's
+    secret. The JSON body is `{{payload...}}` in the template. 404 for an unknown path, 401 for
+    a bad or missing signature (nothing runs)."""
+    job_id, run = await runs.run_webhook(
+        call.db,
+        launch_services(call),
+        call.state.settings,
+        vault_of(call),
+        call.path["webhook_path"],
+        await call.request.body(),
+        call.request.headers,
+    )
+    return _run_out(job_id, run, "job_webhook")
+
+
 @router.post("/api/v1/jobs", status=201, carries_secret=True, responses=TEMPORAL_ERRORS)
 async def create_job(call: Call, body: JobCreate) -> JobWithSecret:
     """Create a job; a cron job's Schedule is created with it, a webhook job's secret is in the
     answer (shown only now). 422 for a bad cron expression or time zone, nothing written."""
-    row, secret = await definitions.create(
-        call.db,
-        call.state.temporal,
-        vault_of(call) if body.trigger_type == "webhook" else None,
-        call.state.settings.system_task_queue,
-        call.caller,
-        JobFields(
-            name=body.name,
-            description=body.description,
-            enabled=body.enabled,
-            trigger_type=body.trigger_type,
-            cron_schedule=body.cron_schedule,
-            cron_timezone=body.cron_timezone,
-            entity_type=body.entity_type,
-            entity_id=body.entity_id,
-            prompt_template=body.prompt_template,
-            worker_queue_id=body.worker_queue_id,
-            execution_environment=_environment(body.execution_environment),
-        ),
-    )
-    out = await _out(call, row)
+    async with call.db.acquire() as conn, conn.transaction():
+        row, secret = await definitions.create(
+            conn,
+            call.state.temporal,
+            vault_of(call) if body.trigger_type == "webhook" else None,
+            call.state.settings.system_task_queue,
+            call.caller,
+            JobFields(
+                name=body.name,
+                description=body.description,
+                enabled=body.enabled,
+                trigger_type=body.trigger_type,
+                cron_schedule=body.cron_schedule,
+                cron_timezone=body.cron_timezone,
+                entity_type=body.entity_type,
+                entity_id=body.entity_id,
+                prompt_template=body.prompt_template,
+                worker_queue_id=body.worker_queue_id,
+                execution_environment=_environment(body.execution_environment),
+            ),
+        )
+        # Before the commit: a 503 here leaves no job (its Schedule, if created, removes
+        # itself at its first run: controlplane/jobs/runs.py).
+        out = await _out(call, row)
     return JobWithSecret(**out.model_dump(), webhook_secret=secret)
 
 
@@ -243,6 +267,7 @@ async def update_job(call: Call, body: JobUpdate) -> JobOut:
             _id(call),
             changes,
         )
+    # After the commit: row and Schedule agree; a retry of this PATCH changes nothing more.
     return await _out(call, row)
 
 
@@ -315,21 +340,3 @@ async def list_job_executions(call: Call, query: ListQuery) -> Page[ExecutionOut
     )
     items = [ExecutionOut(**dict(row)) for row in rows]
     return Page[ExecutionOut](items=items, total=total, limit=query.limit, offset=query.start)
-
-
-@router.post("/api/v1/jobs/webhook/{webhook_path}", role=None, responses=WEBHOOK_ERRORS)
-async def job_webhook(call: Call, body: WebhookBody) -> JobRunOut:
-    """Run a webhook job: no API key, but `X-Webhook-Signature` (or GitHub's
-    `X-Hub-Signature-256`) `sha256=<hex HMAC-SHA256 of the raw body>` keyed with the job's
-    secret. The JSON body is `{{payload...}}` in the template. 404 for an unknown path, 401 for
-    a bad or missing signature (nothing runs)."""
-    job_id, run = await runs.run_webhook(
-        call.db,
-        launch_services(call),
-        call.state.settings,
-        vault_of(call),
-        call.path["webhook_path"],
-        await call.request.body(),
-        call.request.headers,
-    )
-    return _run_out(job_id, run, "job_webhook")

@@ -144,7 +144,7 @@ def spec_of(row: asyncpg.Record) -> ScheduleSpecOfJob:
 
 
 async def create(
-    db: asyncpg.Pool[Any],
+    conn: Conn,
     temporal: TemporalGateway,
     vault: Vault | None,
     task_queue: str,
@@ -152,13 +152,14 @@ async def create(
     fields: JobFields,
 ) -> tuple[asyncpg.Record, str | None]:
     """A new job (and its Schedule, for a cron job) and, for a webhook job, its secret (the
-    only time it is shown)."""
+    only time it is shown). Run it in a transaction: Temporal refusing (or down) rolls the row
+    back."""
     org = caller.organization_id
     cron, timezone = check_schedule_fields(
         fields.trigger_type, fields.cron_schedule, fields.cron_timezone
     )
-    name_of_entity = await entity_name(db, org, fields.entity_type, fields.entity_id)
-    await check_queue(db, org, fields.worker_queue_id)
+    name_of_entity = await entity_name(conn, org, fields.entity_type, fields.entity_id)
+    await check_queue(conn, org, fields.worker_queue_id)
     check_environment(caller, fields.entity_type, fields.execution_environment)
     job_id = uuid.uuid4()
     secret = path = None
@@ -169,40 +170,39 @@ async def create(
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         path = secrets.token_urlsafe(PATH_BYTES)
         sealed = vault.seal(org, secret_name(job_id), secret)
-    async with db.acquire() as conn, conn.transaction():
-        with conflict_on_duplicate(duplicate_name(fields.name)):
-            await conn.execute(
-                "INSERT INTO jobs (id, organization_id, name, description, enabled, trigger_type, "
-                "cron_schedule, cron_timezone, entity_type, entity_id, entity_name, "
-                "prompt_template, worker_queue_id, execution_environment, webhook_path, "
-                "webhook_secret_ciphertext, webhook_secret_nonce, webhook_secret_key_version, "
-                "run_as_role, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
-                "$12, $13, $14, $15, $16, $17, $18, $19, $20)",
-                job_id,
-                org,
-                fields.name,
-                fields.description,
-                fields.enabled,
-                fields.trigger_type,
-                cron,
-                timezone,
-                fields.entity_type,
-                fields.entity_id,
-                name_of_entity,
-                fields.prompt_template,
-                fields.worker_queue_id,
-                fields.execution_environment,
-                path,
-                sealed.ciphertext if sealed else None,
-                sealed.nonce if sealed else None,
-                sealed.key_version if sealed else None,
-                caller.role,
-                caller.actor,
-            )
-        row = await JOBS.get(conn, org, job_id)
-        if fields.trigger_type == "cron":
-            # Inside the transaction: Temporal refusing (or down) rolls the row back.
-            await schedules.create(temporal, task_queue, spec_of(row))
+    with conflict_on_duplicate(duplicate_name(fields.name)):
+        await conn.execute(
+            "INSERT INTO jobs (id, organization_id, name, description, enabled, trigger_type, "
+            "cron_schedule, cron_timezone, entity_type, entity_id, entity_name, "
+            "prompt_template, worker_queue_id, execution_environment, webhook_path, "
+            "webhook_secret_ciphertext, webhook_secret_nonce, webhook_secret_key_version, "
+            "run_as_role, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
+            "$12, $13, $14, $15, $16, $17, $18, $19, $20)",
+            job_id,
+            org,
+            fields.name,
+            fields.description,
+            fields.enabled,
+            fields.trigger_type,
+            cron,
+            timezone,
+            fields.entity_type,
+            fields.entity_id,
+            name_of_entity,
+            fields.prompt_template,
+            fields.worker_queue_id,
+            fields.execution_environment,
+            path,
+            sealed.ciphertext if sealed else None,
+            sealed.nonce if sealed else None,
+            sealed.key_version if sealed else None,
+            caller.role,
+            caller.actor,
+        )
+    row = await JOBS.get(conn, org, job_id)
+    if fields.trigger_type == "cron":
+        # Last, in the transaction: Temporal refusing (or down) rolls the row back.
+        await schedules.create(temporal, task_queue, spec_of(row))
     return row, secret
 
 

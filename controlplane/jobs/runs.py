@@ -27,6 +27,7 @@ from controlplane.executions.launch import (
     TriggerSource,
     start_execution,
 )
+from controlplane.jobs import schedules
 from controlplane.jobs.definitions import JOBS, secret_name
 from controlplane.jobs.signatures import verified
 from controlplane.runs import definitions as workflow_definitions
@@ -75,7 +76,8 @@ async def run_job(
             details={"job_id": str(job_id)},
         )
     if trigger.run_key is not None:
-        # Keys are checked before a start, not locked: an activity's retries never overlap.
+        # A retried attempt answers the execution the first one started; a unique index on the
+        # key makes two overlapping attempts record one (the loser fails and is retried).
         done = await db.fetchrow(
             "SELECT id, temporal_workflow_id, prompt FROM executions WHERE job_id = $1 "
             "AND execution_metadata->>'job_run_key' = $2",
@@ -134,8 +136,9 @@ async def run_job(
 async def run_scheduled(
     db: asyncpg.Pool[Any], services: Services, settings: Settings, run: ScheduledJobRun
 ) -> JobRunResult:
-    """A run the job's Schedule asked for. A job deleted or disabled since starts nothing (a
-    Schedule triggered by hand while paused still runs its action; this is where it stops)."""
+    """A run the job's Schedule asked for. A job disabled since starts nothing (a Schedule
+    triggered by hand while paused still runs its action; this is where it stops); a job that
+    does not exist takes its Schedule with it."""
     job_id = uuid.UUID(run.job_id)
     enabled = await db.fetchval(
         "SELECT enabled FROM jobs WHERE id = $1 AND organization_id = $2",
@@ -143,6 +146,8 @@ async def run_scheduled(
         run.organization_id,
     )
     if enabled is None:
+        # A Schedule whose job never committed (or whose delete failed half-way): remove it.
+        await schedules.delete(services.temporal, run.job_id)
         return JobRunResult(skipped="the job was deleted")
     if not enabled:
         return JobRunResult(skipped="the job is disabled")

@@ -41,3 +41,6 @@ CREATE INDEX jobs_org ON jobs (organization_id, created_at, id);
 -- job's executions stay, without it.
 ALTER TABLE executions ADD COLUMN job_id uuid REFERENCES jobs(id) ON DELETE SET NULL;
 CREATE INDEX executions_job ON executions (job_id, created_at) WHERE job_id IS NOT NULL;
+-- A scheduled run's key (its JobRunWorkflow's id): two attempts of one run record one execution.
+CREATE UNIQUE INDEX executions_job_run_key ON executions (job_id, (execution_metadata->>'job_run_key'))
+    WHERE execution_metadata ? 'job_run_key';
