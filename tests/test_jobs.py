@@ -40,6 +40,7 @@ from tests.resource_helpers import (
     rows_of,
 )
 from tests.run_helpers import Org, org_stack, other_client, token, until
+from tests.test_team_execution import make_team
 
 HISTORIES = Path(__file__).parent / "histories" / "jobs"
 
@@ -419,6 +420,10 @@ async def test_a_manual_trigger_fills_the_template(
     tok = token()
     agent = await make_agent(org.tenant, tok, one_shot=True)
     job = await create_job(org, agent, prompt_template="Check {{service}} in {{region}} {{x}}")
+    not_an_object = await org.client().post(
+        f"/api/v1/jobs/{job['id']}/trigger", json={"parameters": ["billing"]}
+    )
+    assert_validation(not_an_object, "parameters")
     response = await org.client().post(
         f"/api/v1/jobs/{job['id']}/trigger",
         json={"parameters": {"service": "billing", "region": "eu-west-1"}},
@@ -554,6 +559,25 @@ async def test_a_workflow_job_starts_a_workflow_run(org: Org, settings: Settings
     step = state["state"]["steps"]["only"]
     assert step["prompt"] == f"Do the backup of orders for sre {tok}"
     assert [run["id"] for run in await job_executions(org, job["id"])] == [run_id]
+
+
+async def test_a_team_job_runs_its_team(org: Org, settings: Settings) -> None:
+    tok = token()
+    member = await make_agent(org.tenant, tok, one_shot=True)
+    team = await make_team(org.tenant, tok, [member], coordination_type="sequential")
+    job = await create_job(
+        org, member, entity_type="team", entity_id=team["id"], prompt_template="Ship {{what}}"
+    )
+    assert job["entity_name"] == team["name"]
+    response = await org.client().post(
+        f"/api/v1/jobs/{job['id']}/trigger", json={"parameters": {"what": "v2"}}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["workflow_id"].startswith("team-execution-")
+    done = await finished(org, settings, response.json()["execution_id"])
+    assert done["status"] == "completed", done
+    assert done["execution_type"] == "team" and done["prompt"] == "Ship v2"
+    assert done["trigger_source"] == "job_manual" and done["job_id"] == job["id"]
 
 
 async def test_an_organization_without_jobs_lists_none(app: Starlette, db: Any) -> None:
