@@ -179,7 +179,9 @@ def _environment(value: ExecutionEnvironmentIn | None) -> dict[str, Any]:
 
 
 # First: a webhook path is never read as a job id.
-@router.post("/api/v1/jobs/webhook/{webhook_path}", role=None, responses=WEBHOOK_ERRORS)
+@router.post(
+    "/api/v1/jobs/webhook/{webhook_path}", role=None, signed_body=True, responses=WEBHOOK_ERRORS
+)
 async def job_webhook(call: Call, body: WebhookBody) -> JobRunOut:
     """Run a webhook job: no API key, but `X-Webhook-Signature` (or GitHub's
     `X-Hub-Signature-256`) `sha256=<hex HMAC-SHA256 of the raw body>` keyed with the job's
