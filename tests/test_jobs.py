@@ -389,8 +389,12 @@ async def test_disable_pauses_the_schedule_and_enable_resumes_it(
 
 
 async def test_delete_removes_the_schedule(org: Org, agent: str) -> None:
-    job = await create_job(org, agent, trigger_type="cron", cron_schedule="0 0 1 * *")
-    await schedule_of(org, job["id"]).describe()
+    job = await create_job(
+        org, agent, trigger_type="cron", cron_schedule="0 0 1 * *", enabled=False
+    )
+    # Created disabled: its Schedule starts paused.
+    assert job["status"] == "disabled" and job["next_run_at"] is None
+    assert (await schedule_of(org, job["id"]).describe()).schedule.state.paused is True
     assert (await org.client().delete(f"/api/v1/jobs/{job['id']}")).status_code == 200
     with pytest.raises(RPCError) as gone:
         await schedule_of(org, job["id"]).describe()
