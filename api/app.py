@@ -32,6 +32,7 @@ from api.routes import (
     executions,
     health,
     integrations,
+    jobs,
     models,
     plan_executions,
     planning,
@@ -81,6 +82,7 @@ ROUTERS = [
     execution_environment.router,
     planning.router,
     webhooks.router,
+    jobs.router,
     runners.router,
     # After planning's: its /tasks/plan/health and /stream come before /tasks/plan/{id}.
     plan_executions.router,

@@ -24,6 +24,9 @@ from api.state import AppState
 from controlplane.tenancy import hash_key
 
 PROTECTED_PREFIX = "/api/v1"
+# Under the protected prefix but authenticated otherwise: an inbound job webhook carries the
+# signature of its body, not a key (api/routes/jobs.py).
+SIGNED_PREFIXES = ("/api/v1/jobs/webhook/",)
 WORKER_TOKEN_PREFIX = "worker_"
 
 _KEY = """
@@ -80,7 +83,12 @@ class AuthMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+        path: str = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or not path.startswith(PROTECTED_PREFIX)
+            or path.startswith(SIGNED_PREFIXES)
+        ):
             await self.app(scope, receive, send)
             return
         state: AppState = scope["app"].state.cp

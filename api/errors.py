@@ -24,6 +24,7 @@ from controlplane.errors import (
     RateLimited,
     Refused,
     TimedOut,
+    Unauthenticated,
     Unavailable,
     UpstreamFailed,
 )
@@ -68,6 +69,7 @@ class ApiError(Exception):
 
 # The status each kind of domain refusal answers with.
 STATUS_BY_KIND: dict[type[DomainError], int] = {
+    Unauthenticated: 401,
     NotFound: 404,
     Conflict: 409,
     Refused: 400,

@@ -16,6 +16,7 @@ _PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]+)?}")
 REF = "#/components/schemas/{model}"
 # An empty path segment matches no route (Starlette redirects it to the path without it).
 PATH_PARAMETER = {"type": "string", "minLength": 1}
+SIGNATURE_DOC = "`sha256=<hex HMAC-SHA256 of the raw body>`, keyed with the job's webhook secret"
 
 
 class ErrorBody(BaseModel):
@@ -102,6 +103,8 @@ def build_openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
             op["responses"][str(status)] = error_response | {"description": description}
         if ep.role is not None:
             op["security"] = [{"bearerAuth": []}]
+        elif ep.signed_body:
+            op["security"] = [{"webhookSignature": []}, {"githubSignature": []}]
         paths.setdefault(path, {})[ep.method.lower()] = op
     return {
         "openapi": "3.1.0",
@@ -118,6 +121,20 @@ def build_openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": components,
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer"},
+                "webhookSignature": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Webhook-Signature",
+                    "description": SIGNATURE_DOC,
+                },
+                "githubSignature": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Hub-Signature-256",
+                    "description": SIGNATURE_DOC + " (GitHub's header)",
+                },
+            },
         },
     }

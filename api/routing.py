@@ -226,6 +226,8 @@ class Endpoint:
     extra_responses: dict[int, str] = field(default_factory=dict)
     # The response carries a credential: never cached, never replayed for an Idempotency-Key.
     carries_secret: bool = False
+    # A route without a key that a signature of its body authenticates (an inbound webhook).
+    signed_body: bool = False
 
     def __post_init__(self) -> None:
         hints = get_type_hints(self.handler)
@@ -336,9 +338,11 @@ class Router:
         summary: str = "",
         carries_secret: bool = False,
         responses: dict[int, str] | None = None,
+        signed_body: bool = False,
     ) -> Callable[[Handler], Handler]:
         """`role` is what the caller needs (api/principal.py `Access`); by default reads need a
-        viewer key and writes a member key. `role=None` marks a route that needs no key.
+        viewer key and writes a member key. `role=None` marks a route that needs no key;
+        `signed_body` one whose body's signature authenticates it instead.
         `responses` documents error statuses beyond those every route may answer (see
         api/openapi.py)."""
         needed: Access | None
@@ -360,6 +364,7 @@ class Router:
                     self.tag,
                     carries_secret=carries_secret,
                     extra_responses=responses or {},
+                    signed_body=signed_body,
                 )
             )
             return handler

@@ -18,6 +18,10 @@ class DomainError(Exception):
         self.code = code
 
 
+class Unauthenticated(DomainError):
+    """The request does not prove who sent it (a webhook's signature is missing or wrong)."""
+
+
 class NotFound(DomainError):
     """No such thing in the caller's organization (another tenant's id looks the same)."""
 

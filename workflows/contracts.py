@@ -805,3 +805,51 @@ class RunState:
     status: str
     paused: bool
     steps: dict[str, StepState] = field(default_factory=dict)
+
+
+# --- jobs: schedules and triggers ----------------------------------------------------------------
+#
+# A cron job is a Temporal Schedule (`job-{id}`) in the control plane's namespace whose action
+# starts JobRunWorkflow on the system task queue; its one activity calls the job-trigger use case
+# (controlplane/jobs/runs.py), which starts the run in the organization's namespace (Temporal
+# has no cross-namespace children). Manual and webhook triggers call the same use case directly.
+
+JOB_RUN_WORKFLOW = "JobRunWorkflow"
+RUN_SCHEDULED_JOB = "run_scheduled_job"
+# Types of the ApplicationErrors the job activity raises that no retry can fix.
+JOB_REFUSED = "JobRefused"
+
+
+def job_schedule_id(job_id: str) -> str:
+    return f"job-{job_id}"
+
+
+def job_run_workflow_id(job_id: str) -> str:
+    # The Schedule appends the scheduled time, so each action's workflow id is its own.
+    return f"job-run-{job_id}"
+
+
+@dataclass
+class JobRunInput:
+    """What a job's Schedule starts: fixed when the Schedule is written."""
+
+    job_id: str
+    organization_id: str
+
+
+@dataclass
+class ScheduledJobRun:
+    """One scheduled run of a job. `run_key` (the JobRunWorkflow's id) names this run, so a
+    retried activity answers the execution it already started."""
+
+    job_id: str
+    organization_id: str
+    run_key: str
+
+
+@dataclass
+class JobRunResult:
+    """The execution (or workflow run) the job started, or why it started none."""
+
+    execution_id: str | None = None
+    skipped: str | None = None  # the job is gone, or disabled

@@ -1,6 +1,7 @@
 """`{{.secret.NAME}}` and `{{.env.VAR}}` templates in system prompts, env var values and MCP
 server configs (reference §10); and a user-defined workflow's step prompts, `{{inputs.NAME}}` and
-`{{steps.ID.output}}` (at the end: `step_references`, `render_step`).
+`{{steps.ID.output}}` (`step_references`, `render_step`); and a job's prompt template,
+`{{NAME}}` and `{{NAME.PATH}}` (at the end: `render_variables`).
 
 Pure functions, shared by the API and the worker's activities. Rules:
 
@@ -130,8 +131,7 @@ def render_step(text: str, inputs: Mapping[str, Any], outputs: Mapping[str, str 
     def value(match: re.Match[str]) -> str:
         expression = match.group(1)
         if found := _INPUT.fullmatch(expression):
-            item = inputs.get(found.group(1), "")
-            return item if isinstance(item, str) else json.dumps(item)
+            return _as_text(inputs.get(found.group(1), ""))
         if found := _STEP_OUTPUT.fullmatch(expression):
             return outputs.get(found.group(1)) or ""
         return match.group(0)
@@ -141,3 +141,43 @@ def render_step(text: str, inputs: Mapping[str, Any], outputs: Mapping[str, str 
 
 def _unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
+
+
+def _as_text(value: Any) -> str:
+    """A value as a template shows it: a string as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+# --- a job's prompt template --------------------------------------------------------------------
+#
+# `{{NAME}}` is the trigger's parameter NAME, `{{NAME.PATH}}` a value inside it (dict keys, list
+# indexes), e.g. `{{payload.pull_request.title}}` for a webhook's JSON body. One pass, like the
+# others; a name the values do not hold is left as written (a cron run has no parameters, and
+# its template must not fail for it). `{{.secret.X}}` and `{{.env.X}}` (a leading dot) are not
+# this form: the worker renders them.
+
+VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)\s*\}\}")
+_ABSENT = object()
+
+
+def lookup(values: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path, or `_ABSENT`."""
+    current: Any = values
+    for part in path.split("."):
+        if isinstance(current, Mapping) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        else:
+            return _ABSENT
+    return current
+
+
+def render_variables(text: str, values: Mapping[str, Any]) -> str:
+    """`text` with every `{{NAME}}` / `{{NAME.PATH}}` that `values` holds in place."""
+
+    def value(match: re.Match[str]) -> str:
+        found = lookup(values, match.group(1))
+        return match.group(0) if found is _ABSENT else _as_text(found)
+
+    return VARIABLE.sub(value, text)

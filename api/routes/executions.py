@@ -15,6 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from api.access import execution_for
 from api.errors import ApiError
 from api.event_stream import stream_events
+from api.execution_shapes import ExecutionOut, ExecutionStatus, execution_out
 from api.pagination import ListQuery, Page, fetch_page, page_of
 from api.routing import BIGINT_MAX, Call, Router, launch_services
 from api.schemas import Deleted
@@ -27,61 +28,6 @@ from workflows.contracts import TERMINAL_STATES
 
 router = Router("executions")
 
-ExecutionStatus = Literal[
-    "pending",
-    "queued",
-    "running",
-    "waiting_for_input",
-    "paused",
-    "completed",
-    "failed",
-    "cancelled",
-]
-
-
-class Participant(BaseModel):
-    id: uuid.UUID
-    user_id: str
-    user_name: str | None
-    user_email: str | None
-    user_avatar: str | None
-    role: str
-    joined_at: datetime
-    last_active_at: datetime
-
-
-class ExecutionOut(BaseModel):
-    id: uuid.UUID
-    organization_id: str
-    execution_type: str
-    entity_id: uuid.UUID | None
-    entity_name: str | None
-    prompt: str
-    system_prompt: str | None
-    status: ExecutionStatus
-    response: str | None
-    error_message: str | None
-    usage: dict[str, Any]
-    execution_metadata: dict[str, Any]
-    runner_name: str | None
-    user_id: str | None
-    user_name: str | None
-    user_email: str | None
-    user_avatar: str | None
-    created_at: datetime
-    started_at: datetime | None
-    completed_at: datetime | None
-    updated_at: datetime
-    last_message_at: datetime | None
-    last_message_preview: str | None
-    temporal_workflow_id: str | None
-    worker_queue_id: uuid.UUID | None
-    parent_execution_id: uuid.UUID | None = Field(
-        None, description="For a team member's run: the team execution that delegated it"
-    )
-    trigger_source: str
-    participants: list[Participant] = Field(default_factory=list)
-
 
 class ExecutionQuery(ListQuery):
     status_filter: ExecutionStatus | None = None
@@ -91,6 +37,7 @@ class ExecutionQuery(ListQuery):
     parent_execution_id: uuid.UUID | None = Field(
         None, description="Only the member runs of this team execution"
     )
+    job_id: uuid.UUID | None = Field(None, description="Only the runs of this job")
 
 
 class StatusReport(BaseModel):
@@ -180,17 +127,6 @@ class StreamQuery(BaseModel):
     last_event_id: int | None = Field(None, ge=0, le=BIGINT_MAX)
 
 
-async def execution_out(call: Call, row: asyncpg.Record) -> ExecutionOut:
-    participants = await call.db.fetch(
-        "SELECT id, user_id, user_name, user_email, user_avatar, role, joined_at, last_active_at "
-        "FROM execution_participants WHERE execution_id = $1 ORDER BY joined_at",
-        row["id"],
-    )
-    return ExecutionOut(
-        **dict(row), participants=[Participant.model_validate(dict(p)) for p in participants]
-    )
-
-
 @router.get("/api/v1/executions")
 async def list_executions(call: Call, query: ExecutionQuery) -> Page[ExecutionOut]:
     """The organization's executions, newest first."""
@@ -207,6 +143,7 @@ async def list_executions(call: Call, query: ExecutionQuery) -> Page[ExecutionOu
             "execution_type": query.execution_type,
             "entity_id": query.entity_id,
             "parent_execution_id": query.parent_execution_id,
+            "job_id": query.job_id,
         },
         counted="executions",
     )

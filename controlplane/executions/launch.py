@@ -80,6 +80,8 @@ class LaunchRequest:
     execution_metadata: dict[str, Any] = field(default_factory=dict)
     execution_environment: dict[str, Any] | None = None
     trigger_source: TriggerSource = "user"
+    # The job this run is for (controlplane/jobs/), if any.
+    job_id: uuid.UUID | None = None
     # A child run (a plan's task, a workflow's step): its parent execution, and the key that
     # names it there. The same key answers the same run, so a retried start starts nothing twice.
     parent_execution_id: uuid.UUID | None = None
@@ -407,9 +409,9 @@ WITH execution AS (
     INSERT INTO executions (id, organization_id, execution_type, entity_id, entity_name,
         runner_name, user_id, user_name, user_email, user_avatar, prompt, system_prompt,
         execution_metadata, temporal_workflow_id, worker_queue_id, execution_environment, tools,
-        user_role, trigger_source, parent_execution_id, delegation_key)
+        user_role, trigger_source, parent_execution_id, delegation_key, job_id)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-        $19, $20, $21)
+        $19, $20, $21, $24)
     ON CONFLICT (parent_execution_id, delegation_key) WHERE parent_execution_id IS NOT NULL
     DO NOTHING
     RETURNING id
@@ -474,6 +476,7 @@ async def _record(
         delegation_key,
         uuid.uuid4(),
         reason or ("delegated by its team" if parent_execution_id else "execution submitted"),
+        request.job_id,
     )
     return recorded
 

@@ -36,7 +36,7 @@ COLUMNS = (
     "response, error_message, usage, execution_metadata, runner_name, user_id, user_name, "
     "user_email, user_avatar, created_at, started_at, completed_at, updated_at, "
     "last_message_at, last_message_preview, temporal_workflow_id, worker_queue_id, "
-    "parent_execution_id, trigger_source, user_role"
+    "parent_execution_id, trigger_source, user_role, job_id"
 )
 
 

@@ -231,9 +231,14 @@ async def start_workflow(
     *,
     inputs: dict[str, Any],
     worker_queue_id: uuid.UUID,
+    trigger_source: str = "user",
+    job_id: uuid.UUID | None = None,
+    prompt: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> RunStarted:
     """Start a run of the workflow (400 while one is live). Its definition is checked again,
-    and every input its templates name must be given."""
+    and every input its templates name must be given. A job's run says so (`trigger_source`,
+    `job_id`) and carries the job's rendered prompt and its own `metadata`."""
     org = caller.organization_id
     queue = await find_active_queue(db, org, worker_queue_id)
     async with db.acquire() as conn, conn.transaction():
@@ -272,7 +277,7 @@ async def start_workflow(
                 execution_type=EXECUTION_TYPE,
                 entity_id=ident,
                 entity_name=row["name"],
-                prompt=row["description"] or row["name"],
+                prompt=prompt or row["description"] or row["name"],
                 queue=queue,
                 steps=[
                     NewStep(
@@ -284,7 +289,9 @@ async def start_workflow(
                     )
                     for s in run_steps
                 ],
-                metadata={"workflow_id": str(ident), "inputs": inputs},
+                metadata={**(metadata or {}), "workflow_id": str(ident), "inputs": inputs},
+                trigger_source=trigger_source,
+                job_id=job_id,
             ),
         )
     await start_run_workflow(

@@ -77,6 +77,8 @@ class NewRun:
     steps: list[NewStep]
     metadata: dict[str, Any] = field(default_factory=dict)
     plan_json: dict[str, Any] | None = None
+    trigger_source: str = "user"
+    job_id: uuid.UUID | None = None  # the job that started it (controlplane/jobs/), if any
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,8 @@ async def record_run(conn: Conn, run: NewRun) -> RunStarted:
     await conn.execute(
         "INSERT INTO executions (id, organization_id, execution_type, entity_id, entity_name, "
         "runner_name, user_id, prompt, execution_metadata, temporal_workflow_id, "
-        "worker_queue_id, user_role, trigger_source, plan_json) VALUES ($1, $2, $3, $4, $5, $6, "
-        "$7, $8, $9, $10, $11, $12, 'user', $13)",
+        "worker_queue_id, user_role, trigger_source, plan_json, job_id) VALUES ($1, $2, $3, $4, "
+        "$5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         execution_id,
         org,
         run.execution_type,
@@ -111,7 +113,9 @@ async def record_run(conn: Conn, run: NewRun) -> RunStarted:
         workflow_id,
         run.queue.id,
         run.caller.role,
+        run.trigger_source,
         run.plan_json,
+        run.job_id,
     )
     await conn.execute(
         "INSERT INTO execution_participants (id, execution_id, organization_id, user_id, role) "

@@ -14,10 +14,12 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from controlplane.errors import DomainError, Unavailable
 from controlplane.executions.events import EventHub
 from controlplane.executions.launch import Services
 from controlplane.executions.reconcile import reconcile_executions
 from controlplane.housekeeping import prune
+from controlplane.jobs import runs as job_runs
 from controlplane.planning import generation
 from controlplane.planning.steps import run_step
 from controlplane.policy_engine import get_engine
@@ -39,6 +41,7 @@ from workflows.contracts import (
     FINISH_PLAN_GENERATION,
     FINISH_RUN,
     GIVE_UP_WEBHOOK_DELIVERY,
+    JOB_REFUSED,
     MESSAGE_RUN_STEP,
     MODEL_NOT_CONFIGURED,
     MODEL_REFUSED,
@@ -48,8 +51,10 @@ from workflows.contracts import (
     RECORD_RUN_PROGRESS,
     RUN_GONE,
     RUN_PLANNING_TOOL,
+    RUN_SCHEDULED_JOB,
     START_RUN_STEP,
     STEP_REFUSED,
+    JobRunResult,
     PlanBegin,
     PlanFinish,
     PlanModelStep,
@@ -60,6 +65,7 @@ from workflows.contracts import (
     RunCancel,
     RunFinish,
     RunProgress,
+    ScheduledJobRun,
     StepLaunched,
     StepMessageDelivery,
     StepObservation,
@@ -144,6 +150,7 @@ class SystemActivities:
             self.message_run_step,
             self.cancel_run_steps,
             self.finish_run,
+            self.run_scheduled_job,
         ]
 
     async def close(self) -> None:
@@ -300,6 +307,19 @@ class SystemActivities:
     @activity.defn(name=FINISH_RUN)
     async def finish_run(self, outcome: RunFinish) -> None:
         await records.finish(self.db, outcome)
+
+    # --- jobs: a cron job's scheduled run (workflows/jobs.py) ----------------------------------
+
+    @activity.defn(name=RUN_SCHEDULED_JOB)
+    async def run_scheduled_job(self, run: ScheduledJobRun) -> JobRunResult:
+        """Start the job's run as it is now; a refusal (its agent, queue or policy says no) is
+        final, an outage is retried."""
+        try:
+            return await job_runs.run_scheduled(self.db, self.services, self.settings, run)
+        except Unavailable:
+            raise
+        except DomainError as error:
+            raise ApplicationError(error.message, type=JOB_REFUSED, non_retryable=True) from None
 
 
 async def _heartbeat_forever() -> None:

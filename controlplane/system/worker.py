@@ -8,7 +8,8 @@ Temporal UI; and that the webhook dispatcher runs (workflows/webhooks.py). It al
 planning (PlanGenerationWorkflow), whose model calls need ANTHROPIC_API_KEY (or
 ANTHROPIC_API_KEY_FILE) and, for another endpoint, ANTHROPIC_BASE_URL; and the runs of plans and
 user-defined workflows (PlanOrchestratorWorkflow, WorkflowInterpreterWorkflow), whose steps are
-executions of the organizations' own workers.
+executions of the organizations' own workers; and the scheduled runs of cron jobs
+(JobRunWorkflow, started by each job's Schedule `job-{id}`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from workflows.contracts import (
     webhook_dispatcher_id,
 )
 from workflows.housekeeping import HousekeepingWorkflow
+from workflows.jobs import JobRunWorkflow
 from workflows.plan_generation import PlanGenerationWorkflow
 from workflows.runs import PlanOrchestratorWorkflow, WorkflowInterpreterWorkflow
 from workflows.webhooks import WebhookDeliveryWorkflow, WebhookDispatcherWorkflow
@@ -69,6 +71,7 @@ def system_workflows() -> list[type[Any]]:
         PlanGenerationWorkflow,
         PlanOrchestratorWorkflow,
         WorkflowInterpreterWorkflow,
+        JobRunWorkflow,
     ]
 
 
