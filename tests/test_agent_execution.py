@@ -49,6 +49,24 @@ async def test_one_shot_execution_streams_and_completes(
     assert types[0] == "connected" and types[-2:] == ["done", "history_complete"]
     chunks = "".join(d["data"]["content"] for _, t, d in events if t == "message_chunk")
     assert chunks == final["response"]
+    # The events of a one-shot run, chunks folded: the same as before issue 12 folded the
+    # reports into fewer activities (compared with a run of 285ce28: events, messages, usage).
+    folded = [
+        t
+        for n, (_, t, _) in enumerate(events)
+        if t != "message_chunk" or n == 0 or events[n - 1][1] != t
+    ]
+    assert folded == [
+        "connected",
+        "status",
+        "message",
+        "message_chunk",
+        "message",
+        "status",
+        "done",
+        "history_complete",
+    ]
+    assert [d["status"] for _, t, d in events if t == "status"] == ["running", "completed"]
     ids = [i for i, _, _ in events if i is not None]
     assert ids == sorted(set(ids))
 
