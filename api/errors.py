@@ -151,6 +151,9 @@ def backend_down(error: BaseException) -> str | None:
         | asyncpg.CrashShutdownError
         | asyncpg.TooManyConnectionsError
         | asyncpg.InterfaceError
+        # A connection the server closed in the middle of an exchange (Postgres shutting down)
+        # can be left mid-operation: its next query says "another operation is in progress".
+        | asyncpg.InternalClientError
         | ConnectionError
         | TimeoutError,
     ):

@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
+from api.errors import backend_down
 from controlplane.devtools.fake_anthropic import (
     AsyncFakeAnthropicClient,
     FakeAnthropicServer,
@@ -309,3 +310,14 @@ async def test_the_api_restarting_costs_no_model_call(
         await finish_and_check(stack, fake_llm, started)
     finally:
         await stop(worker)
+
+
+def test_what_a_dying_connection_raises_counts_as_the_database_down() -> None:
+    """Seen once in CI: a stream's read on a connection the server was closing raised asyncpg's
+    InternalClientError, which ended the stream instead of degrading it."""
+    dying = asyncpg.InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"
+    )
+    assert backend_down(dying) == "the database"
+    assert backend_down(asyncpg.CannotConnectNowError("shutting down")) == "the database"
+    assert backend_down(ValueError("a bug")) is None
