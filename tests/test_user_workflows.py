@@ -5,6 +5,7 @@ replay of recorded histories."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from controlplane.settings import Settings
 from controlplane.system.worker import system_workflows
 from tests.conftest import Tenant, assert_error
 from tests.execution_helpers import make_agent, make_queue
+from tests.planning_helpers import start_system_worker, stop
 from tests.run_helpers import (
     HISTORIES,
     Org,
@@ -36,6 +38,8 @@ from tests.run_helpers import (
     until,
 )
 from tests.test_bad_input import org_rows
+from tests.test_plan_execution import LONG, arrived
+from tests.test_planning import planner_stack
 from tests.test_team_execution import make_team
 
 
@@ -116,6 +120,55 @@ def agent_step(ident: str, agent_id: str, prompt: str, *after: str) -> dict[str,
 
 def approval(ident: str, prompt: str, *after: str) -> dict[str, Any]:
     return {"id": ident, "type": "approval", "prompt": prompt, "depends_on": list(after)}
+
+
+# --- a system worker killed mid-run ------------------------------------------------------------
+
+
+async def test_a_run_resumes_on_a_new_system_worker_and_runs_nothing_twice(
+    org: Org,
+    settings: Settings,
+    fake_llm: FakeAnthropicServer,
+    fake: AsyncFakeAnthropicClient,
+    db: asyncpg.Pool[Any],
+) -> None:
+    """WorkflowInterpreterWorkflow's crash test: its system worker is killed while a step's
+    execution streams; a new one finishes the run, and no step runs twice."""
+    first, second = token(), token()
+    agent = await make_agent(org.tenant, token(), one_shot=True)
+    await fake.script(first, [text_reply(f"first {LONG}", delay_per_chunk_ms=300)])
+    await fake.script(second, [text_reply("second")])
+    workflow = await create(
+        org,
+        [
+            agent_step("one", agent, f"One {first}"),
+            agent_step("two", agent, f"Two after {{{{steps.one.output}}}} {second}", "one"),
+        ],
+    )
+    async with planner_stack(settings, fake_llm) as stack:
+        # Started through this stack's app, so the run goes to the system worker killed below.
+        started = await stack.client(org.tenant).post(
+            f"/api/v1/workflows/{workflow['id']}/start",
+            json={"inputs": {}, "worker_queue_id": org.queue["id"]},
+        )
+        assert started.status_code == 200, started.text
+        await arrived(fake, first)  # step one streams; the run's worker awaits it
+        assert stack.process is not None
+        stack.process.kill()
+        await asyncio.to_thread(stack.process.wait, 10)
+        replacement = start_system_worker(settings, stack.task_queue, fake_llm, "test-key")
+        try:
+            done = await until_status(settings, org, workflow["id"], "completed", "failed")
+        finally:
+            await asyncio.to_thread(stop, replacement)
+    assert done["status"] == "completed", done
+    steps = done["state"]["steps"]
+    assert steps["one"]["output"] == f"first {LONG}"
+    assert steps["two"]["output"] == "second"
+    assert steps["two"]["prompt"] == f"Two after first {LONG} {second}"
+    # One execution per step, one model call per step: nothing ran twice.
+    assert set(await children(db, done["state"]["run_id"])) == {"one", "two"}
+    assert len(await fake.requests(first)) == 1 and len(await fake.requests(second)) == 1
 
 
 # --- an approval step, approved ----------------------------------------------------------------

@@ -521,7 +521,7 @@ async def start_execution(db: Any, services: Services, request: LaunchRequest) -
                 reason="started by its parent execution" if request.parent_execution_id else None,
             )
             raced = recorded != execution_id
-    if existing is None and raced:  # a concurrent retry recorded it first: answer that run
+    if raced:  # a concurrent retry recorded it first: answer that run
         return await start_execution(db, services, request)
     try:
         client = await services.temporal.client(org)
