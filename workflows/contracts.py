@@ -9,7 +9,7 @@ workflows replay old payloads).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 AGENT_EXECUTION_WORKFLOW = "AgentExecutionWorkflow"
 TEAM_EXECUTION_WORKFLOW = "TeamExecutionWorkflow"
@@ -623,7 +623,7 @@ RUN_GONE = "RunGone"
 
 STEP_KINDS = ("agent", "team", "approval")
 # A step's statuses: the first four are live, the rest final.
-STEP_STATUSES = (
+StepStatus = Literal[
     "pending",
     "running",
     "waiting_for_input",
@@ -633,7 +633,7 @@ STEP_STATUSES = (
     "rejected",
     "skipped",
     "cancelled",
-)
+]
 FINAL_STEP_STATUSES = ("completed", "failed", "rejected", "skipped", "cancelled")
 
 

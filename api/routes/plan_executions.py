@@ -21,20 +21,10 @@ from api.routing import BIGINT_MAX, Call, Router
 from controlplane.errors import not_found
 from controlplane.runs import control, plans
 from controlplane.runs.records import counts, load_run, steps_of
+from workflows.contracts import StepStatus
 
 router = Router("plan executions")
 
-StepStatus = Literal[
-    "pending",
-    "running",
-    "waiting_for_input",
-    "waiting_for_approval",
-    "completed",
-    "failed",
-    "rejected",
-    "skipped",
-    "cancelled",
-]
 TASK_ID = re.compile(r"[0-9]{1,10}")
 START_ERRORS = {503: "Temporal is unreachable: the plan execution could not start"}
 

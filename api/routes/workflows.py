@@ -17,21 +17,11 @@ from api.schemas import Deleted, PatchBody
 from controlplane.crud import fetch_page
 from controlplane.runs import control, definitions
 from controlplane.runs.records import steps_of
+from workflows.contracts import StepStatus
 
 router = Router("workflows")
 
 WorkflowStatus = Literal["pending", "running", "paused", "completed", "failed", "cancelled"]
-StepStatus = Literal[
-    "pending",
-    "running",
-    "waiting_for_input",
-    "waiting_for_approval",
-    "completed",
-    "failed",
-    "rejected",
-    "skipped",
-    "cancelled",
-]
 StepId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 MAX_PROMPT = 20_000
 TEMPLATE_DOC = (
