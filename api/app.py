@@ -52,6 +52,7 @@ from api.routing import Endpoint, starlette_routes
 from api.state import AppState
 from controlplane.db import create_pool
 from controlplane.executions.events import EventHub
+from controlplane.executions.starting import BackgroundStarts
 from controlplane.schema import apply_schema_at
 from controlplane.settings import Settings
 from controlplane.temporal import TemporalGateway
@@ -88,6 +89,8 @@ ROUTERS = [
     plan_executions.router,
     workflows.router,
 ]
+# How long shutdown waits for the workflow starts of executes already answered.
+START_DRAIN_SECONDS = 5.0
 # How long start-up waits before asking an unreachable Temporal again for the namespaces.
 NAMESPACE_RETRY_SECONDS = 15
 
@@ -198,6 +201,7 @@ def create_app(settings: Settings) -> Starlette:
         )
         await _load_signing_key(state)
         _record_namespaces(state)
+        starts = state.starts = BackgroundStarts(state.pool, state.temporal)
         background = [
             asyncio.create_task(_ensure_namespaces(state)),
         ]
@@ -208,6 +212,8 @@ def create_app(settings: Settings) -> Starlette:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # Starts still being made: what is not made by then, housekeeping makes.
+            await starts.drain(START_DRAIN_SECONDS)
             await state.events.close()
             await state.pool.close()
 

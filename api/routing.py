@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
+from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from api.errors import ApiError, error_response, from_domain, json_response, not_found
@@ -54,6 +55,8 @@ class Call:
     def __init__(self, request: Request) -> None:
         self.request = request
         self.path: dict[str, str] = dict(request.path_params)
+        # Work for once the answer is sent (Starlette runs it after the last byte).
+        self.after_answer: list[Callable[[], None]] = []
 
     @property
     def state(self) -> AppState:
@@ -267,9 +270,13 @@ class Endpoint:
             kwargs["body"] = await self._parse_body(request, self.body_model)
         result = await self.handler(call, **kwargs)
         if isinstance(result, Response):
-            return result
-        headers = {"Cache-Control": NO_STORE} if self.carries_secret else None
-        return json_response(result, self.status_code, headers)
+            response = result
+        else:
+            headers = {"Cache-Control": NO_STORE} if self.carries_secret else None
+            response = json_response(result, self.status_code, headers)
+        if call.after_answer:
+            _after_answer(response, call.after_answer)
+        return response
 
     @staticmethod
     def _parse_query(request: Request, model: type[BaseModel]) -> BaseModel:
@@ -409,11 +416,29 @@ def _dispatcher(methods: dict[str, Endpoint]) -> Callable[[Request], Awaitable[R
     return dispatch
 
 
+def _after_answer(response: Response, work: list[Callable[[], None]]) -> None:
+    def run() -> None:
+        for item in work:
+            item()
+
+    async def run_after() -> None:  # async: Starlette runs a plain function in a thread
+        run()
+
+    if isinstance(response, StreamingResponse):
+        run()  # a stream answers until its end, which may wait for this work
+    else:
+        response.background = BackgroundTask(run_after)
+
+
 def launch_services(call: Call) -> Services:
-    """What `start_execution` needs from this API process."""
+    """What `start_execution` needs from this API process: an execution's workflow is started
+    once the answer is sent (controlplane/executions/starting.py)."""
     settings = call.state.settings
+    starts = call.state.starts
+    assert starts is not None
     return Services(
         temporal=call.state.temporal,
         policy_engine=get_engine(settings),
         policy_fail_open=settings.policy_fail_open,
+        background=lambda pending: call.after_answer.append(lambda: starts.submit(pending)),
     )

@@ -11,6 +11,7 @@ from api.credentials import CredentialCache
 from api.metrics import Metrics
 from api.rate_limits import RateLimiter
 from controlplane.executions.events import EventHub
+from controlplane.executions.starting import BackgroundStarts
 from controlplane.settings import Settings
 from controlplane.temporal import TemporalGateway
 from controlplane.temporal_auth import SigningKey
@@ -25,6 +26,8 @@ class AppState:
     credentials: CredentialCache
     pool_or_none: asyncpg.Pool[Any] | None = None
     signing_key: SigningKey | None = None
+    # The workflow starts made after an execute's answer (made at start-up, with the pool).
+    starts: BackgroundStarts | None = None
     rate_limiter: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:

@@ -9,10 +9,12 @@ server (`--zero-latency`), one API process and ONE worker process (`python -m wo
 worker queue, and a one-shot agent on `anthropic/claude-sonnet-4-5`. Then, from this process:
 
 (a) start latency: `POST /agents/{id}/execute` on a queue no worker polls (so only the start is
-    measured: authentication, the run's one read, its one write and Temporal's
-    StartWorkflowExecution), interleaved with a bare temporalio `client.start_workflow` of
+    measured: authentication, the run's one read and its one write; the API starts the workflow
+    after answering), interleaved with a bare temporalio `client.start_workflow` of
     `QueueProbeWorkflow` on another unpolled task queue of the same Temporal server, as the
-    baseline; with `--only-start`, only this;
+    baseline. Each pair waits until the execution's workflow exists (DescribeWorkflowExecution
+    answers), so the API's start does not overlap the next bare one; that wait is reported too,
+    from the POST's sending. With `--only-start`, only this;
 (b) one execution at a time: POST, then `GET /executions/{id}/stream` until `done`, timing the
     POST answer, the `status: running` event, the first `message_chunk` and `done`, both as seen
     by this client and as stamped by the API (the event rows' `created_at`; same clock);
@@ -49,6 +51,7 @@ import httpx
 from _stack import ORG, CpuMeter, Stack, interrupt, machine_cpu, percentile, seed, wait_ready
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from controlplane.services import free_port, stop_process, wait_for_port
 from controlplane.settings import Settings
@@ -74,6 +77,7 @@ class Run:
     """One execution as this client saw it; times in seconds from sending the POST."""
 
     seen: dict[str, float] = field(default_factory=dict)
+    sent_at: float = 0.0  # perf_counter when the POST was sent
     stamped: dict[str, float] = field(default_factory=dict)  # event created_at - POST sent
     error: str | None = None
     finished_at: float = 0.0  # perf_counter when it ended
@@ -107,6 +111,7 @@ async def execute_once(
     """POST an execution and, with `follow`, read its stream to the end."""
     run = Run()
     sent_wall, sent = time.time(), time.perf_counter()
+    run.sent_at = sent
     try:
         async with asyncio.timeout(RUN_TIMEOUT):
             response = await client.post(
@@ -207,6 +212,9 @@ class StartResult:
     bare: list[float]
     post: list[float]
     errors: int
+    # From sending the POST until DescribeWorkflowExecution finds the workflow (an upper bound:
+    # the describe calls are 1 ms apart and take their own time).
+    exists: list[float] = field(default_factory=list)
     wall_start: float = 0.0  # the timed pairs' window, for the API's request log
     wall_end: float = 0.0
 
@@ -229,12 +237,14 @@ async def measure_starts(
         run = await execute_once(client, setup, follow=False, queue=setup.unpolled_queue)
         if run.workflow_id is not None:
             started.append(run.workflow_id)
+            exists = await wait_exists(temporal, run.workflow_id) - run.sent_at
         if i < warmup:
             result.wall_start = time.time()
             continue
         result.bare.append(bare)
         if run.error is None:
             result.post.append(run.seen["post"])
+            result.exists.append(exists)
         else:
             result.errors += 1
     result.wall_end = time.time()
@@ -248,6 +258,16 @@ async def measure_starts(
 
     await asyncio.gather(*(end(w) for w in started))
     return result
+
+
+async def wait_exists(temporal: Client, workflow_id: str) -> float:
+    """When the workflow was first found (perf_counter)."""
+    handle = temporal.get_workflow_handle(workflow_id)
+    while True:
+        with contextlib.suppress(RPCError):
+            await handle.describe()
+            return time.perf_counter()
+        await asyncio.sleep(0.001)
 
 
 async def measure_sequential(client: httpx.AsyncClient, setup: Setup, count: int) -> list[Run]:
@@ -413,6 +433,10 @@ def report_starts(result: StartResult, api_log: Path) -> None:
         cells = f"{percentile(server, 0.5):>8.1f} {percentile(server, 0.99):>8.1f}"
         print(f"  {'  of which inside the API (its request log)':<46} {cells}")
     print(f"  {'ratio POST / bare':<46} {post[0] / bare[0]:>7.2f}x {post[1] / bare[1]:>7.2f}x")
+    exists = (ms(result.exists, 0.5), ms(result.exists, 0.99))
+    print(
+        f"  {'POST sent -> its workflow found by describe':<46} {exists[0]:>8.1f} {exists[1]:>8.1f}"
+    )
     if result.errors:
         print(f"  POST errors: {result.errors}")
 

@@ -353,7 +353,7 @@ async def send_message(call: Call, body: MessageIn) -> MessageAccepted:
 async def pause(call: Call) -> ActionResult:
     """Hold the execution after its current step (signal `pause_execution`)."""
     row = await execution_for(call)
-    workflow_id = await actions.pause(call.state.temporal, row)
+    workflow_id = await actions.pause(call.db, call.state.temporal, row)
     return _acted(row, workflow_id, "paused", "Execution paused")
 
 
@@ -361,7 +361,7 @@ async def pause(call: Call) -> ActionResult:
 async def resume(call: Call) -> ActionResult:
     """Continue a paused execution (signal `resume_execution`)."""
     row = await execution_for(call)
-    workflow_id = await actions.resume(call.state.temporal, row)
+    workflow_id = await actions.resume(call.db, call.state.temporal, row)
     return _acted(row, workflow_id, "running", "Execution resumed")
 
 
@@ -369,7 +369,7 @@ async def resume(call: Call) -> ActionResult:
 async def mark_done(call: Call) -> ActionResult:
     """End the conversation after the current turn (signal `mark_as_done`)."""
     row = await execution_for(call)
-    workflow_id = await actions.mark_done(call.state.temporal, row)
+    workflow_id = await actions.mark_done(call.db, call.state.temporal, row)
     return _acted(row, workflow_id, row["status"], "Execution will complete")
 
 
@@ -377,7 +377,7 @@ async def mark_done(call: Call) -> ActionResult:
 async def cancel(call: Call) -> ActionResult:
     """Cancel the workflow; the execution ends `cancelled`."""
     row = await execution_for(call)
-    workflow_id = await actions.cancel(call.state.temporal, row)
+    workflow_id = await actions.cancel(call.db, call.state.temporal, row)
     return _acted(row, workflow_id, "cancelled", "Cancellation requested")
 
 

@@ -5,9 +5,11 @@ workflow starts as its child.
 
 Order, and why: everything is read and checked first (the agent or team, the queue, the model,
 the run's override, the `agent_execution` / `team_execution` policies), so a refusal writes
-nothing; then the rows are written in one statement (execution, participant, first
-transition); then the workflow starts in the organization's namespace. A workflow that cannot
-start leaves no row behind.
+nothing; then the rows are written in one statement (execution with its workflow's input,
+participant, first transition); then the workflow starts in the organization's namespace,
+after the commit, so the row exists before its workflow can report. A caller that waits for the
+start (an activity) sees a start that fails, and the row is removed; the API's execute answers
+before the start and leaves it to `BackgroundStarts` (controlplane/executions/starting.py).
 
 Round trips, and why so few: one statement reads everything the run inherits
 (controlplane/snapshot.py), the checks and resolutions are pure functions of it (policies run in
@@ -18,17 +20,17 @@ once. Three round trips before the workflow starts.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import asyncpg
-from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from controlplane.context import context_of, context_prompt
 from controlplane.db import Queryable
 from controlplane.environments import environment_of, stdio_servers
 from controlplane.errors import DomainError, Forbidden, Invalid, Refused, Unavailable, not_found
+from controlplane.executions.starting import PendingStart, encode_input, start
 from controlplane.models import compatibility_errors, model_info
 from controlplane.policies import PolicyScope, enabled_policies, evaluate, run_scope
 from controlplane.policy_engine import PolicyEngine
@@ -102,6 +104,9 @@ class Services:
     temporal: TemporalGateway
     policy_engine: PolicyEngine
     policy_fail_open: bool
+    # Set: the start is handed to it, to make after `start_execution` returns (the API's
+    # execute, through BackgroundStarts); None: it is made before, and a start that fails raises.
+    background: Callable[[PendingStart], None] | None = None
 
 
 def check_override(caller: Caller, override: dict[str, Any] | None) -> None:
@@ -409,9 +414,9 @@ WITH execution AS (
     INSERT INTO executions (id, organization_id, execution_type, entity_id, entity_name,
         runner_name, user_id, user_name, user_email, user_avatar, prompt, system_prompt,
         execution_metadata, temporal_workflow_id, worker_queue_id, execution_environment, tools,
-        user_role, trigger_source, parent_execution_id, delegation_key, job_id)
+        user_role, trigger_source, parent_execution_id, delegation_key, job_id, start_payload)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-        $19, $20, $21, $24)
+        $19, $20, $21, $24, $25)
     ON CONFLICT (parent_execution_id, delegation_key) WHERE parent_execution_id IS NOT NULL
     DO NOTHING
     RETURNING id
@@ -440,6 +445,7 @@ async def _record(
     parent_execution_id: uuid.UUID | None = None,
     delegation_key: str | None = None,
     reason: str | None = None,
+    start_payload: bytes | None = None,
 ) -> uuid.UUID | None:
     """Write the execution, its owner and its first transition (RECORD_SQL). The id of the run
     recorded: `execution_id`, or for a child run whose delegation key was recorded already (a
@@ -477,6 +483,7 @@ async def _record(
         uuid.uuid4(),
         reason or ("delegated by its team" if parent_execution_id else "execution submitted"),
         request.job_id,
+        start_payload,
     )
     return recorded
 
@@ -509,6 +516,7 @@ async def start_execution(db: Any, services: Services, request: LaunchRequest) -
         planned = await plan(snapshot, services, request, execution_id)
         workflow_id = workflow_id_for(str(execution_id), planned.execution_type)
         if existing is None:
+            payload = await encode_input(planned.workflow_input)
             recorded = await _record(
                 conn,
                 request,
@@ -519,22 +527,21 @@ async def start_execution(db: Any, services: Services, request: LaunchRequest) -
                 parent_execution_id=request.parent_execution_id,
                 delegation_key=request.delegation_key,
                 reason="started by its parent execution" if request.parent_execution_id else None,
+                start_payload=payload,
             )
             raced = recorded != execution_id
     if raced:  # a concurrent retry recorded it first: answer that run
         return await start_execution(db, services, request)
+    launched = Launched(execution_id, workflow_id, queue.name)
+    pending = PendingStart(
+        org, execution_id, planned.workflow_type, workflow_id, str(queue.id), planned.workflow_input
+    )
+    if services.background is not None and existing is None:
+        services.background(pending)
+        return launched
     try:
-        client = await services.temporal.client(org)
-        await client.start_workflow(
-            planned.workflow_type,
-            planned.workflow_input,
-            id=workflow_id,
-            task_queue=str(queue.id),
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        )
+        await start(services.temporal, pending)  # a child run's start made twice is one
     except Exception as error:
-        if existing is not None and isinstance(error, WorkflowAlreadyStartedError):
-            return Launched(execution_id, workflow_id, queue.name)  # it had started
         # Nothing half-written: an execution whose workflow never started is removed.
         if existing is None:
             await db.execute("DELETE FROM executions WHERE id = $1", execution_id)
@@ -542,7 +549,7 @@ async def start_execution(db: Any, services: Services, request: LaunchRequest) -
         if isinstance(error, DomainError):
             raise
         raise Unavailable(f"Could not start the execution on Temporal: {error}") from None
-    return Launched(execution_id, workflow_id, queue.name)
+    return launched
 
 
 def _as_execution(planned: Planned, execution_id: uuid.UUID) -> Planned:

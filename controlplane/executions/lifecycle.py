@@ -103,7 +103,8 @@ async def apply_report(conn: Conn, current: asyncpg.Record, change: Report) -> N
         "execution_metadata = execution_metadata || coalesce($6, '{}'::jsonb), "
         "started_at = coalesce(started_at, $7), completed_at = coalesce(completed_at, $8), "
         "status_version = greatest(status_version, coalesce($9, status_version)), "
-        "updated_at = now() WHERE id = $1",
+        # A report is the workflow's (it runs), or ends the execution: no start is due.
+        "start_payload = NULL, updated_at = now() WHERE id = $1",
         execution_id,
         new_status,
         change.response,
@@ -185,3 +186,25 @@ async def _announce(conn: Conn, current: asyncpg.Record, new_status: str, change
     if new_status in ("failed", "cancelled"):
         data["error_message"] = change.error_message
     await outbox.record(conn, current["organization_id"], event_type, data)
+
+
+async def settle(db: asyncpg.Pool[Any], execution_id: Any, status: str, reason: str) -> int:
+    """End a live execution from the control plane's side (its workflow ended without telling
+    us, or could never start); 1 if it was live, 0 if it had ended already."""
+    async with db.acquire() as conn, conn.transaction():
+        current = await conn.fetchrow(
+            f"SELECT {COLUMNS} FROM executions WHERE id = $1 FOR UPDATE", execution_id
+        )
+        if current is None or current["status"] in TERMINAL_STATES:
+            return 0  # another process, or the workflow's own report, got there first
+        await apply_report(
+            conn,
+            current,
+            Report(
+                status=status,
+                error_message=None if status == "completed" else reason,
+                reason=reason,
+                mark_completed=True,
+            ),
+        )
+    return 1

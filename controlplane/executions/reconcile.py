@@ -13,7 +13,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from controlplane.executions.actions import workflow_client
-from controlplane.executions.lifecycle import COLUMNS, Report, apply_report
+from controlplane.executions.lifecycle import settle
 from controlplane.temporal import TemporalGateway
 from workflows.contracts import TERMINAL_STATES, workflow_id_for
 
@@ -40,7 +40,8 @@ async def reconcile_executions(
 ) -> int:
     """Record the ending of quiet executions whose workflow is closed; returns how many."""
     rows = await db.fetch(
-        "SELECT id, organization_id, execution_type, temporal_workflow_id FROM executions "
+        "SELECT id, organization_id, execution_type, temporal_workflow_id, "
+        "start_payload IS NOT NULL AS awaiting_start FROM executions "
         "WHERE status <> ALL($1::text[]) "
         "AND updated_at < now() - make_interval(secs => $2) ORDER BY updated_at LIMIT $3",
         list(TERMINAL_STATES),
@@ -60,32 +61,15 @@ async def reconcile_executions(
             if error.status != RPCStatusCode.NOT_FOUND:
                 temporal.count_error("describe")
                 continue
+            if row["awaiting_start"]:
+                continue  # not started yet: start_stalled (starting.py) starts it
             ending = ("failed", "The execution's workflow no longer exists")
         if ending is None:
             continue  # still running: just quiet (waiting for input, or a long tool)
-        settled += await _settle(db, row["id"], *ending)
+        if await settle(db, row["id"], *ending):
+            settled += 1
+            log.warning(
+                "execution settled from its workflow",
+                extra={"execution_id": str(row["id"]), "status": ending[0]},
+            )
     return settled
-
-
-async def _settle(db: asyncpg.Pool[Any], execution_id: Any, status: str, reason: str) -> int:
-    async with db.acquire() as conn, conn.transaction():
-        current = await conn.fetchrow(
-            f"SELECT {COLUMNS} FROM executions WHERE id = $1 FOR UPDATE", execution_id
-        )
-        if current is None or current["status"] in TERMINAL_STATES:
-            return 0  # another API process, or the workflow's own report, got there first
-        await apply_report(
-            conn,
-            current,
-            Report(
-                status=status,
-                error_message=None if status == "completed" else reason,
-                reason=reason,
-                mark_completed=True,
-            ),
-        )
-    log.warning(
-        "execution settled from its workflow",
-        extra={"execution_id": str(execution_id), "status": status},
-    )
-    return 1

@@ -174,7 +174,7 @@ async def deliver_message(
     try:
         await actions.send_message(db, temporal, row, message.message, message.actor or "system")
         if message.mark_done:
-            await actions.mark_done(temporal, row)
+            await actions.mark_done(db, temporal, row)
     except Conflict as error:
         raise StepRefused(error.message) from None
 
@@ -190,7 +190,7 @@ async def cancel_steps(db: asyncpg.Pool[Any], temporal: TemporalGateway, cancel:
     )
     for child in children:
         with contextlib.suppress(Conflict):  # it ended meanwhile, or never started
-            await actions.cancel(temporal, child)
+            await actions.cancel(db, temporal, child)
     async with db.acquire() as conn, conn.transaction():
         run = await conn.fetchrow(
             f"SELECT {COLUMNS} FROM executions WHERE id = $1 FOR UPDATE", run_id

@@ -18,6 +18,7 @@ from controlplane.errors import DomainError, Unavailable
 from controlplane.executions.events import EventHub
 from controlplane.executions.launch import Services
 from controlplane.executions.reconcile import reconcile_executions
+from controlplane.executions.starting import start_stalled
 from controlplane.housekeeping import prune
 from controlplane.jobs import runs as job_runs
 from controlplane.planning import generation
@@ -172,7 +173,9 @@ class SystemActivities:
 
     @activity.defn(name=RECONCILE_EXECUTIONS)
     async def reconcile_executions(self) -> int:
-        return await reconcile_executions(self.db, self.temporal)
+        """Starts still due are made first, then ended workflows are recorded."""
+        started = await start_stalled(self.db, self.temporal)
+        return started + await reconcile_executions(self.db, self.temporal)
 
     # --- workers and webhooks ----------------------------------------------------------------
 
