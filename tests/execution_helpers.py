@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.client import WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 
 from controlplane.devtools.fake_anthropic import FakeAnthropicServer
 from tests.conftest import Tenant, temporal_for, worker_key_for
@@ -192,6 +194,26 @@ async def record_history(
     history = await client.get_workflow_handle(workflow_id).fetch_history()
     HISTORIES.mkdir(exist_ok=True)
     (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+async def started_workflow(
+    tenant: Tenant, temporal_address: str, execution_id: str, timeout: float = 20
+) -> WorkflowHandle[Any, Any]:
+    """The handle of the execution's agent workflow, once it exists: an execute answers before
+    its workflow starts (controlplane/executions/starting.py)."""
+    client = await temporal_for(temporal_address, tenant)
+    handle = client.get_workflow_handle(f"agent-execution-{execution_id}")
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await handle.describe()
+            return handle
+        except RPCError as error:
+            if error.status != RPCStatusCode.NOT_FOUND:
+                raise
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"no workflow for execution {execution_id}") from None
+        await asyncio.sleep(0.02)
 
 
 async def events_of(db: Any, execution_id: str) -> list[dict[str, Any]]:

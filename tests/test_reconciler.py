@@ -7,8 +7,8 @@ from typing import Any
 from starlette.applications import Starlette
 
 from controlplane.executions.reconcile import reconcile_executions
-from tests.conftest import Tenant, temporal_for
-from tests.execution_helpers import events_of, execute, make_agent, make_queue
+from tests.conftest import Tenant
+from tests.execution_helpers import events_of, execute, make_agent, make_queue, started_workflow
 
 
 async def test_a_workflow_terminated_outside_settles_its_execution(
@@ -17,8 +17,8 @@ async def test_a_workflow_terminated_outside_settles_its_execution(
     queue = await make_queue(tenant, "rec")  # no worker: the execution stays pending
     execution_id = await execute(tenant, await make_agent(tenant, "rec"), queue["id"])
     live = await execute(tenant, await make_agent(tenant, "rec2"), queue["id"])
-    client = await temporal_for(temporal_address, tenant)
-    await client.get_workflow_handle(f"agent-execution-{execution_id}").terminate("by hand")
+    handle = await started_workflow(tenant, temporal_address, execution_id)
+    await handle.terminate("by hand")
 
     # Other tests' executions share this database, so count only on ours below.
     assert (

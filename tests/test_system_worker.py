@@ -20,8 +20,8 @@ from temporalio.worker import Replayer
 
 from controlplane.settings import Settings
 from controlplane.system.worker import HOUSEKEEPING_SCHEDULE, system_workflows
-from tests.conftest import Tenant, temporal_for
-from tests.execution_helpers import execute, make_agent, make_queue
+from tests.conftest import Tenant
+from tests.execution_helpers import execute, make_agent, make_queue, started_workflow
 from workflows.contracts import HOUSEKEEPING_WORKFLOW
 
 HISTORIES = Path(__file__).parent / "histories" / "system"
@@ -88,8 +88,8 @@ async def test_a_round_settles_executions_whose_workflow_ended_outside(
 
     queue = await make_queue(tenant, "sys")  # no worker: the execution stays pending
     execution_id = await execute(tenant, await make_agent(tenant, "sys"), queue["id"])
-    own = await temporal_for(temporal_address, tenant)
-    await own.get_workflow_handle(f"agent-execution-{execution_id}").terminate("by hand")
+    handle = await started_workflow(tenant, temporal_address, execution_id)
+    await handle.terminate("by hand")
     await db.execute(
         "UPDATE executions SET updated_at = now() - interval '1 hour' WHERE id = $1",
         uuid.UUID(execution_id),

@@ -22,7 +22,7 @@ from controlplane.devtools.fake_anthropic import (
 )
 from controlplane.settings import Settings
 from tests.conftest import Tenant, as_worker, assert_error, make_tenant, temporal_for
-from tests.execution_helpers import events_of, execute, make_queue, wait_status
+from tests.execution_helpers import events_of, execute, make_queue, started_workflow, wait_status
 
 # --- Temporal's default claim mapper and authorizer, as documented --------------------------
 # The claim mapper reads `permissions`: entries "<namespace>:<role>", role one of read, write,
@@ -100,6 +100,7 @@ async def test_each_organizations_workflows_live_in_its_own_namespace(
         json={"name": "boundary", "model_id": "anthropic/claude-sonnet-4-5"},
     )
     execution_id = await execute(tenant, agent.json()["id"], queue["id"])
+    await started_workflow(tenant, temporal_address, execution_id)
     query = f"WorkflowId = 'agent-execution-{execution_id}'"
     # Organization B has a namespace too, once it uses Temporal (here: a worker starts).
     await worker_config(other_tenant)

@@ -515,8 +515,8 @@ async def start_execution(db: Any, services: Services, request: LaunchRequest) -
         plan = _plan_agent if request.agent_id is not None else _plan_team
         planned = await plan(snapshot, services, request, execution_id)
         workflow_id = workflow_id_for(str(execution_id), planned.execution_type)
+        argument = await encode_input(planned.workflow_input)
         if existing is None:
-            payload = await encode_input(planned.workflow_input)
             recorded = await _record(
                 conn,
                 request,
@@ -527,14 +527,14 @@ async def start_execution(db: Any, services: Services, request: LaunchRequest) -
                 parent_execution_id=request.parent_execution_id,
                 delegation_key=request.delegation_key,
                 reason="started by its parent execution" if request.parent_execution_id else None,
-                start_payload=payload,
+                start_payload=argument.payload.SerializeToString(),
             )
             raced = recorded != execution_id
     if raced:  # a concurrent retry recorded it first: answer that run
         return await start_execution(db, services, request)
     launched = Launched(execution_id, workflow_id, queue.name)
     pending = PendingStart(
-        org, execution_id, planned.workflow_type, workflow_id, str(queue.id), planned.workflow_input
+        org, execution_id, planned.workflow_type, workflow_id, str(queue.id), argument
     )
     if services.background is not None and existing is None:
         services.background(pending)

@@ -67,21 +67,21 @@ TRANSIENT_STATUSES = {
 
 @dataclass(frozen=True)
 class PendingStart:
-    """A recorded execution's workflow, to start: `argument` is its input (a dataclass, or the
-    stored payload as a RawValue)."""
+    """A recorded execution's workflow, to start: `argument` is its input, encoded."""
 
     organization_id: str
     execution_id: uuid.UUID
     workflow_type: str
     workflow_id: str
     task_queue: str
-    argument: Any
+    argument: RawValue
 
 
-async def encode_input(workflow_input: Any) -> bytes:
-    """The payload the client would send for `workflow_input`, as stored in `start_payload`."""
+async def encode_input(workflow_input: Any) -> RawValue:
+    """The payload the client would send for `workflow_input` (stored in `start_payload`, and
+    sent as it is: the input is encoded once)."""
     (payload,) = await DataConverter.default.encode([workflow_input])
-    return payload.SerializeToString()
+    return RawValue(payload)
 
 
 def is_transient(error: BaseException) -> bool:
