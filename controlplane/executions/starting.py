@@ -144,16 +144,26 @@ class BackgroundStarts:
             except Exception as error:
                 self.temporal.count_error("start_workflow")
                 if not is_transient(error):
-                    await refuse(self.db, pending.execution_id, error)
+                    await self._refuse(pending, error)
                     return
                 if loop.time() > deadline:
-                    log.warning(
-                        "execution's start left to the housekeeping round",
-                        extra={"execution_id": str(pending.execution_id), "error": str(error)},
-                    )
+                    self._left(pending, error)
                     return
             await asyncio.sleep(pause)
             pause = min(pause * 2, 2.0)
+
+    async def _refuse(self, pending: PendingStart, error: BaseException) -> None:
+        try:
+            await refuse(self.db, pending.execution_id, error)
+        except Exception as unrecorded:  # Postgres away too: the round records it later
+            self._left(pending, unrecorded)
+
+    @staticmethod
+    def _left(pending: PendingStart, error: BaseException) -> None:
+        log.warning(
+            "execution's start left to the housekeeping round",
+            extra={"execution_id": str(pending.execution_id), "error": str(error)},
+        )
 
     async def drain(self, seconds: float) -> None:
         """Wait up to `seconds` for the starts being made; cancel what is left."""
