@@ -18,6 +18,7 @@ from api.app import create_app
 from controlplane.devtools.fake_anthropic import (
     AsyncFakeAnthropicClient,
     FakeAnthropicServer,
+    FakeReply,
     text_reply,
 )
 from controlplane.errors import Unavailable
@@ -43,11 +44,19 @@ async def accepted_unstarted(
     cut_off: Starlette,
     tenant: Tenant,
     db: Any,
-    agent_id: str,
-    queue_id: str,
     caplog: pytest.LogCaptureFixture,
+    queue_id: str,
+    token: str,
+    replies: list[FakeReply] | None = None,
+    fake_llm: FakeAnthropicServer | None = None,
 ) -> str:
-    """An execute the cut-off app answered, whose start it gave up on."""
+    """An execute of a new agent (`token` names it and its fake model script, `replies`) that
+    the cut-off app answered, and whose start it gave up on."""
+    token = f"{token}-{tenant.id}"  # the fake model server is shared by every test
+    if replies:
+        assert fake_llm is not None
+        await AsyncFakeAnthropicClient(fake_llm.base_url).script(token, replies)
+    agent_id = await make_agent(tenant, token)
     response = await client_for(cut_off, tenant.keys["member"]).post(
         f"/api/v1/agents/{agent_id}/execute", json={"prompt": "Hi", "worker_queue_id": queue_id}
     )
@@ -81,11 +90,8 @@ async def test_an_execute_taken_while_temporal_is_away_runs_once_housekeeping_st
     fake_llm: FakeAnthropicServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    token = "away-" + tenant.id
-    await AsyncFakeAnthropicClient(fake_llm.base_url).script(token, [text_reply("Back.")])
-    agent_id = await make_agent(tenant, token)
     execution_id = await accepted_unstarted(
-        cut_off, tenant, db, agent_id, running_queue["id"], caplog
+        cut_off, tenant, db, caplog, running_queue["id"], "away", [text_reply("Back.")], fake_llm
     )
 
     # Other tests' executions share this database: count only on ours.
@@ -106,11 +112,9 @@ async def test_a_cancel_before_the_workflow_exists_starts_and_cancels_it(
     fake_llm: FakeAnthropicServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    token = "cancel-early-" + tenant.id
-    await AsyncFakeAnthropicClient(fake_llm.base_url).script(token, [text_reply("Late.")])
-    agent_id = await make_agent(tenant, token)
+    replies = [text_reply("Late.")]
     execution_id = await accepted_unstarted(
-        cut_off, tenant, db, agent_id, running_queue["id"], caplog
+        cut_off, tenant, db, caplog, running_queue["id"], "cancel-early", replies, fake_llm
     )
 
     cancelled = await tenant.member.post(f"/api/v1/executions/{execution_id}/cancel")
@@ -127,12 +131,9 @@ async def test_a_message_before_the_workflow_exists_reaches_it(
     fake_llm: FakeAnthropicServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    token = "message-early-" + tenant.id
-    fake = AsyncFakeAnthropicClient(fake_llm.base_url)
-    await fake.script(token, [text_reply("First."), text_reply("Second.")])
-    agent_id = await make_agent(tenant, token)
+    replies = [text_reply("First."), text_reply("Second.")]
     execution_id = await accepted_unstarted(
-        cut_off, tenant, db, agent_id, running_queue["id"], caplog
+        cut_off, tenant, db, caplog, running_queue["id"], "message-early", replies, fake_llm
     )
 
     sent = await tenant.member.post(
@@ -150,8 +151,9 @@ async def test_a_delete_before_the_workflow_exists_leaves_no_workflow_running(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     queue = await make_queue(tenant, "unpolled")  # no worker: nothing runs before the delete
-    agent_id = await make_agent(tenant, "delete-early")
-    execution_id = await accepted_unstarted(cut_off, tenant, db, agent_id, queue["id"], caplog)
+    execution_id = await accepted_unstarted(
+        cut_off, tenant, db, caplog, queue["id"], "delete-early"
+    )
 
     deleted = await tenant.member.delete(f"/api/v1/executions/{execution_id}")
     assert deleted.status_code == 200 and deleted.json()["deleted"] is True, deleted.text
@@ -170,8 +172,7 @@ async def test_a_start_for_a_deleted_queue_fails_the_execution_saying_why(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     queue = await make_queue(tenant, "doomed")
-    agent_id = await make_agent(tenant, "queue-gone")
-    execution_id = await accepted_unstarted(cut_off, tenant, db, agent_id, queue["id"], caplog)
+    execution_id = await accepted_unstarted(cut_off, tenant, db, caplog, queue["id"], "queue-gone")
     deleted = await tenant.admin.delete(f"/api/v1/worker-queues/{queue['id']}")
     assert deleted.status_code in (200, 204), deleted.text
 
