@@ -109,6 +109,8 @@ class Settings:
     webhook_allow_private: bool = False
     webhook_first_retry_seconds: int = 5
     webhook_retry_window_seconds: int = 24 * 3600
+    # How long announced events and their deliveries log are kept (housekeeping prunes them).
+    webhook_log_retention_days: int = 30
 
     def namespace_for(self, organization_id: str) -> str:
         """The Temporal namespace that holds an organization's workflows."""
@@ -149,6 +151,9 @@ class Settings:
             "webhook_first_retry_seconds": _int_env("CONTROLPLANE_WEBHOOK_FIRST_RETRY_SECONDS", 5),
             "webhook_retry_window_seconds": _int_env(
                 "CONTROLPLANE_WEBHOOK_RETRY_WINDOW_SECONDS", 24 * 3600
+            ),
+            "webhook_log_retention_days": _int_env(
+                "CONTROLPLANE_WEBHOOK_LOG_RETENTION_DAYS", 30
             ),
         }
         if "secret_key" not in overrides:

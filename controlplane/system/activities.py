@@ -169,7 +169,7 @@ class SystemActivities:
 
     @activity.defn(name=PRUNE_COUNTERS)
     async def prune_counters(self) -> int:
-        return await prune(self.db)
+        return await prune(self.db, self.settings.webhook_log_retention_days)
 
     @activity.defn(name=RECONCILE_EXECUTIONS)
     async def reconcile_executions(self) -> int:
