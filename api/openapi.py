@@ -92,7 +92,10 @@ def build_openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
         if (response := _model_of(ep.response_model)) is not None:
             ok["content"] = {"application/json": {"schema": ref(response, "serialization")}}
         op["responses"][str(ep.status_code)] = ok
-        errors = [400, 404, 422, 500] if ep.role is None else [400, 401, 403, 404, 422, 429, 500]
+        # 503: Postgres or Temporal out of reach, with Retry-After (every route may meet it).
+        errors = [400, 404, 422, 500, 503]
+        if ep.role is not None:
+            errors += [401, 403, 429]
         if ep.body_model is not None:
             errors.append(413)  # the body size cap
         if ep.method != "GET":

@@ -215,7 +215,11 @@ async def test_not_ready_when_temporal_is_down(settings: Settings) -> None:
         ready = await client.get("/api/ready")
         detailed = (await client.get("/api/health/detailed")).json()
         metrics = (await client.get("/metrics")).text
+        spec = (await client.get("/api/openapi.json")).json()
     error = assert_error(ready, 503, "SERVICE_UNAVAILABLE")
+    # Documented, there and on every route (any may find Postgres or Temporal away).
+    operations = [op for path in spec["paths"].values() for op in path.values()]
+    assert operations and all("503" in op["responses"] for op in operations)
     assert error["details"] == {"database": True, "temporal": False}
     assert detailed["temporal"] == "unhealthy" and detailed["status"] == "degraded"
     assert 'controlplane_temporal_client_errors_total{operation="connect"}' in metrics
