@@ -1,6 +1,6 @@
 """HousekeepingWorkflow: one round of the control plane's upkeep, started every minute by a
 Temporal Schedule (`controlplane-housekeeping`) on the system worker. Each step is an activity
-that calls the domain: prune counters and idempotency records no request will read again,
+that calls the domain: prune counters, idempotency records and old outbox events no one reads again,
 make the workflow starts of executions still due (controlplane/executions/starting.py) and
 settle executions whose workflow ended without telling us (controlplane/executions/reconcile.py),
 and mark workers whose heartbeats stopped as offline, announcing each (`worker.status_changed`,
