@@ -2,7 +2,8 @@
 a cron job's Temporal Schedule (triggered with `ScheduleHandle.trigger()`, not waited for),
 paused and resumed with the job, deleted with it; manual triggers with parameters, signed inbound
 webhooks, and a workflow job; on a real system worker process and a real worker process, with
-the fake model the only stand-in. Plus the replay of recorded JobRunWorkflow histories."""
+the fake model the only stand-in. Plus JobRunWorkflow's crash test (its system worker killed
+mid-start) and the replay of its recorded histories."""
 
 from __future__ import annotations
 
@@ -20,7 +21,12 @@ from typing import Any
 import asyncpg
 import pytest
 from starlette.applications import Starlette
-from temporalio.client import ScheduleActionExecutionStartWorkflow, ScheduleHandle, WorkflowHistory
+from temporalio.client import (
+    ScheduleActionExecutionStartWorkflow,
+    ScheduleHandle,
+    WorkflowExecutionStatus,
+    WorkflowHistory,
+)
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer
 
@@ -29,9 +35,10 @@ from controlplane.devtools.fake_anthropic import AsyncFakeAnthropicClient, FakeA
 from controlplane.jobs.schedules import ScheduleSpecOfJob, build
 from controlplane.services import free_port
 from controlplane.settings import Settings
-from controlplane.system.worker import system_workflows
-from tests.conftest import Tenant, assert_error, client_for, make_tenant
+from controlplane.system.worker import HOUSEKEEPING_SCHEDULE, system_workflows
+from tests.conftest import Tenant, assert_error, client_for, make_tenant, temporal_for
 from tests.execution_helpers import make_agent
+from tests.planning_helpers import start_system_worker, stop
 from tests.resource_helpers import (
     assert_all_not_found,
     assert_validation,
@@ -40,6 +47,7 @@ from tests.resource_helpers import (
     rows_of,
 )
 from tests.run_helpers import Org, org_stack, other_client, token, until
+from tests.test_planning import planner_stack
 from tests.test_team_execution import make_team
 
 HISTORIES = Path(__file__).parent / "histories" / "jobs"
@@ -588,6 +596,101 @@ async def test_an_organization_without_jobs_lists_none(app: Starlette, db: Any) 
     tenant = await make_tenant(app, db)
     listed = (await tenant.viewer.get("/api/v1/jobs")).json()
     assert listed == {"items": [], "total": 0, "limit": 50, "offset": 0}
+
+
+# --- a system worker killed mid-run ------------------------------------------------------------
+
+
+async def test_a_run_whose_system_worker_dies_mid_start_starts_one_execution(
+    org: Org,
+    settings: Settings,
+    fake_llm: FakeAnthropicServer,
+    db: asyncpg.Pool[Any],
+    temporal_address: str,
+) -> None:
+    """JobRunWorkflow's crash test. Its activity is the whole workflow, so the crash that matters
+    is the one inside it: the execution's row committed, its workflow not started yet, and the
+    activity's completion never reported. The attempt Temporal retries (on a new system worker,
+    once the dead one's attempt times out) must answer that execution and start it, not start
+    a second one.
+
+    The kill lands there deterministically: the test holds the job's row lock, so the activity's
+    insert of the execution waits on its foreign key check (Postgres says who waits on whom);
+    the worker is killed then, and once the lock is released the dead worker's backend finishes
+    its statement and commits it, as Postgres does for a client that died mid-statement."""
+    tok = token()
+    agent = await make_agent(org.tenant, tok, one_shot=True)
+    fake = AsyncFakeAnthropicClient(fake_llm.base_url)
+    # Housekeeping also starts an execution whose start is still due after 30s; paused, so what
+    # is seen is what the retried activity does, whichever system worker runs its rounds.
+    housekeeping = org.stack.temporal.get_schedule_handle(HOUSEKEEPING_SCHEDULE)
+    await housekeeping.pause(note="a job run's crash test")
+    lock = await asyncpg.connect(settings.database_url)
+    replacement = None
+    try:
+        async with planner_stack(settings, fake_llm) as stack:
+            assert stack.process is not None
+            # Created through this stack's app: its Schedule runs on the worker killed below.
+            created = await stack.client(org.tenant).post(
+                "/api/v1/jobs",
+                json=job_body(
+                    org,
+                    agent,
+                    trigger_type="cron",
+                    cron_schedule="0 0 1 1 *",
+                    prompt_template=f"Yearly report {tok}",
+                ),
+            )
+            assert created.status_code == 201, created.text
+            job_id = uuid.UUID(created.json()["id"])
+            async with lock.transaction():
+                await lock.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+                holder = await lock.fetchval("SELECT pg_backend_pid()")
+                workflow_id = await triggered_run(org, str(job_id))
+                waiting = await until_true(
+                    lambda: db.fetchval(
+                        "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                        holder,
+                    )
+                )
+                stack.process.kill()
+                await asyncio.to_thread(stack.process.wait, 10)
+            await until_true(
+                lambda: db.fetchval(
+                    "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)", waiting
+                )
+            )
+            # The window: the row committed, its workflow not started, the run not done.
+            (row,) = await db.fetch(
+                "SELECT id, status, execution_metadata->>'job_run_key' AS run_key "
+                "FROM executions WHERE job_id = $1",
+                job_id,
+            )
+            assert row["status"] == "pending" and row["run_key"] == workflow_id
+            tenant_temporal = await temporal_for(temporal_address, org.tenant)
+            with pytest.raises(RPCError) as unknown:
+                await tenant_temporal.get_workflow_handle(f"agent-execution-{row['id']}").describe()
+            assert unknown.value.status == RPCStatusCode.NOT_FOUND
+            job_run = org.stack.temporal.get_workflow_handle(workflow_id)
+            assert (await job_run.describe()).status == WorkflowExecutionStatus.RUNNING
+            assert await fake.requests(tok) == []
+
+            replacement = start_system_worker(settings, stack.task_queue, fake_llm, "test-key")
+            # The dead attempt is retried once its start_to_close_timeout (two minutes) ends.
+            async with asyncio.timeout(240):
+                result = await job_run.result()
+            # One execution for the run, the one the dead attempt recorded: none started twice.
+            executions = await db.fetch("SELECT id FROM executions WHERE job_id = $1", job_id)
+            assert [execution["id"] for execution in executions] == [row["id"]]
+            assert result == {"execution_id": str(row["id"]), "skipped": None}
+            done = await finished(org, settings, str(row["id"]))
+    finally:
+        await asyncio.to_thread(stop, replacement)
+        await lock.close()
+        await housekeeping.unpause()
+    assert done["status"] == "completed", done
+    assert done["trigger_source"] == "job_cron" and done["prompt"] == f"Yearly report {tok}"
+    assert len(await fake.requests(tok)) == 1  # one model call: it ran once
 
 
 # --- replay ------------------------------------------------------------------------------------

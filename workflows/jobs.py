@@ -6,7 +6,8 @@ job as it is now (still there? still enabled?), renders its prompt and starts th
 workflow run in the organization's namespace. The workflow does not await that run: the
 execution is visible on its own, and the Schedule's overlap policy then only ever waits for a
 start, never for a long run. The activity names its run by this workflow's id, so a retry after
-a start that succeeded answers the same execution instead of starting another.
+a start that succeeded answers the same execution instead of starting another (and starts its
+workflow, if the attempt that recorded it died before starting it).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from controlplane.executions.launch import (
     TriggerSource,
     start_execution,
 )
+from controlplane.executions.starting import ensure_started
 from controlplane.jobs import schedules
 from controlplane.jobs.definitions import JOBS, secret_name
 from controlplane.jobs.signatures import verified
@@ -85,6 +86,8 @@ async def run_job(
             trigger.run_key,
         )
         if done is not None:
+            # An attempt that died between the row's commit and its workflow's start: start it.
+            await ensure_started(db, services.temporal, done)
             return JobRun(done["id"], done["temporal_workflow_id"], done["prompt"])
     prompt = render_variables(job["prompt_template"], trigger.parameters)
     # The job acts, with the role of the key that last wrote it (checked then).
@@ -106,13 +109,9 @@ async def run_job(
             trigger_source=trigger.source,
             job_id=job_id,
             prompt=prompt,
+            # Written with the row, so a retry after a start that succeeded finds its key.
+            metadata=metadata,
         )
-        if trigger.run_key is not None or trigger.triggered_by is not None:
-            await db.execute(
-                "UPDATE executions SET execution_metadata = execution_metadata || $2 WHERE id = $1",
-                started.execution_id,
-                metadata,
-            )
         return JobRun(started.execution_id, started.workflow_id, prompt)
     launched = await start_execution(
         db,
