@@ -152,9 +152,7 @@ class Settings:
             "webhook_retry_window_seconds": _int_env(
                 "CONTROLPLANE_WEBHOOK_RETRY_WINDOW_SECONDS", 24 * 3600
             ),
-            "webhook_log_retention_days": _int_env(
-                "CONTROLPLANE_WEBHOOK_LOG_RETENTION_DAYS", 30
-            ),
+            "webhook_log_retention_days": _int_env("CONTROLPLANE_WEBHOOK_LOG_RETENTION_DAYS", 30),
         }
         if "secret_key" not in overrides:
             values["secret_key"] = _secret_key_env()
