@@ -44,6 +44,9 @@ class JobRunWorkflow:
             ScheduledJobRun(input.job_id, input.organization_id, workflow.info().workflow_id),
             result_type=JobRunResult,
             start_to_close_timeout=timedelta(minutes=2),
+            # The activity heartbeats: an attempt whose system worker died is retried after
+            # this, not after the whole start-to-close timeout.
+            heartbeat_timeout=timedelta(seconds=10),
             retry_policy=START_RETRIES,
         )
         return result

@@ -318,7 +318,8 @@ class SystemActivities:
         """Start the job's run as it is now; a refusal (its agent, queue or policy says no) is
         final, an outage is retried."""
         try:
-            return await job_runs.run_scheduled(self.db, self.services, self.settings, run)
+            async with heartbeating():  # a dead system worker's attempt is retried in seconds
+                return await job_runs.run_scheduled(self.db, self.services, self.settings, run)
         except Unavailable:
             raise
         except DomainError as error:
