@@ -17,6 +17,7 @@ from tests.execution_helpers import (
     make_agent,
     read_stream,
     record_history,
+    started_workflow,
     wait_answer,
     wait_status,
 )
@@ -205,6 +206,8 @@ async def test_execute_retry_with_idempotency_key_starts_nothing_new(
     assert again.json()["execution_id"] == first.json()["execution_id"]
     listed = (await tenant.viewer.get(f"/api/v1/executions?entity_id={agent_id}")).json()
     assert listed["total"] == 1
+    # The answer comes before the start: wait for the workflow, then count its runs.
+    await started_workflow(tenant, temporal_address, first.json()["execution_id"])
     client = await temporal_for(temporal_address, tenant)
     runs = [
         run async for run in client.list_workflows(f"WorkflowId = '{first.json()['workflow_id']}'")
