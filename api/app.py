@@ -52,7 +52,6 @@ from api.routing import Endpoint, starlette_routes
 from api.state import AppState
 from controlplane.db import create_pool
 from controlplane.executions.events import EventHub
-from controlplane.executions.starting import BackgroundStarts
 from controlplane.schema import apply_schema_at
 from controlplane.settings import Settings
 from controlplane.temporal import TemporalGateway
@@ -201,7 +200,6 @@ def create_app(settings: Settings) -> Starlette:
         )
         await _load_signing_key(state)
         _record_namespaces(state)
-        starts = state.starts = BackgroundStarts(state.pool, state.temporal)
         background = [
             asyncio.create_task(_ensure_namespaces(state)),
         ]
@@ -213,7 +211,7 @@ def create_app(settings: Settings) -> Starlette:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             # Starts still being made: what is not made by then, housekeeping makes.
-            await starts.drain(START_DRAIN_SECONDS)
+            await state.starts.drain(START_DRAIN_SECONDS)
             await state.events.close()
             await state.pool.close()
 

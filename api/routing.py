@@ -435,7 +435,6 @@ def launch_services(call: Call) -> Services:
     once the answer is sent (controlplane/executions/starting.py)."""
     settings = call.state.settings
     starts = call.state.starts
-    assert starts is not None
     return Services(
         temporal=call.state.temporal,
         policy_engine=get_engine(settings),

@@ -26,12 +26,13 @@ class AppState:
     credentials: CredentialCache
     pool_or_none: asyncpg.Pool[Any] | None = None
     signing_key: SigningKey | None = None
-    # The workflow starts made after an execute's answer (made at start-up, with the pool).
-    starts: BackgroundStarts | None = None
     rate_limiter: RateLimiter = field(init=False)
+    # The workflow starts made after an execute's answer.
+    starts: BackgroundStarts = field(init=False)
 
     def __post_init__(self) -> None:
         self.rate_limiter = RateLimiter(lambda: self.pool)
+        self.starts = BackgroundStarts(lambda: self.pool, self.temporal)
 
     @property
     def pool(self) -> asyncpg.Pool[Any]:

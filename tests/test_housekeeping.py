@@ -13,8 +13,7 @@ import asyncpg
 from controlplane import outbox
 from controlplane.housekeeping import COUNTER_WINDOWS_KEPT_SECONDS, prune
 from tests.conftest import Tenant
-
-PUBLIC_URL = "https://93.184.216.34/hooks/cp"  # a public address: nothing is delivered here
+from tests.webhook_helpers import PUBLIC_URL
 
 
 async def announced(db: asyncpg.Pool[Any], org: str, days_ago: int, *, dispatched: bool) -> str:

@@ -23,9 +23,8 @@ from tests.resource_helpers import (
     ordered_ids,
     rows_of,
 )
-from tests.webhook_helpers import receiving, verified
+from tests.webhook_helpers import PUBLIC_URL, receiving, verified
 
-PUBLIC_URL = "https://93.184.216.34/hooks/cp"  # a public address: no lookup, no delivery here
 TABLES = ("webhooks", "webhook_deliveries", "webhook_delivery_attempts", "outbox_events")
 LOOPBACK = ["http://127.0.0.1:9/x", "http://localhost:9/x", "http://[::1]:9/x", "http://10.1.2.3/"]
 ALWAYS_REFUSED = [

@@ -18,6 +18,9 @@ import uvicorn
 
 from controlplane.services import free_port
 
+# A public address for a subscription nothing is delivered to: no lookup, no receiver.
+PUBLIC_URL = "https://93.184.216.34/hooks/cp"
+
 
 @dataclass
 class Received:

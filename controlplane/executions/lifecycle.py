@@ -21,16 +21,6 @@ from controlplane.db import Conn, Queryable
 from controlplane.executions.events import append_event
 from workflows.contracts import TERMINAL_STATES
 
-STATUSES = (
-    "pending",
-    "queued",
-    "running",
-    "waiting_for_input",
-    "paused",
-    "completed",
-    "failed",
-    "cancelled",
-)
 COLUMNS = (
     "id, organization_id, execution_type, entity_id, entity_name, prompt, system_prompt, status, "
     "response, error_message, usage, execution_metadata, runner_name, user_id, user_name, "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,11 +121,11 @@ class BackgroundStarts:
 
     def __init__(
         self,
-        db: asyncpg.Pool[Any],
+        db: Callable[[], asyncpg.Pool[Any]],
         temporal: TemporalGateway,
         retry_seconds: float = START_RETRY_SECONDS,
     ) -> None:
-        self.db = db
+        self.db = db  # the pool, once the process has one
         self.temporal = temporal
         self.retry_seconds = retry_seconds
         self._tasks: set[asyncio.Task[None]] = set()
@@ -154,7 +155,7 @@ class BackgroundStarts:
 
     async def _refuse(self, pending: PendingStart, error: BaseException) -> None:
         try:
-            await refuse(self.db, pending.execution_id, error)
+            await refuse(self.db(), pending.execution_id, error)
         except Exception as unrecorded:  # Postgres away too: the round records it later
             self._left(pending, unrecorded)
 
